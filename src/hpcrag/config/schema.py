@@ -1,0 +1,299 @@
+"""Pydantic models of `site-configs/`: each file's shape and the rules that hold inside one file.
+
+Rules that span files (a site's GPU type must be in the catalogue, a profile's site must exist) are
+checked by the loader, which knows which file to blame.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import hostlist
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveInt,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+from hpcrag.errors import HpcragError
+
+Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]*$")]
+Port = Annotated[int, Field(ge=1024, le=65535)]
+ModelTier = Literal["s", "m", "l", "xl"]
+PriceBasis = Literal["prd-cost-table", "tier-reference", "gpu-range-high"]
+
+# Slurm's time formats for MaxTime: "minutes", "HH:MM:SS", "D-HH", "D-HH:MM", "D-HH:MM:SS",
+# plus "UNLIMITED". We accept the unambiguous ones people write in partitions.
+_SLURM_TIME = re.compile(r"^(UNLIMITED|(\d+-)?\d{1,3}:\d{2}(:\d{2})?|\d+)$")
+
+
+class UnknownNameError(HpcragError):
+    """A name (site, partition, GPU type, provider) that is not configured."""
+
+    def __init__(self, kind: str, name: str, valid: list[str], where: str = "") -> None:
+        scope = f" {where}" if where else ""
+        super().__init__(
+            f"unknown {kind} {name!r}{scope}; valid {kind}s: {', '.join(valid) or '(none)'}"
+        )
+
+
+def expand_nodes(expression: str) -> list[str]:
+    """Expand a Slurm hostlist ("node[1-4],gpu7") into node names, with a clear error."""
+    try:
+        names = hostlist.expand_hostlist(expression)
+    except hostlist.BadHostlist as exc:
+        raise ValueError(f"bad Slurm hostlist {expression!r}: {exc}") from None
+    if not names:
+        raise ValueError("empty Slurm hostlist")
+    return names
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GpuType(_Model):
+    display_name: str
+    vram_gb: PositiveInt
+    bandwidth_tbs: float = Field(gt=0)
+    fp8: bool
+    fp4: bool
+    price_range_usd_per_hour: tuple[NonNegativeFloat, NonNegativeFloat]
+    best_for: list[ModelTier]
+
+
+class GpuCatalog(_Model):
+    gpus: dict[Name, GpuType] = Field(min_length=1)
+
+
+class NodeGroup(_Model):
+    nodes: str
+    gpu_type: Name
+    gpus_per_node: int = Field(ge=1, le=64)
+    cpus: PositiveInt
+    memory_mb: PositiveInt
+
+    @field_validator("nodes")
+    @classmethod
+    def _valid_hostlist(cls, value: str) -> str:
+        expand_nodes(value)
+        return value
+
+    @property
+    def node_names(self) -> list[str]:
+        return expand_nodes(self.nodes)
+
+
+class Partition(_Model):
+    name: Name
+    nodes: str
+    default: bool = False
+    max_time: str
+    state: Literal["UP", "DOWN"] = "UP"
+
+    @field_validator("nodes")
+    @classmethod
+    def _valid_hostlist(cls, value: str) -> str:
+        expand_nodes(value)
+        return value
+
+    @field_validator("max_time")
+    @classmethod
+    def _valid_time(cls, value: str) -> str:
+        if not _SLURM_TIME.match(value):
+            raise ValueError(
+                f"invalid Slurm time {value!r}; write HH:MM:SS, D-HH:MM:SS, minutes or UNLIMITED"
+            )
+        return value
+
+    @property
+    def node_names(self) -> list[str]:
+        return expand_nodes(self.nodes)
+
+
+class SlurmAccess(_Model):
+    """How client commands reach a site: its own slurm.conf, or a multi-cluster name."""
+
+    clusters: Name | None = None
+    slurm_conf: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SlurmAccess:
+        if (self.clusters is None) == (self.slurm_conf is None):
+            raise ValueError("give exactly one of 'clusters' (a Slurm cluster name) or 'slurm_conf'")
+        return self
+
+
+class SiteSlurm(_Model):
+    cluster_name: Name
+    controller_host: str
+    access: SlurmAccess
+
+
+class Site(_Model):
+    name: Name
+    display_name: str
+    location: str
+    rack: str
+    slurm: SiteSlurm
+    node_groups: list[NodeGroup] = Field(min_length=1)
+    partitions: list[Partition] = Field(min_length=1)
+    gpu_price_usd_per_hour: dict[Name, NonNegativeFloat]
+    compliance: list[str] = []
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Site:
+        owner: dict[str, int] = {}
+        for index, group in enumerate(self.node_groups):
+            for node in group.node_names:
+                if node in owner:
+                    raise ValueError(
+                        f"node {node} is in node_groups[{owner[node]}] and node_groups[{index}]"
+                    )
+                owner[node] = index
+        names = [p.name for p in self.partitions]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate partition names: {', '.join(duplicates)}")
+        for partition in self.partitions:
+            missing = [n for n in partition.node_names if n not in owner]
+            if missing:
+                raise ValueError(
+                    f"partition {partition.name} names nodes no node group declares: "
+                    f"{hostlist.collect_hostlist(missing)}"
+                )
+        defaults = [p.name for p in self.partitions if p.default]
+        if len(defaults) > 1:
+            raise ValueError(f"more than one default partition: {', '.join(defaults)}")
+        unpriced = sorted({g.gpu_type for g in self.node_groups} - set(self.gpu_price_usd_per_hour))
+        if unpriced:
+            raise ValueError(f"gpu_price_usd_per_hour has no price for: {', '.join(unpriced)}")
+        return self
+
+    def node_group_of(self, node: str) -> NodeGroup:
+        for group in self.node_groups:
+            if node in group.node_names:
+                return group
+        raise UnknownNameError("node", node, self.node_names, f"at site {self.name}")
+
+    @property
+    def node_names(self) -> list[str]:
+        return [n for g in self.node_groups for n in g.node_names]
+
+    def partition(self, name: str) -> Partition:
+        for partition in self.partitions:
+            if partition.name == name:
+                return partition
+        raise UnknownNameError(
+            "partition", name, [p.name for p in self.partitions], f"at site {self.name}"
+        )
+
+    def partition_gpu_types(self, name: str) -> list[str]:
+        """GPU types present on a partition's nodes, in node-group order."""
+        nodes = set(self.partition(name).node_names)
+        types = [g.gpu_type for g in self.node_groups if nodes & set(g.node_names)]
+        return list(dict.fromkeys(types))
+
+
+class CloudTier(_Model):
+    display_name: str
+    cost_multiplier: float = Field(gt=0)
+    setup_time: str
+    compliance: dict[str, Literal["full", "partial"]]
+
+
+class ProviderGpu(_Model):
+    instance: str
+    usd_per_gpu_hour: NonNegativeFloat
+    price_basis: PriceBasis | None = None
+
+
+class Provider(_Model):
+    display_name: str
+    tier: Name
+    price_basis: PriceBasis
+    gpus: dict[Name, ProviderGpu] = Field(min_length=1)
+
+
+class Clouds(_Model):
+    tiers: dict[Name, CloudTier] = Field(min_length=1)
+    providers: dict[Name, Provider] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _tiers_exist(self) -> Clouds:
+        for name, provider in self.providers.items():
+            if provider.tier not in self.tiers:
+                raise ValueError(
+                    f"provider {name}: unknown tier {provider.tier!r}; "
+                    f"valid tiers: {', '.join(self.tiers)}"
+                )
+        return self
+
+
+class DevSiteSettings(_Model):
+    """Where a site's local cluster listens and where its job ids start."""
+
+    slurmctld_port: Port
+    slurmd_port_base: Port
+    first_job_id: PositiveInt
+
+
+class Accounting(_Model):
+    slurmdbd_port: Port
+    mariadb_port: Port
+
+
+class Profile(_Model):
+    name: Name
+    description: str
+    run_dir: str | None = None
+    accounting: Accounting | None = None
+    sites: dict[Name, DevSiteSettings] = {}
+
+    @model_validator(mode="after")
+    def _local_is_complete(self) -> Profile:
+        if self.sites and (self.run_dir is None or self.accounting is None):
+            raise ValueError("a profile that maps sites onto local clusters needs run_dir and accounting")
+        if self.run_dir is not None and not Path(self.run_dir).is_absolute():
+            raise ValueError(f"run_dir must be an absolute path, got {self.run_dir!r}")
+        if self.run_dir is not None and re.search(r"\s", self.run_dir):
+            # slurm.conf has no quoting: a path with blanks cannot be written into it.
+            raise ValueError(f"run_dir must not contain whitespace (slurm.conf cannot quote it): {self.run_dir!r}")
+        return self
+
+    @property
+    def is_local(self) -> bool:
+        return bool(self.sites)
+
+
+class Config(_Model):
+    """The whole validated configuration, with the active profile already applied to the sites."""
+
+    root: Path
+    gpus: dict[str, GpuType]
+    sites: dict[str, Site]
+    clouds: Clouds
+    profile: Profile
+
+    def site(self, name: str) -> Site:
+        try:
+            return self.sites[name]
+        except KeyError:
+            raise UnknownNameError("site", name, sorted(self.sites)) from None
+
+    def dev_settings(self, site: str) -> DevSiteSettings:
+        self.site(site)
+        try:
+            return self.profile.sites[site]
+        except KeyError:
+            raise HpcragError(
+                f"profile {self.profile.name!r} does not map site {site!r} onto a local cluster; "
+                "use a local profile such as 'dev' (--profile dev or HPCRAG_PROFILE=dev)"
+            ) from None

@@ -1,0 +1,98 @@
+"""Daemons known by pid file: is it alive, stop it, find strays that belong to a run directory."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+
+def read_pid(pid_file: Path) -> int | None:
+    try:
+        return int(pid_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def alive(pid: int | None, name: str | None = None) -> bool:
+    """True if `pid` runs (and, when `name` is given, its command name starts with it)."""
+    if pid is None or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    if name is None:
+        return True
+    try:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return False
+    return comm.startswith(name[:15])
+
+
+def running_pid(pid_file: Path, name: str) -> int | None:
+    pid = read_pid(pid_file)
+    return pid if alive(pid, name) else None
+
+
+def stop(pids: list[int], timeout: float = 10.0) -> None:
+    """SIGTERM the processes, wait, then SIGKILL whatever is left."""
+    pids = [p for p in pids if alive(p)]
+    for pid in pids:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.1)
+    for pid in pids:
+        if alive(pid):
+            _signal(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.05)
+
+
+def processes_of(run_dir: Path) -> list[int]:
+    """Processes whose command line or environment names `run_dir`: our daemons and job steps.
+
+    Job steps (slurmstepd and the user processes under it) carry SLURM_CONF in their environment,
+    which is how we find them after their slurmd is gone.
+    """
+    marker = str(run_dir).encode()
+    spared = _ancestors()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in spared:
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker in cmdline or (b"SLURM_CONF=" + marker) in environ:
+            found.append(int(entry.name))
+    return found
+
+
+def _ancestors() -> set[int]:
+    """This process and its parents: a shell that exported SLURM_CONF must not be swept."""
+    pids = set()
+    pid = os.getpid()
+    while pid > 1 and pid not in pids:
+        pids.add(pid)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            break
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+    return pids
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
