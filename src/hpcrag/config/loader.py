@@ -6,6 +6,7 @@ is the `profile` argument, else `$HPCRAG_PROFILE`, else `dev` (the embedded loca
 
 from __future__ import annotations
 
+import itertools
 import os
 import types
 import typing
@@ -25,6 +26,7 @@ from hpcrag.config.schema import (
     SiteSlurm,
     SlurmAccess,
 )
+from hpcrag.paths import repo_root
 
 DEFAULT_PROFILE = "dev"
 M = TypeVar("M", bound=BaseModel)
@@ -35,7 +37,7 @@ def config_dir() -> Path:
     override = os.environ.get("HPCRAG_CONFIG_DIR")
     if override:
         return Path(override)
-    return Path(__file__).resolve().parents[3] / "site-configs"
+    return repo_root() / "site-configs"
 
 
 def active_profile_name(profile: str | None = None) -> str:
@@ -140,7 +142,7 @@ def _check_profile(file: Path, profile: Profile, sites: dict[str, Site]) -> None
         ranges.append((settings.first_job_id, name))
     ranges.sort()
     # Job ids must not collide across clusters: submitit keys job state by id alone.
-    for (low, a), (high, b) in zip(ranges, ranges[1:], strict=False):
+    for (low, a), (high, b) in itertools.pairwise(ranges):
         if high - low < 100_000:
             raise ConfigError(
                 file, f"sites.{b}.first_job_id",

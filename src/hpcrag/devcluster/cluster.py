@@ -187,8 +187,11 @@ class DevCluster:
 
     def _site(self, site: str) -> None:
         paths = run_paths(self.profile, site)
-        for key in ("state", "spool", "log"):
+        for key in ("state", "spool", "log", "tmp"):
             paths[key].mkdir(parents=True, exist_ok=True)
+        for node in self.config.site(site).node_names:
+            (paths["tmp"] / node).mkdir(exist_ok=True)
+            (paths["spool"] / node).mkdir(exist_ok=True)
         self._fake_gpus(paths["devices"], max(g.gpus_per_node for g in self.config.site(site).node_groups))
         changed = write_atomic(paths["conf"], render_slurm_conf(self.config, site))
         changed |= write_atomic(paths["gres"], render_gres_conf(self.config, site))

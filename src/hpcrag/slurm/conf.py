@@ -31,6 +31,7 @@ def run_paths(profile: Profile, site: str) -> dict[str, Path]:
         "state": base / "state",
         "spool": base / "spool",
         "log": base / "log",
+        "tmp": base / "tmp",
         "devices": root / FAKE_GPU_DIR,
         "munge_socket": root / "munge" / "munge.socket.2",
     }
@@ -132,6 +133,9 @@ def _local_controller_lines(config: Config, site: Site) -> list[str]:
         f"AuthInfo=socket={paths['munge_socket']}",
         f"StateSaveLocation={paths['state']}",
         f"SlurmdSpoolDir={paths['spool']}/%n",
+        # pmix puts each step's client directory under TmpFS: one per node, or the slurmd
+        # processes of one host collide on the same directory.
+        f"TmpFS={paths['tmp']}/%n",
         f"SlurmctldPidFile={paths['base']}/slurmctld.pid",
         f"SlurmdPidFile={paths['base']}/slurmd-%n.pid",
         f"SlurmctldLogFile={log}/slurmctld.log",

@@ -1,0 +1,1 @@
+"""The `hpcrag` admin CLI: thin click commands over the modules below it."""
