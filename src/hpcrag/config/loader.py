@@ -107,6 +107,11 @@ def _load_sites(folder: Path, gpus: dict[str, Any]) -> dict[str, Site]:
             **{f"node_groups[{i}].gpu_type": g.gpu_type for i, g in enumerate(site.node_groups)},
             **{f"gpu_price_usd_per_hour.{g}": g for g in site.gpu_price_usd_per_hour},
         })
+        unpriced = sorted({g.gpu_type for g in site.node_groups} - set(site.gpu_price_usd_per_hour))
+        if unpriced:
+            raise ConfigError(
+                file, "gpu_price_usd_per_hour", f"no price for GPU types {', '.join(unpriced)}; add $/GPU-hour"
+            )
         sites[site.name] = site
     return sites
 

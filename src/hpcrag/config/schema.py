@@ -172,9 +172,6 @@ class Site(_Model):
         defaults = [p.name for p in self.partitions if p.default]
         if len(defaults) > 1:
             raise ValueError(f"more than one default partition: {', '.join(defaults)}")
-        unpriced = sorted({g.gpu_type for g in self.node_groups} - set(self.gpu_price_usd_per_hour))
-        if unpriced:
-            raise ValueError(f"gpu_price_usd_per_hour has no price for: {', '.join(unpriced)}")
         return self
 
     def node_group_of(self, node: str) -> NodeGroup:

@@ -6,6 +6,7 @@ through a multi-cluster name (`--clusters`). Each client tool has one helper her
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,6 +55,12 @@ class SlurmTarget:
 
     def call(self, tool: str, args: Sequence[str], *, timeout: float = 30.0) -> CommandResult:
         """Run a Slurm client tool against this site; an unreachable cluster is a clear error."""
+        if self.slurm_conf and not os.path.isfile(self.slurm_conf):
+            # Slurm's clients would retry a missing slurm.conf for a minute before failing.
+            raise SlurmUnreachableError(
+                f"site {self.site}: Slurm not reachable: {self.slurm_conf} does not exist "
+                "(start the local clusters: scripts/dev-cluster up)"
+            )
         try:
             return run_command([tool, *self.cluster_args, *args], env=self.env, timeout=timeout)
         except CommandError as exc:

@@ -1,0 +1,5 @@
+"""`python -m hpcrag` is the `hpcrag` command."""
+
+from hpcrag.cli.main import cli
+
+cli()
