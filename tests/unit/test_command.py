@@ -33,13 +33,14 @@ def test_failure_carries_command_code_stdout_and_stderr() -> None:
 def test_missing_program_and_timeout() -> None:
     with pytest.raises(CommandError, match="no-such-tool-here is not installed"):
         run_command(["no-such-tool-here"])
-    with pytest.raises(CommandError, match="timed out after 0.2s"):
+    with pytest.raises(CommandError, match=r"timed out after 0\.2s"):
         run_command([sys.executable, "-c", "import time; time.sleep(5)"], timeout=0.2)
 
 
 def test_env_is_added_not_replaced() -> None:
-    out = run_command([sys.executable, "-c", "import os; print(os.environ['X'], 'PATH' in os.environ)"],
-                      env={"X": HOSTILE}).stdout
+    out = run_command(
+        [sys.executable, "-c", "import os; print(os.environ['X'], 'PATH' in os.environ)"], env={"X": HOSTILE}
+    ).stdout
     assert out.split("\n")[0] == f"{HOSTILE} True"
 
 

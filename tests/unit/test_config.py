@@ -36,7 +36,14 @@ def test_sites_follow_the_prd_rack_and_partitions() -> None:
 def test_clouds_carry_prd_prices_and_compliance() -> None:
     clouds = load_config(CONFIG_DIR, "production").clouds
     assert set(clouds.providers) == {
-        "aws", "gcp", "azure", "coreweave", "lambda", "runpod", "modal", "replicate"
+        "aws",
+        "gcp",
+        "azure",
+        "coreweave",
+        "lambda",
+        "runpod",
+        "modal",
+        "replicate",
     }
     assert clouds.providers["coreweave"].gpus["h100"].usd_per_gpu_hour == 2.23
     assert clouds.providers["runpod"].gpus["rtx4090"].usd_per_gpu_hour == 0.44
@@ -102,8 +109,10 @@ def test_bad_max_time_is_explained(config_copy: Path) -> None:
 
 def test_profile_naming_a_missing_site(config_copy: Path) -> None:
     profile = config_copy / "profiles" / "dev.yaml"
-    profile.write_text(profile.read_text() + "  tokyo: {slurmctld_port: 18817, slurmd_port_base: 18000, "
-                       "first_job_id: 900000}\n")
+    profile.write_text(
+        profile.read_text() + "  tokyo: {slurmctld_port: 18817, slurmd_port_base: 18000, "
+        "first_job_id: 900000}\n"
+    )
     err = _error(config_copy)
     assert err.file == str(profile)
     assert err.key_path == "sites.tokyo"
@@ -120,7 +129,9 @@ def test_unknown_gpu_type_in_a_site(config_copy: Path) -> None:
 
 def test_partition_on_undeclared_nodes(config_copy: Path) -> None:
     site = config_copy / "sites" / "nyc.yaml"
-    site.write_text(site.read_text().replace('name: tier-s,  nodes: "node[7-8]"', 'name: tier-s,  nodes: "node[7-9]"'))
+    site.write_text(
+        site.read_text().replace('name: tier-s,  nodes: "node[7-8]"', 'name: tier-s,  nodes: "node[7-9]"')
+    )
     assert "names nodes no node group declares: node9" in _error(config_copy).problem
 
 

@@ -22,7 +22,14 @@ CONFIG = load_config(CONFIG_DIR, "dev")
         ("tokyo", "tier-s", None, 0, UnknownNameError, "valid sites: nyc, sf"),
         ("nyc", "gpu", None, 0, UnknownNameError, "valid partitions: tier-s, tier-m, tier-l, tier-xl"),
         ("nyc", "tier-s", "h100", 1, UnknownNameError, "on partition nyc/tier-s; valid GPU types: l40s"),
-        ("sf", "tier-m", None, 2, HpcragError, "name the GPU type for 2 GPUs on sf/tier-m; valid: a100, l40s"),
+        (
+            "sf",
+            "tier-m",
+            None,
+            2,
+            HpcragError,
+            "name the GPU type for 2 GPUs on sf/tier-m; valid: a100, l40s",
+        ),
         ("sf", "tier-l", "h100", 9, HpcragError, "a sf node has at most 8"),
         ("sf", "tier-l", "h100", -1, HpcragError, "gpus must be >= 0"),
     ],
@@ -36,7 +43,7 @@ def test_submission_command_keeps_hostile_paths_whole(tmp_path: Path) -> None:
     folder = tmp_path / "logs with 'quotes' and spaces"
     conf = tmp_path / "conf dir" / "slurm.conf"
     executor = SiteExecutor(folder=folder, target=SlurmTarget("sf", "sf", slurm_conf=str(conf)))
-    script = folder / "it's a \"script\".sh"
+    script = folder / 'it\'s a "script".sh'
     assert executor._make_submission_command(script) == ["env", f"SLURM_CONF={conf}", "sbatch", str(script)]
     federated = SiteExecutor(folder=folder, target=SlurmTarget("sf", "sf", via_clusters_flag=True))
     assert federated._make_submission_command(script) == ["sbatch", "--clusters=sf", str(script)]

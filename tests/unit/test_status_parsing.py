@@ -12,8 +12,8 @@ NODES = (
     "CfgTRES=cpu=64,gres/gpu=8,gres/gpu:l40s=8 AllocTRES= Reason=disk full [root@2026-11-22]\n"
 )
 PARTITIONS = (
-    "PartitionName=tier-s AllowGroups=ALL Default=NO MaxTime=04:00:00 Nodes=node[7-8] State=UP TotalNodes=2\n"
-    "PartitionName=tier-m AllowGroups=ALL Default=YES MaxTime=08:00:00 Nodes=node[5-8] State=UP TotalNodes=4\n"
+    "PartitionName=tier-s Default=NO MaxTime=04:00:00 Nodes=node[7-8] State=UP TotalNodes=2\n"
+    "PartitionName=tier-m Default=YES MaxTime=08:00:00 Nodes=node[5-8] State=UP TotalNodes=4\n"
 )
 JOBS = (
     "CLUSTER: nyc\n"
@@ -27,19 +27,31 @@ def test_nodes_and_gpu_totals() -> None:
     assert [n.state for n in status.nodes] == ["mixed", "down+drain"]
     assert status.nodes[0].partitions == ["tier-l", "tier-xl"]
     gpus = status.to_dict()["gpus"]
-    assert gpus == {"h100": {"total": 8, "allocated": 3, "free": 5},
-                    "l40s": {"total": 8, "allocated": 0, "free": 8}}
+    assert gpus == {
+        "h100": {"total": 8, "allocated": 3, "free": 5},
+        "l40s": {"total": 8, "allocated": 0, "free": 8},
+    }
 
 
 def test_partitions() -> None:
     parts = parse_partitions(PARTITIONS)
     assert [(p.name, p.default, p.max_time, p.total_nodes) for p in parts] == [
-        ("tier-s", False, "04:00:00", 2), ("tier-m", True, "08:00:00", 4)]
+        ("tier-s", False, "04:00:00", 2),
+        ("tier-m", True, "08:00:00", 4),
+    ]
 
 
 def test_pending_jobs_carry_their_reason() -> None:
     status = SiteStatus(site="nyc", cluster="nyc", jobs=parse_jobs(JOBS))
     report = status.to_dict()
     assert report["running_jobs"] == 1
-    assert report["pending_jobs"] == [{"job_id": "100005", "partition": "tier-s", "name": "wrap",
-                                       "user": "root", "reason": "Resources", "gres": "gres:gpu:l40s:8"}]
+    assert report["pending_jobs"] == [
+        {
+            "job_id": "100005",
+            "partition": "tier-s",
+            "name": "wrap",
+            "user": "root",
+            "reason": "Resources",
+            "gres": "gres:gpu:l40s:8",
+        }
+    ]

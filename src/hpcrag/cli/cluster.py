@@ -49,17 +49,37 @@ def _print_site(report: dict) -> None:
     if not report["reachable"]:
         click.secho(f"{header}: NOT REACHABLE\n  {report['error']}", fg="red", err=True)
         return
-    table(f"{header}: partitions", ["partition", "state", "max time", "nodes"],
-          [[p["name"] + ("*" if p["default"] else ""), p["state"], p["max_time"], p["nodes"]]
-           for p in report["partitions"]])
-    table("Nodes", ["node", "state", "partitions", "GPUs (alloc/total)"],
-          [[n["name"], n["state"], ",".join(n["partitions"]),
-            ", ".join(f"{t} {c['allocated']}/{c['total']}" for t, c in n["gpus"].items())]
-           for n in report["nodes"]])
-    table("GPUs by type", ["type", "total", "allocated", "free"],
-          [[t, c["total"], c["allocated"], c["free"]] for t, c in report["gpus"].items()])
+    table(
+        f"{header}: partitions",
+        ["partition", "state", "max time", "nodes"],
+        [
+            [p["name"] + ("*" if p["default"] else ""), p["state"], p["max_time"], p["nodes"]]
+            for p in report["partitions"]
+        ],
+    )
+    table(
+        "Nodes",
+        ["node", "state", "partitions", "GPUs (alloc/total)"],
+        [
+            [
+                n["name"],
+                n["state"],
+                ",".join(n["partitions"]),
+                ", ".join(f"{t} {c['allocated']}/{c['total']}" for t, c in n["gpus"].items()),
+            ]
+            for n in report["nodes"]
+        ],
+    )
+    table(
+        "GPUs by type",
+        ["type", "total", "allocated", "free"],
+        [[t, c["total"], c["allocated"], c["free"]] for t, c in report["gpus"].items()],
+    )
     pending = report["pending_jobs"]
     click.echo(f"Running jobs: {report['running_jobs']}, pending: {len(pending)}")
     if pending:
-        table("Pending jobs", ["job", "partition", "name", "user", "reason", "gres"],
-              [[j["job_id"], j["partition"], j["name"], j["user"], j["reason"], j["gres"]] for j in pending])
+        table(
+            "Pending jobs",
+            ["job", "partition", "name", "user", "reason", "gres"],
+            [[j["job_id"], j["partition"], j["name"], j["user"], j["reason"], j["gres"]] for j in pending],
+        )

@@ -18,13 +18,24 @@ from hpcrag.cli.common import load, table
 @click.option("--partition", default="tier-s", show_default=True, help="Partition for the MPI job.")
 @click.option("--nodes", default=2, show_default=True, type=click.IntRange(min=1))
 @click.option("--ranks", default=4, show_default=True, type=click.IntRange(min=1))
-@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path.home() / "hpcrag-jobs", show_default=True,
-              help="Where job logs go (must be visible from the compute nodes).")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path.home() / "hpcrag-jobs",
+    show_default=True,
+    help="Where job logs go (must be visible from the compute nodes).",
+)
 @click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait for each job.")
 @click.pass_context
-def demo(ctx: click.Context, site_names: tuple[str, ...], partition: str, nodes: int, ranks: int,
-         workdir: Path, timeout: float) -> None:
+def demo(
+    ctx: click.Context,
+    site_names: tuple[str, ...],
+    partition: str,
+    nodes: int,
+    ranks: int,
+    workdir: Path,
+    timeout: float,
+) -> None:
     """Show every site's cluster and run slurm/mpi-check.sbatch on each (srun --mpi=pmix)."""
     from hpcrag.errors import HpcragError
     from hpcrag.paths import slurm_templates_dir
@@ -42,12 +53,18 @@ def demo(ctx: click.Context, site_names: tuple[str, ...], partition: str, nodes:
         site.partition(partition)
         target = SlurmTarget.for_site(site)
         status = site_status(target)
-        table(f"{name} ({site.display_name}, cluster {target.cluster}): GPUs",
-              ["type", "total", "allocated", "free"],
-              [[t, c.total, c.allocated, c.free] for t, c in status.gpus.items()])
+        table(
+            f"{name} ({site.display_name}, cluster {target.cluster}): GPUs",
+            ["type", "total", "allocated", "free"],
+            [[t, c.total, c.allocated, c.free] for t, c in status.gpus.items()],
+        )
         log = workdir.resolve() / f"mpi-check-{name}.out"
-        args = [f"--partition={partition}", f"--nodes={nodes}", f"--ntasks={ranks}",
-                f"--export=ALL,HPCRAG_PYTHON={sys.executable}"]
+        args = [
+            f"--partition={partition}",
+            f"--nodes={nodes}",
+            f"--ntasks={ranks}",
+            f"--export=ALL,HPCRAG_PYTHON={sys.executable}",
+        ]
         job_id = batch.submit(target, script, args, log)
         click.echo(f"{name}: submitted {script.name} as job {job_id} on {partition} ({ranks} ranks)")
         submitted.append((name, target, job_id, log))

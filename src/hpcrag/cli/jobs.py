@@ -30,10 +30,38 @@ def list_jobs(ctx: click.Context, site_names: tuple[str, ...], user: str | None,
     if as_json:
         echo_json(rows)
         return
-    table("Jobs", ["site", "job", "partition", "name", "user", "state", "time", "limit", "nodes",
-                   "nodelist (reason)", "gres"],
-          [[r["site"], r["job_id"], r["partition"], r["name"], r["user"], r["state"], r["time"],
-            r["time_limit"], r["nodes"], r["reason_or_nodes"], r["gres"]] for r in rows])
+    table(
+        "Jobs",
+        [
+            "site",
+            "job",
+            "partition",
+            "name",
+            "user",
+            "state",
+            "time",
+            "limit",
+            "nodes",
+            "nodelist (reason)",
+            "gres",
+        ],
+        [
+            [
+                r["site"],
+                r["job_id"],
+                r["partition"],
+                r["name"],
+                r["user"],
+                r["state"],
+                r["time"],
+                r["time_limit"],
+                r["nodes"],
+                r["reason_or_nodes"],
+                r["gres"],
+            ]
+            for r in rows
+        ],
+    )
 
 
 @jobs.command()

@@ -24,10 +24,19 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--profile", envvar="HPCRAG_PROFILE", default=None,
-              help="Deployment profile in site-configs/profiles (default: dev, the local clusters).")
-@click.option("--config-dir", envvar="HPCRAG_CONFIG_DIR", default=None,
-              type=click.Path(file_okay=False), help="The site-configs directory to read.")
+@click.option(
+    "--profile",
+    envvar="HPCRAG_PROFILE",
+    default=None,
+    help="Deployment profile in site-configs/profiles (default: dev, the local clusters).",
+)
+@click.option(
+    "--config-dir",
+    envvar="HPCRAG_CONFIG_DIR",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="The site-configs directory to read.",
+)
 @click.version_option(package_name="hpcrag")
 @click.pass_context
 def cli(ctx: click.Context, profile: str | None, config_dir: str | None) -> None:

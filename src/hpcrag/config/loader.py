@@ -53,9 +53,11 @@ def load_config(root: Path | str | None = None, profile: str | None = None) -> C
         )
     gpus = _load(GpuCatalog, root / "gpus.yaml").gpus
     clouds = _load(Clouds, root / "clouds.yaml")
-    _check_gpu_names(root / "clouds.yaml", gpus, {
-        f"providers.{p}.gpus.{g}": g for p, prov in clouds.providers.items() for g in prov.gpus
-    })
+    _check_gpu_names(
+        root / "clouds.yaml",
+        gpus,
+        {f"providers.{p}.gpus.{g}": g for p, prov in clouds.providers.items() for g in prov.gpus},
+    )
     sites = _load_sites(root / "sites", gpus)
     profile_name = active_profile_name(profile)
     profile_file = root / "profiles" / f"{profile_name}.yaml"
@@ -81,9 +83,7 @@ def _local_site(site: Site, profile: Profile) -> Site:
     if site.name not in profile.sites:
         return site
     access = SlurmAccess(slurm_conf=str(local_slurm_conf(profile, site.name)))
-    slurm = SiteSlurm(
-        cluster_name=site.slurm.cluster_name, controller_host="localhost", access=access
-    )
+    slurm = SiteSlurm(cluster_name=site.slurm.cluster_name, controller_host="localhost", access=access)
     return site.model_copy(update={"slurm": slurm})
 
 
@@ -99,18 +99,26 @@ def _load_sites(folder: Path, gpus: dict[str, Any]) -> dict[str, Site]:
             raise ConfigError(file, "name", f"site name {site.name!r} must match the file name {file.stem!r}")
         if site.slurm.cluster_name in clusters:
             raise ConfigError(
-                file, "slurm.cluster_name",
-                f"cluster name {site.slurm.cluster_name!r} is already used by site {clusters[site.slurm.cluster_name]}",
+                file,
+                "slurm.cluster_name",
+                f"cluster name {site.slurm.cluster_name!r} is already used by site "
+                f"{clusters[site.slurm.cluster_name]}",
             )
         clusters[site.slurm.cluster_name] = site.name
-        _check_gpu_names(file, gpus, {
-            **{f"node_groups[{i}].gpu_type": g.gpu_type for i, g in enumerate(site.node_groups)},
-            **{f"gpu_price_usd_per_hour.{g}": g for g in site.gpu_price_usd_per_hour},
-        })
+        _check_gpu_names(
+            file,
+            gpus,
+            {
+                **{f"node_groups[{i}].gpu_type": g.gpu_type for i, g in enumerate(site.node_groups)},
+                **{f"gpu_price_usd_per_hour.{g}": g for g in site.gpu_price_usd_per_hour},
+            },
+        )
         unpriced = sorted({g.gpu_type for g in site.node_groups} - set(site.gpu_price_usd_per_hour))
         if unpriced:
             raise ConfigError(
-                file, "gpu_price_usd_per_hour", f"no price for GPU types {', '.join(unpriced)}; add $/GPU-hour"
+                file,
+                "gpu_price_usd_per_hour",
+                f"no price for GPU types {', '.join(unpriced)}; add $/GPU-hour",
             )
         sites[site.name] = site
     return sites
@@ -126,7 +134,9 @@ def _check_gpu_names(file: Path, gpus: dict[str, Any], used: dict[str, str]) -> 
 
 def _check_profile(file: Path, profile: Profile, sites: dict[str, Site]) -> None:
     if profile.name != file.stem:
-        raise ConfigError(file, "name", f"profile name {profile.name!r} must match the file name {file.stem!r}")
+        raise ConfigError(
+            file, "name", f"profile name {profile.name!r} must match the file name {file.stem!r}"
+        )
     ports: dict[int, str] = {}
     if profile.accounting is not None:
         ports[profile.accounting.slurmdbd_port] = "accounting.slurmdbd_port"
@@ -137,9 +147,12 @@ def _check_profile(file: Path, profile: Profile, sites: dict[str, Site]) -> None
             raise ConfigError(file, f"sites.{name}", f"unknown site {name!r}; sites: {', '.join(sites)}")
         nodes = len(sites[name].node_names)
         wanted = {settings.slurmctld_port: f"sites.{name}.slurmctld_port"}
-        wanted.update({
-            settings.slurmd_port_base + i: f"sites.{name}.slurmd_port_base (+{i})" for i in range(1, nodes + 1)
-        })
+        wanted.update(
+            {
+                settings.slurmd_port_base + i: f"sites.{name}.slurmd_port_base (+{i})"
+                for i in range(1, nodes + 1)
+            }
+        )
         for port, key in wanted.items():
             if port in ports:
                 raise ConfigError(file, key, f"port {port} is also used by {ports[port]}")
@@ -150,7 +163,8 @@ def _check_profile(file: Path, profile: Profile, sites: dict[str, Site]) -> None
     for (low, a), (high, b) in itertools.pairwise(ranges):
         if high - low < 100_000:
             raise ConfigError(
-                file, f"sites.{b}.first_job_id",
+                file,
+                f"sites.{b}.first_job_id",
                 f"job ids of {a} (from {low}) and {b} (from {high}) must be at least 100000 apart",
             )
 

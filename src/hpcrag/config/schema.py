@@ -39,9 +39,7 @@ class UnknownNameError(HpcragError):
 
     def __init__(self, kind: str, name: str, valid: list[str], where: str = "") -> None:
         scope = f" {where}" if where else ""
-        super().__init__(
-            f"unknown {kind} {name!r}{scope}; valid {kind}s: {', '.join(valid) or '(none)'}"
-        )
+        super().__init__(f"unknown {kind} {name!r}{scope}; valid {kind}s: {', '.join(valid) or '(none)'}")
 
 
 def expand_nodes(expression: str) -> list[str]:
@@ -154,9 +152,7 @@ class Site(_Model):
         for index, group in enumerate(self.node_groups):
             for node in group.node_names:
                 if node in owner:
-                    raise ValueError(
-                        f"node {node} is in node_groups[{owner[node]}] and node_groups[{index}]"
-                    )
+                    raise ValueError(f"node {node} is in node_groups[{owner[node]}] and node_groups[{index}]")
                 owner[node] = index
         names = [p.name for p in self.partitions]
         duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -188,9 +184,7 @@ class Site(_Model):
         for partition in self.partitions:
             if partition.name == name:
                 return partition
-        raise UnknownNameError(
-            "partition", name, [p.name for p in self.partitions], f"at site {self.name}"
-        )
+        raise UnknownNameError("partition", name, [p.name for p in self.partitions], f"at site {self.name}")
 
     def partition_gpu_types(self, name: str) -> list[str]:
         """GPU types present on a partition's nodes, in node-group order."""
@@ -228,8 +222,7 @@ class Clouds(_Model):
         for name, provider in self.providers.items():
             if provider.tier not in self.tiers:
                 raise ValueError(
-                    f"provider {name}: unknown tier {provider.tier!r}; "
-                    f"valid tiers: {', '.join(self.tiers)}"
+                    f"provider {name}: unknown tier {provider.tier!r}; valid tiers: {', '.join(self.tiers)}"
                 )
         return self
 
@@ -262,7 +255,9 @@ class Profile(_Model):
             raise ValueError(f"run_dir must be an absolute path, got {self.run_dir!r}")
         if self.run_dir is not None and re.search(r"\s", self.run_dir):
             # slurm.conf has no quoting: a path with blanks cannot be written into it.
-            raise ValueError(f"run_dir must not contain whitespace (slurm.conf cannot quote it): {self.run_dir!r}")
+            raise ValueError(
+                f"run_dir must not contain whitespace (slurm.conf cannot quote it): {self.run_dir!r}"
+            )
         return self
 
     @property

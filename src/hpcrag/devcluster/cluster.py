@@ -27,8 +27,19 @@ from hpcrag.slurm.target import SlurmTarget
 from hpcrag.util.files import write_atomic
 
 REQUIRED_TOOLS = (
-    "munged", "mungekey", "munge", "mariadbd", "mariadb-install-db", "mariadb-admin", "mariadb",
-    "slurmdbd", "slurmctld", "slurmd", "sacctmgr", "sinfo", "scontrol",
+    "munged",
+    "mungekey",
+    "munge",
+    "mariadbd",
+    "mariadb-install-db",
+    "mariadb-admin",
+    "mariadb",
+    "slurmdbd",
+    "slurmctld",
+    "slurmd",
+    "sacctmgr",
+    "sinfo",
+    "scontrol",
 )
 READY_STATES = {"idle", "mixed", "allocated", "completing"}
 
@@ -74,11 +85,17 @@ class DevCluster:
         ]
         for site in self.sites:
             paths = run_paths(self.profile, site)
-            found.append(Daemon("slurmctld", site, paths["base"] / "slurmctld.pid", paths["log"] / "slurmctld.log"))
+            found.append(
+                Daemon("slurmctld", site, paths["base"] / "slurmctld.pid", paths["log"] / "slurmctld.log")
+            )
             for node in self.config.site(site).node_names:
                 found.append(
-                    Daemon("slurmd", f"{site}/{node}", paths["base"] / f"slurmd-{node}.pid",
-                           paths["log"] / f"slurmd-{node}.log")
+                    Daemon(
+                        "slurmd",
+                        f"{site}/{node}",
+                        paths["base"] / f"slurmd-{node}.pid",
+                        paths["log"] / f"slurmd-{node}.log",
+                    )
                 )
         return found
 
@@ -104,9 +121,7 @@ class DevCluster:
             raise DevClusterError("the local clusters run as root (device nodes, slurmd): run as root")
         missing = [t for t in REQUIRED_TOOLS if shutil.which(t) is None]
         if missing:
-            raise DevClusterError(
-                f"missing programs: {', '.join(missing)}; install them with `make setup`"
-            )
+            raise DevClusterError(f"missing programs: {', '.join(missing)}; install them with `make setup`")
 
     def _munge(self) -> None:
         sock_dir, key_dir = self.root / "munge", self.root / "munge-key"
@@ -121,11 +136,17 @@ class DevCluster:
         key.chmod(0o400)
         if self._daemon("munged").pid:
             return
-        run_command([
-            "munged", f"--socket={sock_dir / 'munge.socket.2'}", f"--key-file={key}",
-            f"--pid-file={sock_dir / 'munged.pid'}", f"--log-file={sock_dir / 'munged.log'}",
-            f"--seed-file={key_dir / 'munged.seed'}", "--num-threads=10",
-        ])
+        run_command(
+            [
+                "munged",
+                f"--socket={sock_dir / 'munge.socket.2'}",
+                f"--key-file={key}",
+                f"--pid-file={sock_dir / 'munged.pid'}",
+                f"--log-file={sock_dir / 'munged.log'}",
+                f"--seed-file={key_dir / 'munged.seed'}",
+                "--num-threads=10",
+            ]
+        )
         run_command(["munge", "-n", "-S", str(sock_dir / "munge.socket.2")])
         self.log("munged: started")
 
@@ -135,25 +156,43 @@ class DevCluster:
         sock = base / "mysqld.sock"
         base.mkdir(exist_ok=True)
         if not (data / "mysql").is_dir():
-            run_command([
-                "mariadb-install-db", "--user=root", f"--datadir={data}",
-                "--auth-root-authentication-method=socket", "--skip-test-db",
-            ], timeout=120)
+            run_command(
+                [
+                    "mariadb-install-db",
+                    "--user=root",
+                    f"--datadir={data}",
+                    "--auth-root-authentication-method=socket",
+                    "--skip-test-db",
+                ],
+                timeout=120,
+            )
         if not self._daemon("mariadbd").pid:
             args = [
-                "mariadbd", "--user=root", f"--datadir={data}", f"--socket={sock}",
-                f"--port={self.accounting.mariadb_port}", "--bind-address=127.0.0.1",
-                f"--pid-file={base / 'mariadbd.pid'}", f"--log-error={base / 'error.log'}",
-                "--innodb-buffer-pool-size=256M", "--innodb-lock-wait-timeout=900",
+                "mariadbd",
+                "--user=root",
+                f"--datadir={data}",
+                f"--socket={sock}",
+                f"--port={self.accounting.mariadb_port}",
+                "--bind-address=127.0.0.1",
+                f"--pid-file={base / 'mariadbd.pid'}",
+                f"--log-error={base / 'error.log'}",
+                "--innodb-buffer-pool-size=256M",
+                "--innodb-lock-wait-timeout=900",
                 "--skip-name-resolve",
             ]
             # mariadbd does not daemonize itself: detach it into its own session.
             subprocess.Popen(
-                args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
                 start_new_session=True,
             )
-            self._wait(lambda: _succeeds(["mariadb-admin", f"--socket={sock}", "ping"]),
-                       30, f"MariaDB did not start; see {base / 'error.log'}")
+            self._wait(
+                lambda: _succeeds(["mariadb-admin", f"--socket={sock}", "ping"]),
+                30,
+                f"MariaDB did not start; see {base / 'error.log'}",
+            )
             self.log("mariadbd: started")
         password = self._db_password()
         sql = (
@@ -181,8 +220,11 @@ class DevCluster:
         if not daemon.pid:
             # slurmdbd reads slurmdbd.conf from the directory of $SLURM_CONF.
             run_command(["slurmdbd"], env={"SLURM_CONF": str(base / "slurm.conf")})
-            self._wait(lambda: _port_open(self.accounting.slurmdbd_port), 30,
-                       f"slurmdbd did not start; see {daemon.log}")
+            self._wait(
+                lambda: _port_open(self.accounting.slurmdbd_port),
+                30,
+                f"slurmdbd did not start; see {daemon.log}",
+            )
             self.log("slurmdbd: started")
 
     def _site(self, site: str) -> None:

@@ -18,7 +18,9 @@ from hpcrag.errors import HpcragError
 class CommandError(HpcragError):
     """An external command failed (non-zero exit, missing executable or time-out)."""
 
-    def __init__(self, args: Sequence[str], returncode: int | None, stdout: str, stderr: str, why: str) -> None:
+    def __init__(
+        self, args: Sequence[str], returncode: int | None, stdout: str, stderr: str, why: str
+    ) -> None:
         self.args_list = list(args)
         self.returncode = returncode
         self.stdout = stdout

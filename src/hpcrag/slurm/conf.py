@@ -65,11 +65,15 @@ def render_slurm_conf(config: Config, site_name: str) -> str:
         "",
         "# GPU resource definitions",
     ]
-    lines += _node_lines(config, site) if local else [
-        f"NodeName={g.nodes} Gres=gpu:{g.gpu_type}:{g.gpus_per_node} CPUs={g.cpus} "
-        f"RealMemory={g.memory_mb} State=UNKNOWN"
-        for g in site.node_groups
-    ]
+    lines += (
+        _node_lines(config, site)
+        if local
+        else [
+            f"NodeName={g.nodes} Gres=gpu:{g.gpu_type}:{g.gpus_per_node} CPUs={g.cpus} "
+            f"RealMemory={g.memory_mb} State=UNKNOWN"
+            for g in site.node_groups
+        ]
+    )
     lines += ["", "# Partition definitions (one per model tier)"]
     lines += [
         f"PartitionName={p.name} Nodes={p.nodes} Default={'YES' if p.default else 'NO'} "
@@ -93,24 +97,26 @@ def render_gres_conf(config: Config, site_name: str) -> str:
 def render_slurmdbd_conf(profile: Profile, storage_password: str) -> str:
     assert profile.run_dir is not None and profile.accounting is not None
     root = Path(profile.run_dir)
-    return "\n".join([
-        f"# Generated for profile {profile.name}: one slurmdbd shared by every local cluster.",
-        "AuthType=auth/munge",
-        f"AuthInfo=socket={root / 'munge' / 'munge.socket.2'}",
-        "DbdHost=localhost",
-        "DbdAddr=127.0.0.1",
-        f"DbdPort={profile.accounting.slurmdbd_port}",
-        "SlurmUser=root",
-        f"PidFile={root / 'dbd' / 'slurmdbd.pid'}",
-        f"LogFile={root / 'dbd' / 'slurmdbd.log'}",
-        "StorageType=accounting_storage/mysql",
-        "StorageHost=127.0.0.1",
-        f"StoragePort={profile.accounting.mariadb_port}",
-        "StorageUser=slurm",
-        f"StoragePass={storage_password}",
-        "StorageLoc=slurm_acct_db",
-        "",
-    ])
+    return "\n".join(
+        [
+            f"# Generated for profile {profile.name}: one slurmdbd shared by every local cluster.",
+            "AuthType=auth/munge",
+            f"AuthInfo=socket={root / 'munge' / 'munge.socket.2'}",
+            "DbdHost=localhost",
+            "DbdAddr=127.0.0.1",
+            f"DbdPort={profile.accounting.slurmdbd_port}",
+            "SlurmUser=root",
+            f"PidFile={root / 'dbd' / 'slurmdbd.pid'}",
+            f"LogFile={root / 'dbd' / 'slurmdbd.log'}",
+            "StorageType=accounting_storage/mysql",
+            "StorageHost=127.0.0.1",
+            f"StoragePort={profile.accounting.mariadb_port}",
+            "StorageUser=slurm",
+            f"StoragePass={storage_password}",
+            "StorageLoc=slurm_acct_db",
+            "",
+        ]
+    )
 
 
 def max_gpus_per_node(site: Site) -> int:

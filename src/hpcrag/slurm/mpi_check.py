@@ -26,17 +26,22 @@ def main() -> int:
     total = comm.allreduce(rank + 1, op=MPI.SUM)
     expected = size * (size + 1) // 2
     if rank == 0:
-        print(json.dumps({
-            "cluster": os.environ.get("SLURM_CLUSTER_NAME", ""),
-            "partition": os.environ.get("SLURM_JOB_PARTITION", ""),
-            "job_id": os.environ.get("SLURM_JOB_ID", ""),
-            "size": size,
-            "allreduce": total,
-            "expected": expected,
-            "ok": total == expected,
-            "ranks": ranks,
-            "mpi": MPI.Get_library_version().splitlines()[0].strip(),
-        }), flush=True)
+        print(
+            json.dumps(
+                {
+                    "cluster": os.environ.get("SLURM_CLUSTER_NAME", ""),
+                    "partition": os.environ.get("SLURM_JOB_PARTITION", ""),
+                    "job_id": os.environ.get("SLURM_JOB_ID", ""),
+                    "size": size,
+                    "allreduce": total,
+                    "expected": expected,
+                    "ok": total == expected,
+                    "ranks": ranks,
+                    "mpi": MPI.Get_library_version().splitlines()[0].strip(),
+                }
+            ),
+            flush=True,
+        )
     return 0 if total == expected else 1
 
 

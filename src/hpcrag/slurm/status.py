@@ -15,8 +15,18 @@ _FIELD = re.compile(r"(?:^|\s)(\w+)=(\S*)")
 _GPU_TRES = re.compile(r"gres/gpu:([\w.-]+)=(\d+)")
 # squeue fields; '|' never appears in them.
 JOB_FORMAT = "%i|%P|%j|%u|%T|%M|%l|%D|%R|%b"
-JOB_FIELDS = ("job_id", "partition", "name", "user", "state", "time", "time_limit", "nodes",
-              "reason_or_nodes", "gres")
+JOB_FIELDS = (
+    "job_id",
+    "partition",
+    "name",
+    "user",
+    "state",
+    "time",
+    "time_limit",
+    "nodes",
+    "reason_or_nodes",
+    "gres",
+)
 
 
 @dataclass
@@ -81,8 +91,14 @@ class SiteStatus:
             "gpus": {t: _gpu_dict(c) for t, c in self.gpus.items()},
             "running_jobs": sum(1 for j in self.jobs if j["state"] == "RUNNING"),
             "pending_jobs": [
-                {"job_id": j["job_id"], "partition": j["partition"], "name": j["name"],
-                 "user": j["user"], "reason": j["reason_or_nodes"].strip("()"), "gres": j["gres"]}
+                {
+                    "job_id": j["job_id"],
+                    "partition": j["partition"],
+                    "name": j["name"],
+                    "user": j["user"],
+                    "reason": j["reason_or_nodes"].strip("()"),
+                    "gres": j["gres"],
+                }
                 for j in self.pending
             ],
         }
@@ -124,12 +140,14 @@ def parse_nodes(text: str) -> list[NodeStatus]:
             continue
         configured = {t: int(n) for t, n in _GPU_TRES.findall(fields.get("CfgTRES", ""))}
         allocated = {t: int(n) for t, n in _GPU_TRES.findall(fields.get("AllocTRES", ""))}
-        nodes.append(NodeStatus(
-            name=fields["NodeName"],
-            state=fields.get("State", "UNKNOWN").lower(),
-            partitions=[p for p in fields.get("Partitions", "").split(",") if p],
-            gpus={t: GpuCount(total=n, allocated=allocated.get(t, 0)) for t, n in configured.items()},
-        ))
+        nodes.append(
+            NodeStatus(
+                name=fields["NodeName"],
+                state=fields.get("State", "UNKNOWN").lower(),
+                partitions=[p for p in fields.get("Partitions", "").split(",") if p],
+                gpus={t: GpuCount(total=n, allocated=allocated.get(t, 0)) for t, n in configured.items()},
+            )
+        )
     return nodes
 
 
@@ -139,12 +157,14 @@ def parse_partitions(text: str) -> list[PartitionStatus]:
         fields = dict(_FIELD.findall(line))
         if "PartitionName" not in fields:
             continue
-        partitions.append(PartitionStatus(
-            name=fields["PartitionName"],
-            default=fields.get("Default") == "YES",
-            state=fields.get("State", "UNKNOWN"),
-            max_time=fields.get("MaxTime", ""),
-            nodes=fields.get("Nodes", ""),
-            total_nodes=int(fields.get("TotalNodes", "0") or 0),
-        ))
+        partitions.append(
+            PartitionStatus(
+                name=fields["PartitionName"],
+                default=fields.get("Default") == "YES",
+                state=fields.get("State", "UNKNOWN"),
+                max_time=fields.get("MaxTime", ""),
+                nodes=fields.get("Nodes", ""),
+                total_nodes=int(fields.get("TotalNodes", "0") or 0),
+            )
+        )
     return partitions
