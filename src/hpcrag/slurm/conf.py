@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import hostlist
-
 from hpcrag.config import Config, Profile, Site
 
 FAKE_GPU_DIR = "dev"
@@ -119,10 +117,6 @@ def render_slurmdbd_conf(profile: Profile, storage_password: str) -> str:
     )
 
 
-def max_gpus_per_node(site: Site) -> int:
-    return max(g.gpus_per_node for g in site.node_groups)
-
-
 def _local_controller_lines(config: Config, site: Site) -> list[str]:
     profile = config.profile
     assert profile.accounting is not None
@@ -192,14 +186,3 @@ def _device_range(directory: Path, count: int) -> str:
     if count == 1:
         return str(directory / f"{GPU_DEVICE_PREFIX}0")
     return str(directory / f"{GPU_DEVICE_PREFIX}[0-{count - 1}]")
-
-
-def node_ports(config: Config, site_name: str) -> dict[str, int]:
-    """The slurmd port of each node of a local cluster."""
-    settings = config.dev_settings(site_name)
-    nodes = config.site(site_name).node_names
-    return {node: settings.slurmd_port_base + i for i, node in enumerate(nodes, start=1)}
-
-
-def compress(nodes: list[str]) -> str:
-    return hostlist.collect_hostlist(nodes)
