@@ -54,6 +54,11 @@ class Daemon:
     site: str
     pid_file: Path
     log: Path
+    node: str | None = None
+
+    @property
+    def where(self) -> str:
+        return f"{self.site}/{self.node}" if self.node else self.site
 
     @property
     def pid(self) -> int | None:
@@ -92,9 +97,10 @@ class DevCluster:
                 found.append(
                     Daemon(
                         "slurmd",
-                        f"{site}/{node}",
+                        site,
                         paths["base"] / f"slurmd-{node}.pid",
                         paths["log"] / f"slurmd-{node}.log",
+                        node=node,
                     )
                 )
         return found
@@ -241,7 +247,7 @@ class DevCluster:
         cluster = self.config.site(site).slurm.cluster_name
         if cluster not in _registered_clusters(env):
             run_command(["sacctmgr", "-i", "add", "cluster", cluster], env=env)
-        site_daemons = [d for d in self.daemons() if d.site == site or d.site.startswith(f"{site}/")]
+        site_daemons = [d for d in self.daemons() if d.site == site]
         if changed:
             # A changed config needs fresh daemons: slurmd refuses a controller whose config differs.
             processes.stop([d.pid for d in site_daemons if d.pid])
@@ -251,7 +257,7 @@ class DevCluster:
             if daemon.name == "slurmctld":
                 run_command(["slurmctld"], env=env)
             else:
-                run_command(["slurmd", "-N", daemon.site.split("/", 1)[1]], env=env)
+                run_command(["slurmd", "-N", str(daemon.node)], env=env)
         self.log(f"{site}: slurmctld and {len(site_daemons) - 1} slurmd running ({paths['conf']})")
 
     @staticmethod
@@ -306,7 +312,7 @@ class DevCluster:
     # ---- status --------------------------------------------------------------------------
     def status(self) -> list[dict[str, object]]:
         return [
-            {"daemon": d.name, "site": d.site, "pid": d.pid, "running": d.pid is not None, "log": str(d.log)}
+            {"daemon": d.name, "site": d.where, "pid": d.pid, "running": d.pid is not None, "log": str(d.log)}
             for d in self.daemons()
         ]
 

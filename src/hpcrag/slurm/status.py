@@ -132,12 +132,15 @@ def parse_jobs(text: str) -> list[dict[str, str]]:
     return jobs
 
 
+def _records(text: str, key: str) -> list[dict[str, str]]:
+    """The `scontrol show ... -o` records (one per line) that carry `key`, as field dicts."""
+    records = (dict(_FIELD.findall(line)) for line in text.splitlines())
+    return [fields for fields in records if key in fields]
+
+
 def parse_nodes(text: str) -> list[NodeStatus]:
     nodes = []
-    for line in text.splitlines():
-        fields = dict(_FIELD.findall(line))
-        if "NodeName" not in fields:
-            continue
+    for fields in _records(text, "NodeName"):
         configured = {t: int(n) for t, n in _GPU_TRES.findall(fields.get("CfgTRES", ""))}
         allocated = {t: int(n) for t, n in _GPU_TRES.findall(fields.get("AllocTRES", ""))}
         nodes.append(
@@ -153,10 +156,7 @@ def parse_nodes(text: str) -> list[NodeStatus]:
 
 def parse_partitions(text: str) -> list[PartitionStatus]:
     partitions = []
-    for line in text.splitlines():
-        fields = dict(_FIELD.findall(line))
-        if "PartitionName" not in fields:
-            continue
+    for fields in _records(text, "PartitionName"):
         partitions.append(
             PartitionStatus(
                 name=fields["PartitionName"],
