@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from hpcrag.cli import cluster, demo, jobs, sites
+from hpcrag.cli import cluster, demo, index, jobs, sites
 
 
 class _Group(click.Group):
@@ -48,3 +48,4 @@ cli.add_command(sites.sites)
 cli.add_command(cluster.cluster)
 cli.add_command(jobs.jobs)
 cli.add_command(demo.demo)
+cli.add_command(index.index)

@@ -1,0 +1,278 @@
+"""`hpcrag index ...`: build, search, serve and inspect a distributed index.
+
+`build`, `search` and `serve` run the same way as one process or as every rank of `mpirun -n R` /
+`srun --mpi=pmix -n R`: they detect an MPI launch themselves (or take `--comm`). Only rank 0 prints;
+an error reaches every rank at once, so the job ends with one message and exit code 1, never a hang.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from hpcrag.cli.common import echo_json
+
+if TYPE_CHECKING:
+    from hpcrag.search.comm import Communicator
+
+comm_option = click.option(
+    "--comm",
+    "comm_kind",
+    type=click.Choice(["auto", "mpi", "local"]),
+    default="auto",
+    show_default=True,
+    help="auto: MPI when started by mpirun/srun, else one process.",
+)
+device_option = click.option(
+    "--device",
+    type=click.Choice(["cpu", "cuda"]),
+    default="cpu",
+    show_default=True,
+    help="Where shards live.",
+)
+verify_option = click.option(
+    "--verify/--no-verify", default=True, show_default=True, help="Check every file's checksum when loading."
+)
+
+
+def _collective(comm_kind: str, device: str, body: Callable[[Communicator], None]) -> None:
+    """Run `body` on every rank; print an error once (rank 0) and exit 1 on all ranks."""
+    from hpcrag.errors import HpcragError
+    from hpcrag.search.comm import make_comm
+
+    comm = make_comm(comm_kind, device)
+    try:
+        body(comm)
+    except HpcragError as exc:
+        if comm.rank == 0:
+            click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except Exception:
+        if comm.size > 1:
+            import traceback
+
+            traceback.print_exc()
+            comm.abort(1)  # an unexpected failure on one rank must not leave the others waiting
+        raise
+
+
+def _progress(message: str) -> None:
+    click.echo(f"[hpcrag index build] {message}", err=True)
+
+
+@click.group()
+def index() -> None:
+    """Distributed vector index: build, search, serve, inspect."""
+
+
+@index.command()
+@click.argument("vectors", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Index directory to create.")
+@click.option("--nlist", required=True, type=int, help="Number of inverted lists (coarse centroids).")
+@click.option("--shards", required=True, type=int, help="Number of shards (at most one rank each).")
+@click.option("--metric", type=click.Choice(["ip", "l2", "cosine"]), default="ip", show_default=True)
+@click.option(
+    "--ids", "ids_path", type=click.Path(path_type=Path), help=".npy of int64 ids (default: row numbers)."
+)
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
+@click.option("--niter", type=int, default=20, show_default=True, help="k-means iterations.")
+@click.option("--seed", type=int, default=1234, show_default=True)
+@click.option("--route-nprobe", type=int, default=None, help="nprobe the shard grouping optimises for.")
+@click.option("--chunk-rows", type=int, default=65536, show_default=True, help="Rows per exchange round.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing index at --out (after the build).")
+@comm_option
+def build(
+    vectors: Path,
+    out: Path,
+    nlist: int,
+    shards: int,
+    metric: str,
+    ids_path: Path | None,
+    dtype: str,
+    niter: int,
+    seed: int,
+    route_nprobe: int | None,
+    chunk_rows: int,
+    overwrite: bool,
+    comm_kind: str,
+) -> None:
+    """Build an index of VECTORS (.npy float32/float16 or .fvecs) into --out."""
+
+    def body(comm: Communicator) -> None:
+        from hpcrag.search.build import BuildOptions, build_index
+        from hpcrag.search.metric import Metric
+
+        options = BuildOptions(
+            nlist=nlist,
+            nshards=shards,
+            metric=Metric.parse(metric),
+            dtype=dtype,
+            niter=niter,
+            seed=seed,
+            chunk_rows=chunk_rows,
+            overwrite=overwrite,
+            route_nprobe=route_nprobe,
+        )
+        manifest = build_index(vectors, out, options, ids_path, comm, progress=_progress)
+        if comm.rank == 0:
+            sizes = ", ".join(str(s.ntotal) for s in manifest.shards)
+            click.echo(
+                f"built {out}: {manifest.ntotal} vectors, dim {manifest.dim}, {manifest.metric}, "
+                f"{manifest.nlist} lists, {manifest.nshards} shards ({sizes}) "
+                f"in {manifest.build['seconds']:.1f} s on {comm.size} rank(s)"
+            )
+
+    _collective(comm_kind, "cpu", body)
+
+
+@index.command()
+@click.argument("index_dir", type=click.Path(path_type=Path))
+@click.option("--queries", "queries_path", required=True, type=click.Path(path_type=Path))
+@click.option("--k", type=int, default=10, show_default=True)
+@click.option("--nprobe", type=int, default=1, show_default=True)
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Result .npz (ids, distances).")
+@device_option
+@verify_option
+@comm_option
+def search(
+    index_dir: Path,
+    queries_path: Path,
+    k: int,
+    nprobe: int,
+    out: Path,
+    device: str,
+    verify: bool,
+    comm_kind: str,
+) -> None:
+    """Search the queries in --queries (.npy/.fvecs) and write ids and distances to --out."""
+
+    def body(comm: Communicator) -> None:
+        from hpcrag.errors import HpcragError
+        from hpcrag.search.comm import agree
+        from hpcrag.search.index import DistributedIndex
+        from hpcrag.search.inputs import load_queries
+
+        def check_out() -> None:
+            if out.suffix != ".npz":
+                raise HpcragError(f"--out {out}: the result file must end in .npz")
+            if not out.parent.is_dir():
+                raise HpcragError(f"--out {out}: directory {out.parent} does not exist")
+
+        agree(comm, check_out if comm.rank == 0 else lambda: None)
+        opened = DistributedIndex.open(index_dir, comm, device=device, verify=verify)
+        queries = agree(comm, lambda: load_queries(queries_path, opened.dim) if comm.rank == 0 else None)
+        result = opened.search(queries, k=k, nprobe=nprobe)
+        if result is not None:
+            _save_result(out, result)
+            qps = len(result.ids) / result.seconds if result.seconds else float("inf")
+            click.echo(
+                f"{len(result.ids)} queries, k={k}, nprobe={nprobe}: {result.seconds:.3f} s "
+                f"({qps:,.0f} queries/s) on {comm.size} rank(s); mean shards touched "
+                f"{result.mean_shards_touched:.2f} of {opened.manifest.nshards}; wrote {out}"
+            )
+
+    _collective(comm_kind, device, body)
+
+
+@index.command()
+@click.argument("index_dir", type=click.Path(path_type=Path))
+@click.option("--port", type=int, default=8470, show_default=True, help="0 picks a free port.")
+@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--max-batch", type=int, default=256, show_default=True, help="Queries per collective search.")
+@click.option("--max-wait-ms", type=float, default=2.0, show_default=True, help="Longest batch wait.")
+@click.option("--max-k", type=int, default=1024, show_default=True)
+@click.option("--endpoint-file", type=click.Path(path_type=Path), help="Write the URL here once serving.")
+@device_option
+@verify_option
+@comm_option
+def serve(
+    index_dir: Path,
+    port: int,
+    host: str,
+    max_batch: int,
+    max_wait_ms: float,
+    max_k: int,
+    endpoint_file: Path | None,
+    device: str,
+    verify: bool,
+    comm_kind: str,
+) -> None:
+    """Serve the index over HTTP from rank 0 (JSON and .npy), with dynamic batching."""
+
+    def body(comm: Communicator) -> None:
+        from hpcrag.search.comm import agree
+        from hpcrag.search.index import DistributedIndex
+        from hpcrag.search.service import SearchService, ServiceOptions
+
+        opened = DistributedIndex.open(index_dir, comm, device=device, verify=verify)
+        options = ServiceOptions(
+            host=host,
+            port=port,
+            max_batch=max_batch,
+            max_wait_s=max_wait_ms / 1000.0,
+            max_k=max_k,
+            endpoint_file=endpoint_file,
+        )
+        service = agree(comm, lambda: SearchService(opened, options) if comm.rank == 0 else None)
+        if comm.rank != 0:
+            opened.follow()
+            return
+        service.run(on_ready=lambda url: click.echo(f"serving {index_dir} on {url} with {comm.size} rank(s)"))
+
+    _collective(comm_kind, device, body)
+
+
+@index.command()
+@click.argument("index_dir", type=click.Path(path_type=Path))
+@verify_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def info(index_dir: Path, verify: bool, as_json: bool) -> None:
+    """Describe an index and check its files (sizes always, checksums unless --no-verify)."""
+    from hpcrag.search import layout
+
+    manifest = layout.read_manifest(index_dir)
+    layout.check_file(index_dir / layout.CENTROIDS, manifest.centroids, verify)
+    for shard in manifest.shards:
+        for name, entry in shard.files.items():
+            layout.check_file(layout.shard_dir(index_dir, shard.shard) / name, entry, verify)
+    summary = {
+        "path": str(index_dir),
+        "format_version": manifest.format_version,
+        "vectors": manifest.ntotal,
+        "dim": manifest.dim,
+        "metric": manifest.metric,
+        "dtype": manifest.dtype,
+        "nlist": manifest.nlist,
+        "shards": [{"shard": s.shard, "vectors": s.ntotal} for s in manifest.shards],
+        "checked": "sizes and checksums" if verify else "sizes",
+        "build": manifest.build,
+    }
+    if as_json:
+        echo_json(summary)
+        return
+    click.echo(
+        f"{index_dir}: {manifest.ntotal} vectors, dim {manifest.dim}, {manifest.metric}, {manifest.dtype}, "
+        f"{manifest.nlist} lists, {manifest.nshards} shards; files OK ({summary['checked']})"
+    )
+    for shard in manifest.shards:
+        click.echo(f"  shard {shard.shard}: {shard.ntotal} vectors")
+
+
+def _save_result(out: Path, result: object) -> None:
+    import os
+    import tempfile
+
+    import numpy as np
+
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp.npz")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(handle, ids=result.ids, distances=result.distances, shards_touched=result.shards_touched)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

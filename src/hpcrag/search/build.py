@@ -1,0 +1,283 @@
+"""Building the index, as one process or as R <= S MPI ranks sharing the work.
+
+Rank 0 trains the coarse centroids (faiss k-means on a sample); every rank assigns its slice of the
+rows to lists; rank 0 groups the lists into shards (neighbours together, sizes balanced); the rows
+travel to the rank that owns their shard in bounded rounds (`Alltoallv`); each rank writes its shards.
+Everything goes to a hidden sibling directory that is renamed to `--out` only when complete, so a
+failed build leaves nothing half-written behind.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hpcrag.errors import HpcragError
+from hpcrag.search import layout
+from hpcrag.search.comm import Communicator, LocalComm, agree
+from hpcrag.search.grouping import group_lists
+from hpcrag.search.inputs import check_finite, load_ids, open_vectors
+from hpcrag.search.metric import Metric, prepare
+
+STORAGE_DTYPES = ("float16", "float32")
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+TRAIN_POINTS_PER_LIST = 256
+GROUPING_SAMPLE = 20000
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    nlist: int
+    nshards: int
+    metric: Metric = Metric.IP
+    dtype: str = "float16"
+    niter: int = 20
+    seed: int = 1234
+    chunk_rows: int = 65536
+    overwrite: bool = False
+    route_nprobe: int | None = None  # the nprobe the shard grouping optimises for (default nlist/16)
+
+    def grouping_nprobe(self) -> int:
+        return min(self.nlist, self.route_nprobe or max(1, self.nlist // 16))
+
+
+Progress = Callable[[str], None]
+
+
+def build_index(
+    vectors_path: Path,
+    out: Path,
+    options: BuildOptions,
+    ids_path: Path | None = None,
+    comm: Communicator | None = None,
+    progress: Progress | None = None,
+) -> layout.Manifest:
+    """Build the index of `vectors_path` into `out` (collective over `comm`); returns its manifest."""
+    comm = comm or LocalComm()
+    say = progress if (progress and comm.rank == 0) else (lambda message: None)
+    out = Path(out)
+    vectors = agree(comm, lambda: _validate(vectors_path, out, options, comm.size))
+    ids = agree(comm, lambda: _ids_for(ids_path, vectors.shape[0]))
+    workdir = Path(comm.bcast_obj(_make_workdir(out) if comm.rank == 0 else None))
+    done = False
+    try:
+        manifest = _build(vectors, ids, workdir, options, comm, say)
+        agree(comm, lambda: _publish(workdir, out, options.overwrite) if comm.rank == 0 else None)
+        say(f"index written to {out}")
+        done = True
+        return manifest
+    finally:
+        if not done and comm.rank == 0:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _validate(vectors_path: Path, out: Path, options: BuildOptions, ranks: int) -> np.ndarray:
+    if options.nshards < 1 or options.nlist < 1:
+        raise HpcragError("--nlist and --shards must be >= 1")
+    if ranks > options.nshards:
+        raise HpcragError(
+            f"{ranks} ranks but only {options.nshards} shards: run at most {options.nshards} ranks "
+            "or build more shards (--shards)"
+        )
+    if options.nlist < options.nshards:
+        raise HpcragError(f"--nlist {options.nlist} < --shards {options.nshards}: each shard needs a list")
+    if options.dtype not in STORAGE_DTYPES:
+        raise HpcragError(f"unknown storage dtype {options.dtype!r}; use {' or '.join(STORAGE_DTYPES)}")
+    if options.chunk_rows < 1:
+        raise HpcragError("--chunk-rows must be >= 1")
+    if out.exists() and not options.overwrite and (not out.is_dir() or any(out.iterdir())):
+        raise HpcragError(f"{out} already exists; choose another --out or pass --overwrite")
+    vectors = open_vectors(vectors_path)
+    if vectors.shape[0] < options.nlist:
+        raise HpcragError(
+            f"{vectors_path} has {vectors.shape[0]} vectors, fewer than --nlist {options.nlist}; "
+            "use a smaller --nlist (about sqrt(n) is a good start)"
+        )
+    return vectors
+
+
+def _ids_for(ids_path: Path | None, count: int) -> np.ndarray:
+    if ids_path is None:
+        return np.arange(count, dtype=np.int64)
+    return load_ids(ids_path, count)
+
+
+def _make_workdir(out: Path) -> str:
+    workdir = out.parent / f".{out.name}.building-{uuid.uuid4().hex[:8]}"
+    workdir.mkdir(parents=True)
+    return str(workdir)
+
+
+def _publish(workdir: Path, out: Path, overwrite: bool) -> None:
+    """Swap the finished index into place; an old index is removed only after the new one is there."""
+    if out.exists():
+        if not overwrite and any(out.iterdir()):
+            raise HpcragError(f"{out} appeared during the build; the new index is kept in {workdir}")
+        retired = out.parent / f".{out.name}.retired-{uuid.uuid4().hex[:8]}"
+        out.rename(retired)
+        workdir.rename(out)
+        shutil.rmtree(retired)
+    else:
+        workdir.rename(out)
+
+
+def _build(
+    vectors: np.ndarray,
+    ids: np.ndarray,
+    workdir: Path,
+    options: BuildOptions,
+    comm: Communicator,
+    say: Progress,
+) -> layout.Manifest:
+    started = time.monotonic()
+    n, dim = vectors.shape
+    trained = agree(comm, lambda: _train(vectors, options, say) if comm.rank == 0 else None)
+    centroids = comm.bcast_obj(trained[0] if comm.rank == 0 else None)
+    quantizer = coarse_quantizer(centroids, options.metric)
+    lo, hi = n * comm.rank // comm.size, n * (comm.rank + 1) // comm.size
+    chunks = [(start, min(start + options.chunk_rows, hi)) for start in range(lo, hi, options.chunk_rows)]
+    rounds = max(comm.allgather_obj(len(chunks)))
+    chunks += [(hi, hi)] * (rounds - len(chunks))
+
+    say(f"assigning {n:,} vectors to {options.nlist} lists on {comm.size} rank(s)")
+    list_of = agree(comm, lambda: _assign(vectors, chunks, quantizer, options, say))
+    counts = np.sum(comm.allgather_obj(np.bincount(list_of, minlength=options.nlist)), axis=0)
+    list_shard = None
+    if comm.rank == 0:
+        sample_probes = quantizer.search(trained[1], options.grouping_nprobe())[1]
+        list_shard = group_lists(centroids, counts, options.nshards, options.seed, sample_probes)
+    list_shard = comm.bcast_obj(list_shard)
+    shard_rank = np.arange(options.nshards) % comm.size
+    say(f"grouped {options.nlist} lists into {options.nshards} shards; exchanging rows")
+
+    record = np.dtype([("list", np.int32), ("id", np.int64), ("vector", options.dtype, (dim,))])
+    received: list[np.ndarray] = []
+    for index, (start, stop) in enumerate(chunks):
+        rows = np.empty(stop - start, dtype=record)
+        rows["list"] = list_of[start - lo : stop - lo]
+        rows["id"] = ids[start:stop]
+        rows["vector"] = prepare(np.asarray(vectors[start:stop]), options.metric, "vectors", start)
+        owner = shard_rank[list_shard[rows["list"]]]
+        received.extend(comm.alltoallv([rows[owner == rank] for rank in range(comm.size)]))
+        say(f"exchanged round {index + 1}/{rounds}")
+    mine = np.concatenate(received) if received else np.empty(0, dtype=record)
+
+    entries = [
+        _write_shard(workdir, shard, mine[list_shard[mine["list"]] == shard], options.nlist)
+        for shard in range(options.nshards)
+        if shard_rank[shard] == comm.rank
+    ]
+    gathered = comm.gather_obj(entries)
+    manifest = None
+    if comm.rank == 0:
+        shards = sorted((e for part in gathered for e in part), key=lambda e: e.shard)
+        manifest = layout.Manifest(
+            dim=dim,
+            metric=options.metric.value,
+            dtype=options.dtype,
+            nlist=options.nlist,
+            nshards=options.nshards,
+            ntotal=n,
+            list_shard=[int(s) for s in list_shard],
+            list_counts=[int(c) for c in counts],
+            centroids=layout.save_array(workdir / layout.CENTROIDS, centroids),
+            shards=shards,
+            build={
+                "ranks": comm.size,
+                "seed": options.seed,
+                "niter": options.niter,
+                "seconds": round(time.monotonic() - started, 3),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            },
+        )
+        layout.write_manifest(workdir, manifest)
+    return comm.bcast_obj(manifest)
+
+
+def coarse_quantizer(centroids: np.ndarray, metric: Metric):
+    """A faiss flat index over the centroids: the same assignment faiss's own IVF would make."""
+    import faiss
+
+    index = faiss.IndexFlat(centroids.shape[1], metric.faiss_metric())
+    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    return index
+
+
+def _train(vectors: np.ndarray, options: BuildOptions, say: Progress) -> tuple[np.ndarray, np.ndarray]:
+    """Centroids, and a few thousand of the training rows to steer the shard grouping."""
+    import faiss
+
+    n, dim = vectors.shape
+    size = min(n, options.nlist * TRAIN_POINTS_PER_LIST)
+    rows = np.sort(np.random.default_rng(options.seed).choice(n, size=size, replace=False))
+    sample = np.asarray(vectors[rows])
+    bad = np.flatnonzero(~np.isfinite(sample).all(axis=1))
+    if bad.size:
+        raise HpcragError(f"vectors row {rows[bad[0]]} holds NaN or inf; clean or drop it")
+    sample = prepare(sample, options.metric, "vectors")
+    if size < 39 * options.nlist:
+        per_list = size / options.nlist
+        say(f"note: only {per_list:.0f} vectors per list to train on; a smaller --nlist trains better")
+    say(f"training {options.nlist} centroids on {size:,} of {n:,} vectors ({options.niter} iterations)")
+    kmeans = faiss.Kmeans(
+        dim,
+        options.nlist,
+        niter=options.niter,
+        seed=options.seed,
+        spherical=options.metric.larger_is_better,
+        min_points_per_centroid=1,
+        max_points_per_centroid=TRAIN_POINTS_PER_LIST,
+    )
+    kmeans.train(sample)
+    return np.array(kmeans.centroids, dtype=np.float32), sample[:GROUPING_SAMPLE]
+
+
+def _assign(
+    vectors: np.ndarray,
+    chunks: list[tuple[int, int]],
+    quantizer,
+    options: BuildOptions,
+    say: Progress,
+) -> np.ndarray:
+    parts = []
+    total = sum(stop - start for start, stop in chunks)
+    done, last = 0, time.monotonic()
+    for start, stop in chunks:
+        if stop == start:
+            continue
+        raw = np.asarray(vectors[start:stop])
+        check_finite(raw, "vectors", start)
+        rows = prepare(raw, options.metric, "vectors", start)
+        if options.dtype == "float16" and np.abs(rows).max() > FLOAT16_MAX:
+            raise HpcragError(
+                f"vectors rows {start}..{stop - 1} exceed the float16 range (|x| > {FLOAT16_MAX:g}); "
+                "build with --dtype float32"
+            )
+        parts.append(quantizer.search(rows, 1)[1][:, 0].astype(np.int32))
+        done += stop - start
+        if time.monotonic() - last > 2.0 or done == total:
+            say(f"assigned {done:,}/{total:,} rows on rank 0 ({100 * done / max(total, 1):.0f}%)")
+            last = time.monotonic()
+    return np.concatenate(parts) if parts else np.empty(0, dtype=np.int32)
+
+
+def _write_shard(workdir: Path, shard: int, rows: np.ndarray, nlist: int) -> layout.ShardEntry:
+    rows = rows[np.lexsort((rows["id"], rows["list"]))]
+    vectors = rows["vector"]
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(rows["list"], minlength=nlist))]).astype(np.int64)
+    sqnorms = (vectors.astype(np.float32) ** 2).sum(axis=1, dtype=np.float32)
+    folder = layout.shard_dir(workdir, shard)
+    arrays = {
+        "vectors.npy": vectors,
+        "ids.npy": rows["id"],
+        "sqnorms.npy": sqnorms,
+        "list_offsets.npy": offsets,
+    }
+    files = {name: layout.save_array(folder / name, array) for name, array in arrays.items()}
+    return layout.ShardEntry(shard=shard, ntotal=len(rows), files=files)

@@ -1,0 +1,230 @@
+"""Communicators: how the ranks of a search job talk, behind one interface.
+
+- `LocalComm`: one process owns every shard; no MPI needed (a laptop, a test, one GPU).
+- `MpiComm`: mpi4py over host (NumPy) buffers; the CPU path.
+- `NcclComm`: NCCL (through cupy.cuda.nccl) over device (CuPy) buffers, with MPI for the small
+  control messages and to broadcast NCCL's unique id; the GPU path keeps arrays on the device.
+
+Arrays move with `bcast_array`/`send_array`/`recv_array`; small Python objects (headers, plans,
+error messages) with the `*_obj` methods. `agree` turns an error on any rank into the same error on
+every rank, so a collective never hangs on one rank's bad input.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any, ClassVar, Protocol, TypeVar
+
+import numpy as np
+
+from hpcrag.errors import HpcragError
+
+T = TypeVar("T")
+MPI_LAUNCH_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE")
+
+
+class Communicator(Protocol):
+    rank: int
+    size: int
+    local_size: int  # ranks on this node
+    xp: Any  # numpy or cupy: where this communicator's arrays live
+
+    def bcast_obj(self, obj: Any) -> Any: ...
+    def gather_obj(self, obj: Any) -> list[Any] | None: ...
+    def allgather_obj(self, obj: Any) -> list[Any]: ...
+    def bcast_array(self, array: Any, shape: tuple[int, ...], dtype: Any) -> Any: ...
+    def send_array(self, array: Any, dest: int) -> None: ...
+    def recv_array(self, shape: tuple[int, ...], dtype: Any, source: int) -> Any: ...
+    def alltoallv(self, parts: list[np.ndarray]) -> list[np.ndarray]: ...
+    def barrier(self) -> None: ...
+    def abort(self, code: int) -> None: ...
+
+
+class LocalComm:
+    """A communicator of one: every collective is the identity."""
+
+    rank = 0
+    size = 1
+    local_size = 1
+
+    def __init__(self, xp: Any = np) -> None:
+        self.xp = xp
+
+    def bcast_obj(self, obj: Any) -> Any:
+        return obj
+
+    def gather_obj(self, obj: Any) -> list[Any]:
+        return [obj]
+
+    def allgather_obj(self, obj: Any) -> list[Any]:
+        return [obj]
+
+    def bcast_array(self, array: Any, shape: tuple[int, ...], dtype: Any) -> Any:
+        return array
+
+    def send_array(self, array: Any, dest: int) -> None:
+        raise HpcragError("a communicator of one rank has no peer to send to")
+
+    def recv_array(self, shape: tuple[int, ...], dtype: Any, source: int) -> Any:
+        raise HpcragError("a communicator of one rank has no peer to receive from")
+
+    def alltoallv(self, parts: list[np.ndarray]) -> list[np.ndarray]:
+        return list(parts)
+
+    def barrier(self) -> None:
+        return None
+
+    def abort(self, code: int) -> None:
+        raise SystemExit(code)
+
+
+class MpiComm:
+    """mpi4py over host buffers; collectives on NumPy arrays use MPI's buffer interface (no pickling)."""
+
+    xp = np
+
+    def __init__(self, comm: Any = None) -> None:
+        from mpi4py import MPI
+
+        self.comm = comm if comm is not None else MPI.COMM_WORLD
+        self.rank = self.comm.Get_rank()
+        self.size = self.comm.Get_size()
+        node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
+        self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
+        node.Free()
+
+    def bcast_obj(self, obj: Any) -> Any:
+        return self.comm.bcast(obj, root=0)
+
+    def gather_obj(self, obj: Any) -> list[Any] | None:
+        return self.comm.gather(obj, root=0)
+
+    def allgather_obj(self, obj: Any) -> list[Any]:
+        return self.comm.allgather(obj)
+
+    def bcast_array(self, array: Any, shape: tuple[int, ...], dtype: Any) -> Any:
+        buffer = np.ascontiguousarray(array) if self.rank == 0 else np.empty(shape, dtype=dtype)
+        self.comm.Bcast(buffer, root=0)
+        return buffer
+
+    def send_array(self, array: Any, dest: int) -> None:
+        self.comm.Send(np.ascontiguousarray(array), dest=dest)
+
+    def recv_array(self, shape: tuple[int, ...], dtype: Any, source: int) -> Any:
+        buffer = np.empty(shape, dtype=dtype)
+        self.comm.Recv(buffer, source=source)
+        return buffer
+
+    def alltoallv(self, parts: list[np.ndarray]) -> list[np.ndarray]:
+        """Send parts[r] to rank r; return what each rank sent here. Parts share dtype and row shape."""
+        from mpi4py import MPI
+
+        sample = parts[0]
+        row_shape, dtype = sample.shape[1:], sample.dtype
+        row_bytes = int(np.prod(row_shape, dtype=np.int64)) * dtype.itemsize
+        send_rows = np.array([len(p) for p in parts], dtype=np.int64)
+        recv_rows = np.empty_like(send_rows)
+        self.comm.Alltoall(send_rows, recv_rows)
+        send = np.ascontiguousarray(np.concatenate(parts)).view(np.uint8).reshape(-1)
+        recv = np.empty(int(recv_rows.sum()) * row_bytes, dtype=np.uint8)
+        send_counts, recv_counts = send_rows * row_bytes, recv_rows * row_bytes
+        if max(send_counts.sum(), recv_counts.sum()) >= 2**31:
+            raise HpcragError("one exchange round exceeds 2 GiB; lower the build's --chunk-rows")
+        send_displs = np.concatenate([[0], np.cumsum(send_counts)[:-1]])
+        recv_displs = np.concatenate([[0], np.cumsum(recv_counts)[:-1]])
+        self.comm.Alltoallv(
+            [send, (send_counts, send_displs), MPI.BYTE], [recv, (recv_counts, recv_displs), MPI.BYTE]
+        )
+        rows = recv.view(dtype).reshape(-1, *row_shape)
+        bounds = np.concatenate([[0], np.cumsum(recv_rows)])
+        return [rows[bounds[r] : bounds[r + 1]] for r in range(self.size)]
+
+    def barrier(self) -> None:
+        self.comm.Barrier()
+
+    def abort(self, code: int) -> None:
+        self.comm.Abort(code)
+
+
+class NcclComm(MpiComm):
+    """NCCL for device arrays (CuPy), MPI for control; one GPU per rank (the node-local rank's)."""
+
+    _DTYPES: ClassVar[dict[str, str]] = {
+        "float32": "NCCL_FLOAT32",
+        "float16": "NCCL_FLOAT16",
+        "int64": "NCCL_INT64",
+        "int32": "NCCL_INT32",
+    }
+
+    def __init__(self, comm: Any = None) -> None:
+        super().__init__(comm)
+        import cupy
+        from cupy.cuda import nccl
+
+        self.xp = cupy
+        cupy.cuda.Device(self.local_rank % cupy.cuda.runtime.getDeviceCount()).use()
+        uid = nccl.get_unique_id() if self.rank == 0 else None
+        self._nccl = nccl.NcclCommunicator(self.size, self.comm.bcast(uid, root=0), self.rank)
+        self._nccl_module = nccl
+        self._stream = cupy.cuda.Stream(non_blocking=True)
+
+    def _dtype(self, dtype: Any) -> int:
+        name = np.dtype(dtype).name
+        if name not in self._DTYPES:
+            raise HpcragError(f"NCCL transfer of {name} arrays is not supported here")
+        return getattr(self._nccl_module, self._DTYPES[name])
+
+    def bcast_array(self, array: Any, shape: tuple[int, ...], dtype: Any) -> Any:
+        cupy = self.xp
+        buffer = cupy.ascontiguousarray(array) if self.rank == 0 else cupy.empty(shape, dtype=dtype)
+        # The producer of `array` ran on the current stream: order NCCL's stream after it.
+        self._stream.wait_event(cupy.cuda.get_current_stream().record())
+        self._nccl.bcast(buffer.data.ptr, buffer.size, self._dtype(dtype), 0, self._stream.ptr)
+        self._stream.synchronize()
+        return buffer
+
+    def send_array(self, array: Any, dest: int) -> None:
+        cupy = self.xp
+        buffer = cupy.ascontiguousarray(array)
+        self._stream.wait_event(cupy.cuda.get_current_stream().record())
+        self._nccl.send(buffer.data.ptr, buffer.size, self._dtype(buffer.dtype), dest, self._stream.ptr)
+        self._stream.synchronize()
+
+    def recv_array(self, shape: tuple[int, ...], dtype: Any, source: int) -> Any:
+        buffer = self.xp.empty(shape, dtype=dtype)
+        self._nccl.recv(buffer.data.ptr, buffer.size, self._dtype(dtype), source, self._stream.ptr)
+        self._stream.synchronize()
+        return buffer
+
+
+def launched_by_mpi() -> bool:
+    """True under mpirun or `srun --mpi=pmix` (they set these variables), False for a plain process."""
+    return any(name in os.environ for name in MPI_LAUNCH_VARIABLES)
+
+
+def make_comm(kind: str = "auto", device: str = "cpu") -> Communicator:
+    """`auto` picks MPI when an MPI launcher started us, else one local process; NCCL for `cuda`."""
+    if kind not in ("auto", "mpi", "local"):
+        raise HpcragError(f"unknown communicator {kind!r}; use auto, mpi or local")
+    use_mpi = kind == "mpi" or (kind == "auto" and launched_by_mpi())
+    if device == "cuda":
+        from hpcrag.search.device import require_cupy
+
+        cupy = require_cupy()
+        return NcclComm() if use_mpi else LocalComm(cupy)
+    return MpiComm() if use_mpi else LocalComm()
+
+
+def agree(comm: Communicator, action: Callable[[], T]) -> T:
+    """Run `action` on every rank; if it fails with an HpcragError on any rank, raise it on all."""
+    error: str | None = None
+    result: Any = None
+    try:
+        result = action()
+    except HpcragError as exc:
+        error = str(exc)
+    errors = [e for e in comm.allgather_obj(error) if e is not None]
+    if errors:
+        raise HpcragError(errors[0])
+    return result

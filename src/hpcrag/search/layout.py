@@ -1,0 +1,164 @@
+"""The index on disk: one directory, a manifest, the centroids and one folder of arrays per shard.
+
+    DIR/manifest.json       format and version, dim, metric, dtype, nlist, nshards, list->shard map,
+                            list sizes, and size + sha256 of every array file
+    DIR/centroids.npy       (nlist, dim) float32 coarse centroids
+    DIR/shard-0003/         vectors.npy (n, dim) float16|float32, rows grouped by list
+                            ids.npy (n,) int64, sqnorms.npy (n,) float32 (for l2),
+                            list_offsets.npy (nlist+1,) int64: list L is rows [off[L], off[L+1])
+
+Loading checks the version, every file's size and (by default) its checksum, and refuses a damaged
+index with a message naming the file. Writers produce files through a temporary name and a rename.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hpcrag.errors import HpcragError
+
+FORMAT = "hpcrag-ivf"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+CENTROIDS = "centroids.npy"
+SHARD_ARRAYS = ("vectors.npy", "ids.npy", "sqnorms.npy", "list_offsets.npy")
+
+
+class IndexFormatError(HpcragError):
+    """The directory is not a usable index: missing, damaged or of another format version."""
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    shard: int
+    ntotal: int
+    files: dict[str, FileEntry]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    dim: int
+    metric: str
+    dtype: str
+    nlist: int
+    nshards: int
+    ntotal: int
+    list_shard: list[int]
+    list_counts: list[int]
+    centroids: FileEntry
+    shards: list[ShardEntry]
+    build: dict[str, Any] = field(default_factory=dict)
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        data = dict(data)
+        data["centroids"] = FileEntry(**data["centroids"])
+        data["shards"] = [
+            ShardEntry(s["shard"], s["ntotal"], {n: FileEntry(**f) for n, f in s["files"].items()})
+            for s in data["shards"]
+        ]
+        return cls(**data)
+
+
+def shard_dir(root: Path, shard: int) -> Path:
+    return Path(root) / f"shard-{shard:04d}"
+
+
+def file_entry(path: Path) -> FileEntry:
+    with open(path, "rb") as handle:
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    return FileEntry(bytes=path.stat().st_size, sha256=digest)
+
+
+def save_array(path: Path, array: np.ndarray) -> FileEntry:
+    """Write one .npy through a temporary file and a rename; return its size and checksum."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return file_entry(path)
+
+
+def write_manifest(root: Path, manifest: Manifest) -> None:
+    from hpcrag.util.files import write_atomic
+
+    write_atomic(Path(root) / MANIFEST, manifest.to_json())
+
+
+def read_manifest(root: Path) -> Manifest:
+    """The manifest of the index in `root`, or an IndexFormatError saying what is wrong with it."""
+    root = Path(root)
+    path = root / MANIFEST
+    if not root.is_dir():
+        raise IndexFormatError(f"index directory not found: {root}")
+    if not path.is_file():
+        raise IndexFormatError(f"{path} is missing: {root} is not an hpcrag index (build one first)")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise IndexFormatError(f"{path}: unreadable manifest ({exc}); rebuild the index") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise IndexFormatError(f"{path}: not an {FORMAT} manifest")
+    version = data.get("format_version")
+    if version != FORMAT_VERSION:
+        raise IndexFormatError(
+            f"{path}: index format version {version}, this hpcrag reads version {FORMAT_VERSION}; "
+            "rebuild the index with this version"
+        )
+    try:
+        return Manifest.from_dict(data)
+    except (KeyError, TypeError) as exc:
+        raise IndexFormatError(f"{path}: damaged manifest ({exc}); rebuild the index") from None
+
+
+def check_file(path: Path, entry: FileEntry, verify: bool) -> None:
+    """Refuse a missing, truncated or (when verifying) altered file, naming it."""
+    if not path.is_file():
+        raise IndexFormatError(f"{path} is missing; the index is incomplete, rebuild it")
+    size = path.stat().st_size
+    if size != entry.bytes:
+        raise IndexFormatError(
+            f"{path} is damaged: {size} bytes where the manifest records {entry.bytes}; rebuild the index"
+        )
+    if verify and file_entry(path).sha256 != entry.sha256:
+        raise IndexFormatError(
+            f"{path} is damaged: its checksum differs from the manifest; rebuild the index"
+        )
+
+
+def load_array(path: Path, entry: FileEntry, verify: bool, mmap: bool = True) -> np.ndarray:
+    """A checked array, memory-mapped unless empty (an empty array cannot be mapped)."""
+    check_file(path, entry, verify)
+    try:
+        header = np.load(path, mmap_mode="r")
+        if not mmap or header.size == 0:
+            return np.load(path)
+        return header
+    except (ValueError, OSError) as exc:
+        raise IndexFormatError(f"{path} is damaged ({exc}); rebuild the index") from None
