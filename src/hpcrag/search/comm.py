@@ -218,13 +218,15 @@ def make_comm(kind: str = "auto", device: str = "cpu") -> Communicator:
 
 def agree(comm: Communicator, action: Callable[[], T]) -> T:
     """Run `action` on every rank; if it fails with an HpcragError on any rank, raise it on all."""
-    error: str | None = None
+    failure: HpcragError | None = None
     result: Any = None
     try:
         result = action()
     except HpcragError as exc:
-        error = str(exc)
-    errors = [e for e in comm.allgather_obj(error) if e is not None]
+        failure = exc
+    errors = [e for e in comm.allgather_obj(None if failure is None else str(failure)) if e is not None]
+    if failure is not None:
+        raise failure
     if errors:
         raise HpcragError(errors[0])
     return result

@@ -127,8 +127,9 @@ class SearchService:
         self._stopping.set()
 
     def run(self, on_ready: Callable[[str], None] | None = None) -> None:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: self.stop())
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, lambda *_: self.stop())
         http = threading.Thread(target=self._serve_http, name="hpcrag-http", daemon=True)
         http.start()
         if not self._ready.wait(timeout=30):
