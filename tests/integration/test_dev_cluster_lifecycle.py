@@ -20,11 +20,12 @@ def test_up_down_up(dev_cluster: DevCluster, nyc: SlurmTarget) -> None:
     dev_cluster.up(timeout=60)
     assert pids(dev_cluster) == before  # nothing restarted
 
-    sbatch_wrap(nyc, "--partition=tier-s", "--wrap=sleep 300")  # a job step must not survive down
+    job = sbatch_wrap(nyc, "--partition=tier-s", "--wrap=sleep 300")  # a job step must not survive down
     dev_cluster.down()
     assert processes_of(Path(dev_cluster.root)) == []
     assert not any(pids(dev_cluster).values())
 
     seconds = dev_cluster.up(timeout=60)
     assert all(pids(dev_cluster).values())
+    nyc.scancel(job)  # slurmctld recovers it as running; it would hold node resources for hours
     print(f"dev cluster up from stopped in {seconds:.1f}s")

@@ -1,0 +1,98 @@
+"""The distributed search under real mpirun with 1 to 4 ranks (odd counts too), all metrics.
+
+The invariants hold at every rank count: equal to faiss IndexIVFFlat with the index's centroids,
+equal to brute force with nprobe = nlist; and a build by R ranks writes the same index as one process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hpcrag.search import Metric, reference
+from hpcrag.search.synthetic import clustered
+from hpcrag.slurm.command import CommandError, run_command
+from tests.integration.mpi_search_driver import CASES, SEARCHES
+from tests.search_helpers import assert_same_neighbours, centroids_of
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def mpirun(ranks: int, *command: str) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "PMIX_", "OMPI_"))}
+    env["OMPI_MCA_plm"] = "isolated"
+    env["PYTHONPATH"] = str(REPO)
+    env["HPCRAG_THREADS"] = "1"
+    argv = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-n", str(ranks), *command]
+    return run_command(argv, env=env, timeout=300).stdout
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("mpi search")
+    base, queries = clustered(3000, 40, 24, clusters=12, spread=0.5, seed=17)
+    np.save(root / "base.npy", base)
+    np.save(root / "queries.npy", queries)
+    np.save(root / "dups.npy", np.repeat(base[:3], 50, axis=0))
+    for ranks in (1, 2, 3, 4):
+        mpirun(ranks, sys.executable, "-m", "tests.integration.mpi_search_driver", str(root))
+    return root
+
+
+@pytest.mark.parametrize("ranks", [1, 2, 3, 4])
+@pytest.mark.parametrize("case", list(CASES))
+def test_invariants_at_every_rank_count(workdir: Path, ranks: int, case: str) -> None:
+    source, metric_name = CASES[case]
+    metric = Metric(metric_name)
+    base, queries = np.load(workdir / source), np.load(workdir / "queries.npy")
+    index_dir = workdir / f"r{ranks}" / case
+    ivf = reference.ivf_flat(base, centroids_of(index_dir), metric)
+    for k, nprobe in SEARCHES:
+        found = np.load(workdir / f"r{ranks}" / f"{case}-k{k}-p{nprobe}.npz")
+        distances, ids = reference.search(ivf, queries, k, metric, nprobe)
+        assert_same_neighbours(found["ids"], found["distances"], ids, distances)
+        if nprobe == 16:
+            distances, ids = reference.search(reference.exact(base, metric), queries, k, metric)
+            assert_same_neighbours(found["ids"], found["distances"], ids, distances)
+    if case == "dups":
+        shard_sizes = [s["ntotal"] for s in json.loads((index_dir / "manifest.json").read_text())["shards"]]
+        assert 0 in shard_sizes
+
+
+@pytest.mark.parametrize("ranks", [2, 3, 4])
+def test_a_build_by_r_ranks_equals_the_one_process_build(workdir: Path, ranks: int) -> None:
+    for case in CASES:
+        one = json.loads((workdir / "r1" / case / "manifest.json").read_text())
+        many = json.loads((workdir / f"r{ranks}" / case / "manifest.json").read_text())
+        assert many["shards"] == one["shards"] and many["centroids"] == one["centroids"]
+        assert many["build"]["ranks"] == ranks
+
+
+def test_cli_under_mpirun_matches_the_api(workdir: Path) -> None:
+    index_dir = workdir / "r2" / "l2"
+    out = workdir / "cli result.npz"
+    summary = mpirun(
+        3, sys.executable, "-m", "hpcrag", "index", "search", str(index_dir),
+        "--queries", str(workdir / "queries.npy"), "--k", "10", "--nprobe", "3", "--out", str(out),
+    )  # fmt: skip
+    assert summary.count("40 queries, k=10, nprobe=3") == 1, summary
+    assert "on 3 rank(s)" in summary
+    api = np.load(workdir / "r2" / "l2-k10-p3.npz")
+    np.testing.assert_array_equal(np.load(out)["ids"], api["ids"])
+
+
+def test_more_ranks_than_shards_is_one_clear_error(workdir: Path) -> None:
+    with pytest.raises(CommandError) as failure:
+        mpirun(
+            5, sys.executable, "-m", "hpcrag", "index", "search", str(workdir / "r1" / "ip"),
+            "--queries", str(workdir / "queries.npy"), "--out", str(workdir / "never.npz"),
+        )  # fmt: skip
+    message = "error: 5 ranks but the index in"
+    assert failure.value.stderr.count(message) == 1, failure.value.stderr
+    assert "has 4 shards: run at most 4 ranks (-n 4)" in failure.value.stderr
+    assert not (workdir / "never.npz").exists()
