@@ -82,7 +82,7 @@ def check_finite(rows: Any, what: str, first_row: int = 0) -> None:
     bad = xp.flatnonzero(~xp.isfinite(rows).all(axis=1))
     if bad.size:
         row = first_row + int(bad[0])
-        raise HpcragError(f"{what} row {row} holds NaN or inf; clean or drop it ({int(bad.size)} such rows)")
+        raise HpcragError(f"{what} row {row} holds NaN or inf; clean or drop it")
 
 
 def check_queries(queries: Any, dim: int, what: str = "queries") -> Any:

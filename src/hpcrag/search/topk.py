@@ -10,7 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from hpcrag.search.arrays import array_module
+
+NO_ID_LAST = np.iinfo(np.int64).max  # sorts empty slots after every real id
 
 
 def empty_topk(xp: Any, nq: int, k: int, worst: float) -> tuple[Any, Any]:
@@ -33,7 +37,7 @@ def select_topk(scores: Any, ids: Any, k: int, larger_is_better: bool, worst: fl
         key = xp.take_along_axis(key, part, axis=1)
         ids = xp.take_along_axis(ids, part, axis=1)
         scores = xp.take_along_axis(scores, part, axis=1)
-    tiebreak = xp.where(ids < 0, xp.iinfo(xp.int64).max, ids)
+    tiebreak = xp.where(ids < 0, NO_ID_LAST, ids)
     order = _order_rows(xp, key, tiebreak)
     return xp.take_along_axis(scores, order, axis=1), xp.take_along_axis(ids, order, axis=1)
 

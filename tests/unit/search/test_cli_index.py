@@ -1,0 +1,95 @@
+"""`hpcrag index` as a user meets it: results files, one-line errors, exit codes, nothing half-written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from click.testing import CliRunner
+
+from hpcrag.cli.main import cli
+from hpcrag.search.synthetic import clustered
+
+BASE, QUERIES = clustered(1200, 15, 12, clusters=5, seed=6)
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, ["index", *args])
+
+
+def test_build_search_info(tmp_path: Path) -> None:
+    np.save(tmp_path / "base.npy", BASE)
+    np.save(tmp_path / "q.npy", QUERIES)
+    index_dir = tmp_path / "my index"
+    built = run("build", str(tmp_path / "base.npy"), "--out", str(index_dir), "--nlist", "8", "--shards", "2")
+    assert built.exit_code == 0, built.output
+    assert f"built {index_dir}: 1200 vectors, dim 12, ip, 8 lists, 2 shards" in built.output
+    out = tmp_path / "result.npz"
+    searched = run(
+        "search", str(index_dir), "--queries", str(tmp_path / "q.npy"), "--k", "4", "--out", str(out)
+    )
+    assert searched.exit_code == 0, searched.output
+    assert "15 queries, k=4, nprobe=1" in searched.output
+    result = np.load(out)
+    assert result["ids"].shape == (15, 4) and result["ids"].dtype == np.int64
+    assert result["distances"].dtype == np.float32
+    info = run("info", str(index_dir), "--json")
+    assert json.loads(info.output)["shards"] == [
+        {"shard": s, "vectors": json.loads((index_dir / "manifest.json").read_text())["shards"][s]["ntotal"]}
+        for s in (0, 1)
+    ]
+
+
+def test_errors_are_one_line_and_leave_nothing(tmp_path: Path) -> None:
+    bad = BASE.copy()
+    bad[10, 1] = np.nan
+    np.save(tmp_path / "bad.npy", bad)
+    failed = run(
+        "build", str(tmp_path / "bad.npy"), "--out", str(tmp_path / "out"), "--nlist", "8", "--shards", "2"
+    )
+    assert failed.exit_code == 1
+    assert failed.output.strip() == "error: vectors row 10 holds NaN or inf; clean or drop it"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.npy"]
+    missing = run("search", str(tmp_path / "nowhere"), "--queries", "q.npy", "--out", str(tmp_path / "r.npz"))
+    assert missing.exit_code == 1 and "index directory not found" in missing.output
+    assert "Traceback" not in missing.output
+
+
+def test_search_refuses_a_bad_out_and_bad_queries(tmp_path: Path) -> None:
+    np.save(tmp_path / "base.npy", BASE)
+    run("build", str(tmp_path / "base.npy"), "--out", str(tmp_path / "idx"), "--nlist", "8", "--shards", "2")
+    np.save(tmp_path / "q7.npy", np.ones((3, 7), dtype=np.float32))
+    wrong_dim = run(
+        "search",
+        str(tmp_path / "idx"),
+        "--queries",
+        str(tmp_path / "q7.npy"),
+        "--out",
+        str(tmp_path / "r.npz"),
+    )
+    assert (
+        wrong_dim.exit_code == 1 and "dimension 7 does not match the index dimension 12" in wrong_dim.output
+    )
+    np.save(tmp_path / "q.npy", QUERIES)
+    bad_out = run(
+        "search",
+        str(tmp_path / "idx"),
+        "--queries",
+        str(tmp_path / "q.npy"),
+        "--out",
+        str(tmp_path / "r.txt"),
+    )
+    assert bad_out.exit_code == 1 and "must end in .npz" in bad_out.output
+    bad_k = run(
+        "search",
+        str(tmp_path / "idx"),
+        "--queries",
+        str(tmp_path / "q.npy"),
+        "--k",
+        "0",
+        "--out",
+        str(tmp_path / "r.npz"),
+    )
+    assert bad_k.exit_code == 1 and "k must be >= 1, got 0" in bad_k.output
+    assert not (tmp_path / "r.npz").exists()
