@@ -198,7 +198,9 @@ def load_dataset(args: argparse.Namespace):
                 np.load(MANPAGES / "gt.i64.npy"), "manpages-minilm")  # fmt: skip
     from hpcrag.search.synthetic import clustered
 
-    base, queries = clustered(200_000, 1000, 96, clusters=400, spread=0.6, seed=1)
+    base, queries = clustered(
+        200_000, 1000, 96, clusters=400, spread=0.6, seed=1, topics=16, topic_spread=0.5
+    )
     return base.astype(np.float16), queries, None, "synthetic-clustered"
 
 

@@ -38,11 +38,10 @@ def built(nyc: SlurmTarget, tmp_path_factory: pytest.TempPathFactory) -> Path:
     with pytest.raises(JobFailedError, match=r"ended FAILED .*log: "):
         wait(nyc, job, log, timeout=120)  # no arguments and no VECTORS: the template says what to set
     assert "set VECTORS, INDEX and NLIST with --export" in log.read_text()
-    script = str(REPO / "slurm/index-build.sbatch")
-    out = nyc.sbatch(
-        "--parsable", f"--output={log}", "--partition=tier-s", "--ntasks=2", EXPORT, script, *args
+    job = submit(
+        nyc, REPO / "slurm/index-build.sbatch", ["--partition=tier-s", "--ntasks=2", EXPORT], log, args
     )
-    wait(nyc, out.strip(), log, timeout=180)
+    wait(nyc, job, log, timeout=180)
     assert "2 shards" in log.read_text() and "on 2 rank(s)" in log.read_text()
     return root
 

@@ -48,12 +48,18 @@ class JobFailedError(HpcragError):
         )
 
 
-def submit(target: SlurmTarget, script: Path, sbatch_args: Sequence[str], log: Path) -> str:
-    """sbatch `script` on the target with `--output=log`; returns the job id."""
+def submit(
+    target: SlurmTarget,
+    script: Path,
+    sbatch_args: Sequence[str],
+    log: Path,
+    script_args: Sequence[str] = (),
+) -> str:
+    """sbatch `script` (with `script_args`) on the target with `--output=log`; returns the job id."""
     if not script.is_file():
         raise HpcragError(f"batch script not found: {script}")
     log.parent.mkdir(parents=True, exist_ok=True)
-    out = target.sbatch(f"--output={log}", *sbatch_args, str(script))
+    out = target.sbatch(f"--output={log}", *sbatch_args, str(script), *script_args)
     match = _SUBMITTED.search(out)
     if not match:
         raise HpcragError(f"could not read a job id from sbatch's answer: {out.strip()!r}")
