@@ -132,7 +132,7 @@ def _search_demo(target: SlurmTarget, partition: str, workdir: Path, timeout: fl
             click.secho(f"{target.site}: {script}: {exc}", fg="red", err=True)
             return 1
         click.echo(f"{target.site}: {script} job {job_id} {outcome.state} in {outcome.elapsed}: "
-                   f"{log.read_text().strip().splitlines()[-1]}")  # fmt: skip
+                   f"{_summary(log)}")  # fmt: skip
     result = np.load(result_path)
     truth = reference.search(reference.exact(base, Metric.IP), queries, 10, Metric.IP)[1]
     recall = reference.recall_at(result["ids"], truth, 10)
@@ -144,6 +144,12 @@ def _search_demo(target: SlurmTarget, partition: str, workdir: Path, timeout: fl
         fg="green" if ok else "red",
     )
     return 0 if ok else 1
+
+
+def _summary(log: Path) -> str:
+    """The command's own last line, skipping progress lines (stderr may land after stdout)."""
+    lines = [line for line in log.read_text().splitlines() if line and not line.startswith("[hpcrag")]
+    return lines[-1] if lines else f"(no output; see {log})"
 
 
 def _report(log: Path) -> dict:
