@@ -26,12 +26,14 @@ def hpcrag(*args: str) -> subprocess.CompletedProcess[str]:
 def test_demo_runs_mpi_on_both_sites(nyc: SlurmTarget, tmp_path: Path) -> None:
     proc = hpcrag("demo", "--workdir", str(tmp_path / "demo logs"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    lines = [line for line in proc.stdout.splitlines() if "COMPLETED" in line]
+    lines = [line for line in proc.stdout.splitlines() if "allreduce" in line]
     assert len(lines) == 2
     for site in ("nyc", "sf"):
         line = next(line for line in lines if line.startswith(f"{site}:"))
         assert f"on cluster {site}, partition tier-s: 4 ranks on node7, node8" in line
         assert "allreduce 10 (expected 10) OK" in line
+    assert "nyc: vector search over 2 ranks: recall@10 " in proc.stdout
+    assert proc.stdout.count("COMPLETED") == 4  # two MPI checks, the index build and the search
 
 
 def test_jobs_list_and_cancel(nyc: SlurmTarget) -> None:

@@ -57,18 +57,23 @@ def test_jobs_on_two_sites(
     ]
     assert noisy == []
 
-    listed = nyc.sacct(
-        "--clusters=nyc,sf",
-        "-X",
-        "-n",
-        "-P",
-        "-o",
-        "Cluster,JobID,Partition,State",
-        f"--jobs={job_nyc.job_id},{job_sf.job_id}",
-    )
-    rows = {tuple(line.split("|")) for line in listed.splitlines()}
-    assert ("nyc", job_nyc.job_id, "tier-s", "COMPLETED") in rows
-    assert ("sf", job_sf.job_id, "tier-m", "COMPLETED") in rows
+    expected = {("nyc", job_nyc.job_id, "tier-s", "COMPLETED"), ("sf", job_sf.job_id, "tier-m", "COMPLETED")}
+
+    def accounted() -> set[tuple[str, ...]]:
+        # slurmdbd may first store a job without its partition; the full record follows shortly.
+        listed = nyc.sacct(
+            "--clusters=nyc,sf",
+            "-X",
+            "-n",
+            "-P",
+            "-o",
+            "Cluster,JobID,Partition,State",
+            f"--jobs={job_nyc.job_id},{job_sf.job_id}",
+        )
+        rows = {tuple(line.split("|")) for line in listed.splitlines()}
+        return rows if expected <= rows else set()
+
+    eventually(accounted, timeout=30, what="both jobs in accounting with their partitions")
 
 
 def test_cancel_goes_to_the_jobs_own_cluster(config: Config, sf: SlurmTarget, tmp_path: Path) -> None:
