@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -11,10 +10,10 @@ import pytest
 
 from hpcrag.search import DistributedIndex
 from hpcrag.search.synthetic import clustered
+from tests.integration.helpers import mpirun
 from tests.search_helpers import assert_same_neighbours, build_small
 
 pytestmark = pytest.mark.gpu
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("metric", ["ip", "l2", "cosine"])
@@ -34,16 +33,10 @@ def test_nccl_ranks_equal_the_cpu(tmp_path: Path) -> None:
     base, queries = clustered(20000, 100, 64, clusters=40, seed=4)
     index_dir = build_small(tmp_path, base, nlist=32, nshards=2, metric="l2", dtype="float16")
     np.save(tmp_path / "queries.npy", queries)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "PMIX_", "OMPI_"))}
-    env.update(OMPI_MCA_plm="isolated", PYTHONPATH=str(REPO))
-    from hpcrag.slurm.command import run_command
-
-    run_command(
-        ["mpirun", "--allow-run-as-root", "--oversubscribe", "-n", str(ranks), sys.executable, "-m", "hpcrag",
-         "index", "search", str(index_dir), "--queries", str(tmp_path / "queries.npy"), "--k", "10",
-         "--nprobe", "6", "--device", "cuda", "--out", str(tmp_path / "gpu.npz")],
-        env=env,
-        timeout=300,
+    mpirun(
+        ranks, sys.executable, "-m", "hpcrag", "index", "search", str(index_dir),
+        "--queries", str(tmp_path / "queries.npy"), "--k", "10", "--nprobe", "6", "--device", "cuda",
+        "--out", str(tmp_path / "gpu.npz"),
     )  # fmt: skip
     cpu = DistributedIndex.open(index_dir).search(queries, k=10, nprobe=6)
     gpu = np.load(tmp_path / "gpu.npz")

@@ -7,7 +7,6 @@ equal to brute force with nprobe = nlist; and a build by R ranks writes the same
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -16,20 +15,10 @@ import pytest
 
 from hpcrag.search import Metric, reference
 from hpcrag.search.synthetic import clustered
-from hpcrag.slurm.command import CommandError, run_command
+from hpcrag.slurm.command import CommandError
+from tests.integration.helpers import mpirun
 from tests.integration.mpi_search_driver import CASES, SEARCHES
 from tests.search_helpers import assert_same_neighbours, centroids_of
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def mpirun(ranks: int, *command: str) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "PMIX_", "OMPI_"))}
-    env["OMPI_MCA_plm"] = "isolated"
-    env["PYTHONPATH"] = str(REPO)
-    env["HPCRAG_THREADS"] = "1"
-    argv = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-n", str(ranks), *command]
-    return run_command(argv, env=env, timeout=300).stdout
 
 
 @pytest.fixture(scope="module")

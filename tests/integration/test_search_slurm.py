@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hpcrag.devcluster.processes import process_table
 from hpcrag.errors import HpcragError
 from hpcrag.search import DistributedIndex
 from hpcrag.search.client import SearchClient
@@ -65,30 +66,18 @@ def test_srun_search_equals_the_api(nyc: SlurmTarget, built: Path) -> None:
 
 
 def _rank_pid(job_id: str, rank: int) -> int | None:
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-            environ = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        wanted = {f"SLURM_JOB_ID={job_id}".encode(), f"SLURM_PROCID={rank}".encode()}
-        if b"serve" in cmdline and b"hpcrag" in cmdline and wanted <= set(environ):
-            return int(entry.name)
+    wanted = {f"SLURM_JOB_ID={job_id}".encode(), f"SLURM_PROCID={rank}".encode()}
+    for pid, cmdline, environ in process_table():
+        words = cmdline.split(b"\0")
+        if b"serve" in words and b"hpcrag" in words and wanted <= set(environ.split(b"\0")):
+            return pid
     return None
 
 
 def _steps_gone(job_id: str) -> bool:
     """No slurmstepd of the job is left (they title themselves `slurmstepd: [JOB.STEP]`)."""
     marker = f"[{job_id}.".encode()
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and marker in (entry / "cmdline").read_bytes():
-                return False
-        except OSError:
-            continue
-    return True
+    return not any(marker in cmdline for _, cmdline, _ in process_table())
 
 
 def _serving(endpoint: Path, restart: int, log: Path) -> str | None:

@@ -18,6 +18,7 @@ from hpcrag.cli.common import echo_json
 
 if TYPE_CHECKING:
     from hpcrag.search.comm import Communicator
+    from hpcrag.search.index import SearchResult
 
 comm_option = click.option(
     "--comm",
@@ -262,17 +263,10 @@ def info(index_dir: Path, verify: bool, as_json: bool) -> None:
         click.echo(f"  shard {shard.shard}: {shard.ntotal} vectors")
 
 
-def _save_result(out: Path, result: object) -> None:
-    import os
-    import tempfile
-
+def _save_result(out: Path, result: SearchResult) -> None:
     import numpy as np
 
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp.npz")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, ids=result.ids, distances=result.distances, shards_touched=result.shards_touched)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from hpcrag.util.files import atomic_output
+
+    with atomic_output(out) as handle:
+        np.savez(handle, ids=result.ids, distances=result.distances, shards_touched=result.shards_touched)

@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -64,18 +65,22 @@ def processes_of(run_dir: Path) -> list[int]:
     """
     marker = str(run_dir).encode()
     spared = _ancestors()
-    found = []
+    return [
+        pid
+        for pid, cmdline, environ in process_table()
+        if pid not in spared and (marker in cmdline or (b"SLURM_CONF=" + marker) in environ)
+    ]
+
+
+def process_table() -> Iterator[tuple[int, bytes, bytes]]:
+    """(pid, command line, environment) of every process we may read, NUL-separated as in /proc."""
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) in spared:
+        if not entry.name.isdigit():
             continue
         try:
-            cmdline = (entry / "cmdline").read_bytes()
-            environ = (entry / "environ").read_bytes()
+            yield int(entry.name), (entry / "cmdline").read_bytes(), (entry / "environ").read_bytes()
         except OSError:
             continue
-        if marker in cmdline or (b"SLURM_CONF=" + marker) in environ:
-            found.append(int(entry.name))
-    return found
 
 
 def _ancestors() -> set[int]:

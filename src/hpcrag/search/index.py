@@ -63,6 +63,7 @@ class DistributedIndex:
         self.metric = Metric(manifest.metric)
         self._lists = lists
         self._router = router
+        self._owned = comm.xp.asarray(lists.owned)  # once, not per batch: on the GPU it is a copy
 
     @classmethod
     def open(
@@ -153,7 +154,7 @@ class DistributedIndex:
     def _scan_owned(self, batch: Any, probes: Any, k: int) -> tuple[Any, Any]:
         """This rank's top-k for every query of the batch; queries it owns no list of stay empty."""
         xp = self.comm.xp
-        owned = xp.asarray(self._lists.owned)[probes]
+        owned = self._owned[probes]
         rows = xp.flatnonzero(owned.any(axis=1))
         scores, ids = empty_topk(xp, batch.shape[0], k, self.metric.worst)
         if rows.size:

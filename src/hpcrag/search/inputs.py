@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from hpcrag.errors import HpcragError
+from hpcrag.search.arrays import array_module
 
 VECTOR_DTYPES = (np.float32, np.float16)
 
@@ -76,8 +77,6 @@ def load_ids(path: Path, count: int) -> np.ndarray:
 
 def check_finite(rows: Any, what: str, first_row: int = 0) -> None:
     """Refuse NaN or inf, naming the first bad row."""
-    from hpcrag.search.arrays import array_module
-
     xp = array_module(rows)
     bad = xp.flatnonzero(~xp.isfinite(rows).all(axis=1))
     if bad.size:
@@ -87,8 +86,6 @@ def check_finite(rows: Any, what: str, first_row: int = 0) -> None:
 
 def check_queries(queries: Any, dim: int, what: str = "queries") -> Any:
     """A (nq, dim) float32 batch from anything array-like, or an HpcragError saying what is wrong."""
-    from hpcrag.search.arrays import array_module
-
     xp = array_module(queries)
     queries = xp.asarray(queries)
     if queries.ndim == 1:

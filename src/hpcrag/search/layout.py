@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from hpcrag.errors import HpcragError
+from hpcrag.util.files import atomic_output, write_atomic
 
 FORMAT = "hpcrag-ivf"
 FORMAT_VERSION = 1
@@ -91,23 +90,12 @@ def file_entry(path: Path) -> FileEntry:
 
 def save_array(path: Path, array: np.ndarray) -> FileEntry:
     """Write one .npy through a temporary file and a rename; return its size and checksum."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as handle:
+        np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
     return file_entry(path)
 
 
 def write_manifest(root: Path, manifest: Manifest) -> None:
-    from hpcrag.util.files import write_atomic
-
     write_atomic(Path(root) / MANIFEST, manifest.to_json())
 
 
