@@ -110,8 +110,10 @@ def test_bad_max_time_is_explained(config_copy: Path) -> None:
 def test_profile_naming_a_missing_site(config_copy: Path) -> None:
     profile = config_copy / "profiles" / "dev.yaml"
     profile.write_text(
-        profile.read_text() + "  tokyo: {slurmctld_port: 18817, slurmd_port_base: 18000, "
-        "first_job_id: 900000}\n"
+        profile.read_text().replace(
+            "sites:\n",
+            "sites:\n  tokyo: {slurmctld_port: 18817, slurmd_port_base: 18000, first_job_id: 900000}\n",
+        )
     )
     err = _error(config_copy)
     assert err.file == str(profile)

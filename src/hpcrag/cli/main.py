@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from hpcrag.cli import cluster, demo, index, jobs, sites
+from hpcrag.cli import cluster, demo, index, jobs, plan, serve, sites
 
 
 class _Group(click.Group):
@@ -49,3 +49,5 @@ cli.add_command(cluster.cluster)
 cli.add_command(jobs.jobs)
 cli.add_command(demo.demo)
 cli.add_command(index.index)
+cli.add_command(plan.plan)
+cli.add_command(serve.serve)

@@ -21,14 +21,20 @@ from hpcrag.config.schema import (
     Clouds,
     Config,
     GpuCatalog,
+    Matrix,
+    ModelCatalog,
     Profile,
+    Serving,
     Site,
     SiteSlurm,
     SlurmAccess,
+    TierCatalog,
 )
 from hpcrag.paths import repo_root
 
 DEFAULT_PROFILE = "dev"
+ON_PREM_LEVEL = "on-prem"
+RATINGS = ("recommended", "viable", "marginal", "not-recommended")
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -70,7 +76,34 @@ def load_config(root: Path | str | None = None, profile: str | None = None) -> C
     _check_profile(profile_file, active, sites)
     if active.is_local:
         sites = {name: _local_site(site, active) for name, site in sites.items()}
-    return Config(root=root, gpus=gpus, sites=sites, clouds=clouds, profile=active)
+    if active.vllm is not None:
+        sites = {name: site.model_copy(update={"vllm": active.vllm}) for name, site in sites.items()}
+    models = _load(ModelCatalog, root / "models.yaml").models
+    tiers = _load(TierCatalog, root / "tiers.yaml").tiers
+    for tier_name, tier in tiers.items():
+        _check_names(root / "tiers.yaml", f"tiers.{tier_name}.models", tier.models, models, "model")
+    matrix = _load(Matrix, root / "matrix.yaml")
+    _check_matrix(root / "matrix.yaml", matrix, gpus, tiers, clouds)
+    serving_data = {**_read_yaml(root / "serving.yaml"), **active.serving}
+    serving = _validate(Serving, serving_data, root / "serving.yaml")
+    _check_names(
+        root / "serving.yaml", "burst.providers", serving.burst.providers, clouds.providers, "provider"
+    )
+    for name, site in sites.items():
+        if site.vllm is not None:
+            tier_models = site.vllm.tier_models.values()
+            _check_names(root / "sites" / f"{name}.yaml", "vllm.tier_models", tier_models, models, "model")
+    return Config(
+        root=root,
+        gpus=gpus,
+        sites=sites,
+        clouds=clouds,
+        profile=active,
+        tiers=tiers,
+        models=models,
+        matrix=matrix,
+        serving=serving,
+    )
 
 
 def local_slurm_conf(profile: Profile, site: str) -> Path:
@@ -124,6 +157,35 @@ def _load_sites(folder: Path, gpus: dict[str, Any]) -> dict[str, Site]:
     return sites
 
 
+def _check_names(file: Path, key_path: str, used: Any, known: dict[str, Any], kind: str) -> None:
+    for name in used:
+        if name not in known:
+            raise ConfigError(file, key_path, f"unknown {kind} {name!r}; known {kind}s: {', '.join(known)}")
+
+
+def _check_matrix(
+    file: Path, matrix: Matrix, gpus: dict[str, Any], tiers: dict[str, Any], clouds: Clouds
+) -> None:
+    _check_gpu_names(file, gpus, {f"columns[{i}]": g for i, g in enumerate(matrix.columns)})
+    levels = [*clouds.tiers, ON_PREM_LEVEL]
+    for level in levels:
+        if level not in matrix.levels:
+            raise ConfigError(file, f"levels.{level}", "infrastructure level has no table; add one")
+    for level, table in matrix.levels.items():
+        if level not in levels:
+            raise ConfigError(file, f"levels.{level}", f"unknown level; levels: {', '.join(levels)}")
+        for tier in tiers:
+            row = table.get(tier)
+            where = f"levels.{level}.{tier}"
+            if not isinstance(row, list) or len(row) != len(matrix.columns):
+                raise ConfigError(file, where, f"need a list of {len(matrix.columns)} ratings, got {row!r}")
+            for index, rating in enumerate(row):
+                if rating not in RATINGS:
+                    raise ConfigError(
+                        file, f"{where}[{index}]", f"unknown rating {rating!r}; ratings: {', '.join(RATINGS)}"
+                    )
+
+
 def _check_gpu_names(file: Path, gpus: dict[str, Any], used: dict[str, str]) -> None:
     for key_path, gpu in used.items():
         if gpu not in gpus:
@@ -170,7 +232,10 @@ def _check_profile(file: Path, profile: Profile, sites: dict[str, Site]) -> None
 
 
 def _load(model: type[M], file: Path) -> M:
-    data = _read_yaml(file)
+    return _validate(model, _read_yaml(file), file)
+
+
+def _validate(model: type[M], data: Any, file: Path) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -6,9 +6,10 @@ checked by the loader, which knows which file to blame.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import hostlist
 from pydantic import (
@@ -28,6 +29,8 @@ Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]*$")]
 Port = Annotated[int, Field(ge=1024, le=65535)]
 ModelTier = Literal["s", "m", "l", "xl"]
 PriceBasis = Literal["prd-cost-table", "tier-reference", "gpu-range-high"]
+Rating = Literal["recommended", "viable", "marginal", "not-recommended"]
+Priority = Literal["production-critical", "production-standard", "batch-processing", "development"]
 
 # Slurm's time formats for MaxTime: "minutes", "HH:MM:SS", "D-HH", "D-HH:MM", "D-HH:MM:SS",
 # plus "UNLIMITED". We accept the unambiguous ones people write in partitions.
@@ -65,10 +68,118 @@ class GpuType(_Model):
     fp4: bool
     price_range_usd_per_hour: tuple[NonNegativeFloat, NonNegativeFloat]
     best_for: list[ModelTier]
+    fp16_tflops: float = Field(gt=0)
 
 
 class GpuCatalog(_Model):
     gpus: dict[Name, GpuType] = Field(min_length=1)
+
+
+class TierContext(_Model):
+    typical: PositiveInt
+    max: PositiveInt
+
+
+class ModelTierSpec(_Model):
+    display_name: str
+    params_b: tuple[float, float]
+    models: list[str] = Field(min_length=1)
+    use_cases: list[str]
+    memory_gb: dict[str, float]
+    tokens_per_s: tuple[float, float]
+    ttft_p99_ms: PositiveInt
+    context: TierContext
+    batch: PositiveInt
+    partition: Name
+
+
+class TierCatalog(_Model):
+    tiers: dict[ModelTier, ModelTierSpec] = Field(min_length=4)
+
+
+class ModelArch(_Model):
+    """A model's shape, as far as memory planning needs it."""
+
+    hf_id: str
+    params_b: float = Field(gt=0)
+    active_params_b: float | None = Field(default=None, gt=0)
+    layers: PositiveInt
+    hidden: PositiveInt
+    heads: PositiveInt
+    attention: Literal["gqa", "mla"] = "gqa"
+    kv_heads: PositiveInt | None = None
+    head_dim: PositiveInt | None = None
+    kv_lora_rank: PositiveInt | None = None
+    rope_head_dim: PositiveInt | None = None
+    vocab: PositiveInt
+    max_context: PositiveInt
+
+    @model_validator(mode="after")
+    def _attention_fields(self) -> ModelArch:
+        needed = ("kv_heads", "head_dim") if self.attention == "gqa" else ("kv_lora_rank", "rope_head_dim")
+        missing = [name for name in needed if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"attention {self.attention} needs {', '.join(missing)}")
+        return self
+
+
+class ModelCatalog(_Model):
+    models: dict[str, ModelArch] = Field(min_length=1)
+
+
+class Matrix(_Model):
+    """PRD §4: for each infrastructure level, a rating per model tier and GPU column."""
+
+    columns: list[Name] = Field(min_length=1)
+    levels: dict[Name, dict[str, Any]]
+
+
+class ContainerRuntime(_Model):
+    image: str
+    engine: Literal["apptainer", "singularity"] = "apptainer"
+
+
+class VllmRuntime(_Model):
+    """Where a site's vLLM lives: a Python interpreter (optionally after `module load`) or a container.
+
+    Relative paths are taken from the folder that holds `site-configs/`.
+    """
+
+    python: str | None = None
+    modules: list[str] = []
+    container: ContainerRuntime | None = None
+    device: Literal["cuda", "cpu"] = "cuda"
+    model_root: str | None = None
+    model_paths: dict[str, str] = {}
+    tier_models: dict[ModelTier, str] = {}
+    args: list[str] = []
+    env: dict[str, str] = {}
+
+    @model_validator(mode="after")
+    def _one_runtime(self) -> VllmRuntime:
+        if (self.python is None) == (self.container is None):
+            raise ValueError("give exactly one of 'python' (an interpreter with vLLM) or 'container'")
+        if self.modules and self.container is not None:
+            raise ValueError("'modules' go with 'python'; a container brings its own environment")
+        return self
+
+
+class BurstPolicySettings(_Model):
+    wait_threshold_s: float = Field(default=30, gt=0)
+    idle_s: float = Field(default=600, ge=0)
+    providers: list[Name] = []
+
+
+class Serving(_Model):
+    """Fleet-wide serving settings (`serving.yaml`)."""
+
+    registry: str
+    heartbeat_s: float = Field(default=15, gt=0)
+    health_timeout_s: float = Field(default=900, gt=0)
+    gpu_memory_utilization: float = Field(default=0.92, gt=0, le=1)
+    signal_delay_s: PositiveInt = 120
+    priorities: dict[Priority, dict[Literal["qos", "nice"], str | int]]
+    burst: BurstPolicySettings = BurstPolicySettings()
 
 
 class NodeGroup(_Model):
@@ -145,6 +256,7 @@ class Site(_Model):
     partitions: list[Partition] = Field(min_length=1)
     gpu_price_usd_per_hour: dict[Name, NonNegativeFloat]
     compliance: list[str] = []
+    vllm: VllmRuntime | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Site:
@@ -206,11 +318,24 @@ class ProviderGpu(_Model):
     price_basis: PriceBasis | None = None
 
 
+class BurstSettings(_Model):
+    """How hpcrag bursts to a provider: which adapter, and what that adapter needs."""
+
+    adapter: Name
+    region: str | None = None
+    image: str = "vllm/vllm-openai:v0.6.4"
+    machine_image: str | None = None
+    namespace: str = "inference"
+    cloud: str | None = None
+    spot: bool = False
+
+
 class Provider(_Model):
     display_name: str
     tier: Name
     price_basis: PriceBasis
     gpus: dict[Name, ProviderGpu] = Field(min_length=1)
+    burst: BurstSettings | None = None
 
 
 class Clouds(_Model):
@@ -246,6 +371,8 @@ class Profile(_Model):
     run_dir: str | None = None
     accounting: Accounting | None = None
     sites: dict[Name, DevSiteSettings] = {}
+    vllm: VllmRuntime | None = None
+    serving: dict[str, Any] = {}
 
     @model_validator(mode="after")
     def _local_is_complete(self) -> Profile:
@@ -273,12 +400,40 @@ class Config(_Model):
     sites: dict[str, Site]
     clouds: Clouds
     profile: Profile
+    tiers: dict[str, ModelTierSpec]
+    models: dict[str, ModelArch]
+    matrix: Matrix
+    serving: Serving
 
     def site(self, name: str) -> Site:
         try:
             return self.sites[name]
         except KeyError:
             raise UnknownNameError("site", name, sorted(self.sites)) from None
+
+    def tier(self, name: str) -> ModelTierSpec:
+        try:
+            return self.tiers[name.lower()]
+        except KeyError:
+            raise UnknownNameError("tier", name, list(self.tiers)) from None
+
+    def model(self, name: str) -> ModelArch:
+        try:
+            return self.models[name]
+        except KeyError:
+            raise UnknownNameError("model", name, sorted(self.models)) from None
+
+    def gpu(self, name: str) -> GpuType:
+        try:
+            return self.gpus[name]
+        except KeyError:
+            raise UnknownNameError("GPU type", name, list(self.gpus)) from None
+
+    def resolve_path(self, path: str) -> Path:
+        """A path from the configuration: relative ones are taken from the folder above `root`."""
+        candidate = Path(path).expanduser()
+        # abspath, not resolve(): a virtualenv's python is a symlink that must stay one.
+        return candidate if candidate.is_absolute() else Path(os.path.abspath(self.root.parent / candidate))
 
     def dev_settings(self, site: str) -> DevSiteSettings:
         self.site(site)

@@ -1,0 +1,199 @@
+"""When to burst a tier to the cloud, and when to give the capacity back.
+
+Burst when the tier's requests wait longer than `wait_threshold_s` and neither site can start another
+replica soon: no node of the tier's partition has enough free GPUs of a type that holds the model, or
+jobs already wait on that partition. Scale back a burst server that has had no running or waiting
+request for `idle_s` while the tier no longer waits. Providers are tried in the configured order; on
+each, the best-rated GPU type (PRD matrix at the provider's level) that holds the tier's model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+
+from hpcrag.catalog.matrix import RATING_WEIGHT, rating
+from hpcrag.catalog.memory import plan_for_model
+from hpcrag.catalog.parallel import choose, precision_on
+from hpcrag.config import Config
+from hpcrag.errors import HpcragError
+from hpcrag.serve.burst.base import BurstRequest
+from hpcrag.serve.burst.registry import adapter_for
+from hpcrag.serve.registry import Endpoint, Registry, now
+from hpcrag.serve.supervisor import PROVIDER as SLURM_PROVIDER
+from hpcrag.slurm.status import site_status
+from hpcrag.slurm.target import SlurmTarget
+
+BUSY_GAUGES = ("vllm:num_requests_running", "vllm:num_requests_waiting")
+
+
+@dataclass(frozen=True)
+class SiteCapacity:
+    site: str
+    partition: str
+    free_gpus_on_one_node: dict[str, int]
+    pending_jobs: int
+
+    def can_start(self, gpus: int) -> bool:
+        return self.pending_jobs == 0 and any(free >= gpus for free in self.free_gpus_on_one_node.values())
+
+    def describe(self) -> str:
+        free = ", ".join(f"{g}: {n}" for g, n in self.free_gpus_on_one_node.items()) or "none"
+        return f"{self.site}/{self.partition}: most free GPUs on one node {free}; {self.pending_jobs} job(s) pending"
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str  # burst | scale-down | hold
+    reason: str
+    endpoint: Endpoint | None = None
+
+
+def site_capacity(config: Config, site: str, tier: str) -> SiteCapacity:
+    partition = config.tier(tier).partition
+    status = site_status(SlurmTarget.for_site(config.site(site)))
+    best: dict[str, int] = {}
+    for node in status.nodes:
+        if partition not in node.partitions or not node.state.lower().startswith(("idle", "mix", "alloc")):
+            continue
+        for gpu_type, count in node.gpus.items():
+            best[gpu_type] = max(best.get(gpu_type, 0), count.free)
+    pending = sum(1 for job in status.jobs if job["partition"] == partition and job["state"] == "PENDING")
+    return SiteCapacity(site, partition, best, pending)
+
+
+def burst_request(config: Config, provider: str, tier: str) -> BurstRequest | None:
+    """The best GPU type of `provider` for the tier's default model, or None if none holds it."""
+    tier_spec = config.tier(tier)
+    model = tier_spec.models[0]
+    arch = config.model(model)
+    level = config.clouds.providers[provider].tier
+    offered = config.clouds.providers[provider].gpus
+    ordered = sorted(offered, key=lambda g: -RATING_WEIGHT[rating(config, level, tier, g)])
+    for gpu_name in ordered:
+        if rating(config, level, tier, gpu_name) == "not-recommended":
+            continue
+        gpu = config.gpu(gpu_name)
+        precision, _ = precision_on("fp8", gpu_name, gpu)
+        plan = plan_for_model(model, arch, precision, tier_spec.context.typical, tier_spec.batch)
+        layout = choose(plan, gpu_name, gpu, config.serving.gpu_memory_utilization)
+        if layout is None or layout.pp > 1:
+            continue
+        args = [
+            f"--tensor-parallel-size={layout.tp}",
+            f"--max-model-len={tier_spec.context.typical}",
+            f"--gpu-memory-utilization={config.serving.gpu_memory_utilization:g}",
+            "--enable-prefix-caching",
+            "--enable-chunked-prefill",
+        ]
+        if precision == "fp8":
+            args.append("--quantization=fp8")
+        return BurstRequest(
+            provider=provider,
+            tier=tier,
+            model=model,
+            hf_id=arch.hf_id,
+            gpu_type=gpu_name,
+            gpus=layout.tp,
+            instance_type=offered[gpu_name].instance,
+            usd_per_hour=offered[gpu_name].usd_per_gpu_hour * layout.tp,
+            vllm_args=tuple(args),
+        )
+    return None
+
+
+class BurstPolicy:
+    def __init__(self, config: Config, registry: Registry) -> None:
+        self.config = config
+        self.registry = registry
+        self.settings = config.serving.burst
+
+    def evaluate(self, tier: str, observed_wait_s: float) -> list[Decision]:
+        self.config.tier(tier)
+        tier = tier.lower()
+        decisions = self._scale_down(tier, observed_wait_s)
+        if observed_wait_s <= self.settings.wait_threshold_s:
+            return decisions or [
+                Decision(
+                    "hold",
+                    f"tier {tier} waits {observed_wait_s:.1f} s <= {self.settings.wait_threshold_s:.0f} s",
+                )
+            ]
+        capacities = [site_capacity(self.config, site, tier) for site in self.config.sites]
+        replica_gpus = self._replica_gpus(tier)
+        startable = [c for c in capacities if c.can_start(replica_gpus)]
+        if startable:
+            return [
+                *decisions,
+                Decision("hold", f"a site can start tier {tier} now: {startable[0].describe()}"),
+            ]
+        saturated = "; ".join(c.describe() for c in capacities)
+        for provider in self.settings.providers:
+            request = burst_request(self.config, provider, tier)
+            if request is None:
+                continue
+            endpoint = self.registry.add(adapter_for(self.config, provider).launch(request))
+            reason = (
+                f"tier {tier} waits {observed_wait_s:.1f} s > {self.settings.wait_threshold_s:.0f} s and no site "
+                f"can start it ({saturated}): {request.gpus} x {request.gpu_type} on {provider} "
+                f"({request.instance_type}, ${request.usd_per_hour:.2f}/h)"
+            )
+            return [*decisions, Decision("burst", reason, endpoint)]
+        raise HpcragError(
+            f"tier {tier} should burst but no provider in serving.burst.providers "
+            f"({', '.join(self.settings.providers)}) offers a GPU that holds its model"
+        )
+
+    def _replica_gpus(self, tier: str) -> int:
+        live = [e for e in self.registry.find(tier=tier, provider=SLURM_PROVIDER) if e.gpus]
+        return min((e.gpus for e in live), default=1)
+
+    def _scale_down(self, tier: str, observed_wait_s: float) -> list[Decision]:
+        decisions = []
+        for endpoint in self.registry.find(tier=tier, live_only=True):
+            if endpoint.provider == SLURM_PROVIDER:
+                continue
+            adapter = adapter_for(self.config, endpoint.provider)
+            changes = adapter.refresh(endpoint)
+            if endpoint.url and is_busy(endpoint.url):
+                changes["details"] = {**endpoint.details, "last_busy_at": now()}
+            if changes:
+                endpoint = self.registry.update(endpoint.provider, endpoint.site, endpoint.job_id, **changes)
+            if not endpoint.live:
+                continue
+            last = endpoint.details.get("last_busy_at") or endpoint.healthy_at or endpoint.started_at or now()
+            idle_for = now() - float(last)
+            if observed_wait_s <= self.settings.wait_threshold_s and idle_for >= self.settings.idle_s:
+                adapter.terminate(endpoint)
+                stopped = self.registry.update(
+                    endpoint.provider,
+                    endpoint.site,
+                    endpoint.job_id,
+                    state="stopped",
+                    stopped_at=now(),
+                    url=None,
+                    message=f"idle {idle_for:.0f} s: scaled down",
+                )
+                decisions.append(
+                    Decision(
+                        "scale-down", f"{endpoint.provider} {endpoint.job_id} idle {idle_for:.0f} s", stopped
+                    )
+                )
+        return decisions
+
+
+def is_busy(base_url: str) -> bool:
+    """Whether a vLLM server has running or waiting requests now (unreachable counts as not busy)."""
+    try:
+        text = httpx.get(f"{base_url}/metrics", timeout=2.0).text
+    except httpx.HTTPError:
+        return False
+    for line in text.splitlines():
+        if line.startswith(BUSY_GAUGES):
+            try:
+                if float(line.rsplit(" ", 1)[1]) > 0:
+                    return True
+            except ValueError:
+                continue
+    return False

@@ -1,0 +1,12 @@
+"""Is a vLLM server up? One GET of its /health, with a short timeout."""
+
+from __future__ import annotations
+
+import httpx
+
+
+def is_healthy(base_url: str, timeout: float = 2.0) -> bool:
+    try:
+        return httpx.get(f"{base_url}/health", timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -1,0 +1,278 @@
+"""`hpcrag serve up|down|status|logs`: vLLM replicas as Slurm jobs, through submitit, per site and tier.
+
+`up` validates and sizes everything first (site, tier, model, GPU fit, vLLM environment), then submits
+one job per replica to the tier's partition with a typed GPU GRES, the partition's time limit, a
+priority (QOS or nice) and submitit's time-limit signal, and registers each job as `submitted`. The
+supervisor inside the job does the rest. `status` joins the registry with what Slurm says now, and
+settles rows whose job is gone (with the Slurm state and the log path).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from hpcrag.config import Config
+from hpcrag.config.schema import UnknownNameError
+from hpcrag.errors import HpcragError
+from hpcrag.serve.registry import Endpoint, Registry, now
+from hpcrag.serve.spec import LaunchSpec, build_spec
+from hpcrag.serve.supervisor import PROVIDER, Supervisor
+from hpcrag.slurm.target import SlurmTarget
+
+PRIORITIES = ("production-critical", "production-standard", "batch-processing", "development")
+ENDED_STATES = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+}
+_TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One registry row as `serve status` shows it."""
+
+    endpoint: Endpoint
+    slurm_state: str
+
+    @property
+    def problem(self) -> str | None:
+        e = self.endpoint
+        if e.state == "failed" or self.slurm_state in ENDED_STATES - {"COMPLETED", "CANCELLED"}:
+            return f"job {e.job_id} on site {e.site} ended {self.slurm_state or e.state}; log: {e.log_path}"
+        return None
+
+
+def registry_of(config: Config) -> Registry:
+    return Registry(config.resolve_path(config.serving.registry))
+
+
+def log_folder(config: Config) -> Path:
+    return config.resolve_path(config.serving.registry).parent / "serve-logs"
+
+
+def partition_minutes(max_time: str) -> int | None:
+    """Slurm's D-HH:MM:SS / HH:MM:SS / minutes as whole minutes; None for UNLIMITED."""
+    if max_time == "UNLIMITED":
+        return None
+    match = _TIME.match(max_time)
+    if match is None:
+        raise HpcragError(f"cannot read Slurm time {max_time!r}")
+    days, first, second, third = (int(x) if x else 0 for x in match.groups())
+    if match.group(3) is None:  # plain minutes, or D-HH
+        return days * 1440 + (first * 60 if match.group(1) else first)
+    if match.group(4) is None:  # HH:MM or D-HH:MM
+        return days * 1440 + first * 60 + second
+    return days * 1440 + first * 60 + second + (1 if third else 0)
+
+
+def priority_parameters(config: Config, priority: str) -> dict[str, object]:
+    if priority not in PRIORITIES:
+        raise UnknownNameError("priority", priority, list(PRIORITIES))
+    mapping = config.serving.priorities.get(priority)  # type: ignore[call-overload]
+    if not mapping:
+        raise HpcragError(f"serving.priorities has no entry for {priority!r}; add a qos or nice value")
+    if "qos" in mapping:
+        return {"qos": str(mapping["qos"])}
+    return {"additional_parameters": {"nice": int(mapping["nice"])}}
+
+
+def up(
+    config: Config,
+    site: str,
+    tier: str,
+    *,
+    model: str | None = None,
+    replicas: int = 1,
+    priority: str = "production-standard",
+    precision: str = "auto",
+    gpu_type: str | None = None,
+    max_model_len: int | None = None,
+) -> list[Endpoint]:
+    """Submit `replicas` servers; nothing is submitted unless every check passes."""
+    from hpcrag.slurm.executor import site_executor
+
+    if replicas < 1:
+        raise HpcragError(f"replicas must be >= 1, got {replicas}")
+    spec = build_spec(config, site, tier, model, precision, gpu_type, max_model_len)
+    priority_params = priority_parameters(config, priority)
+    registry = registry_of(config)
+    partition = config.site(site).partition(spec.partition)
+    parameters: dict[str, object] = {
+        "name": f"hpcrag-vllm-{spec.tier}",
+        "signal_delay_s": config.serving.signal_delay_s,
+        "stderr_to_stdout": True,
+        **priority_params,
+    }
+    minutes = partition_minutes(partition.max_time)
+    if minutes is not None:
+        parameters["time"] = minutes
+    executor = site_executor(
+        site,
+        spec.partition,
+        spec.gpu_type,
+        spec.gpus,
+        folder=log_folder(config) / "%j",
+        config=config,
+        **parameters,
+    )
+    supervisor = Supervisor(
+        spec, str(registry.path), config.serving.heartbeat_s, config.serving.health_timeout_s
+    )
+    endpoints = []
+    for _ in range(replicas):
+        job = executor.submit(supervisor)
+        endpoints.append(
+            registry.add(
+                Endpoint(
+                    provider=PROVIDER,
+                    site=site,
+                    job_id=str(job.job_id),
+                    tier=spec.tier,
+                    model=spec.model,
+                    served_name=spec.served_name,
+                    state="submitted",
+                    gpu_type=spec.gpu_type,
+                    gpus=spec.gpus,
+                    usd_per_hour=spec.usd_per_hour,
+                    log_path=str(job.paths.stdout),
+                    submitted_at=now(),
+                    details=_details(spec, priority),
+                )
+            )
+        )
+    return endpoints
+
+
+def _details(spec: LaunchSpec, priority: str) -> dict[str, object]:
+    return {
+        "partition": spec.partition,
+        "precision": spec.precision,
+        "tp": spec.tp,
+        "max_model_len": spec.max_model_len,
+        "priority": priority,
+        "argv": spec.argv,
+    }
+
+
+def select_endpoints(
+    registry: Registry, ids: list[int], site: str | None, tier: str | None, everything: bool
+) -> list[Endpoint]:
+    if ids:
+        return [registry.get(i) for i in ids]
+    if site is None and tier is None and not everything:
+        raise HpcragError("name endpoints by id, or use --site/--tier, or --all")
+    return registry.find(site=site, tier=tier.lower() if tier else None, live_only=True)
+
+
+def down(config: Config, endpoints: list[Endpoint]) -> list[Endpoint]:
+    """Cancel each server's job (or cloud instance) and deregister it."""
+    from hpcrag.serve.burst.registry import adapter_for
+
+    registry = registry_of(config)
+    stopped = []
+    for endpoint in endpoints:
+        if endpoint.provider == PROVIDER:
+            SlurmTarget.for_site(config.site(endpoint.site)).scancel(endpoint.job_id)
+        else:
+            adapter_for(config, endpoint.provider).terminate(endpoint)
+        stopped.append(
+            registry.update(
+                endpoint.provider,
+                endpoint.site,
+                endpoint.job_id,
+                state="stopped",
+                stopped_at=now(),
+                url=None,
+                message="stopped by hpcrag serve down",
+            )
+        )
+    return stopped
+
+
+def status(config: Config, *, everything: bool = False, site: str | None = None) -> list[Row]:
+    """Registry rows joined with Slurm's state; live rows whose job has ended are settled."""
+    registry = registry_of(config)
+    endpoints = registry.find(site=site, live_only=not everything)
+    states = slurm_states(config, [e for e in endpoints if e.provider == PROVIDER])
+    rows = []
+    for endpoint in endpoints:
+        slurm_state = states.get((endpoint.site, endpoint.job_id), "")
+        if endpoint.live and slurm_state in ENDED_STATES:
+            settled = "stopped" if slurm_state in ("COMPLETED", "CANCELLED") else "failed"
+            message = endpoint.message or f"job ended {slurm_state}; log: {endpoint.log_path}"
+            endpoint = registry.update(
+                endpoint.provider,
+                endpoint.site,
+                endpoint.job_id,
+                state=settled,
+                stopped_at=now(),
+                message=message,
+            )
+        rows.append(Row(endpoint, slurm_state))
+    return rows
+
+
+def slurm_states(config: Config, endpoints: list[Endpoint]) -> dict[tuple[str, str], str]:
+    """(site, job id) -> Slurm state, one sacct call per site."""
+    by_site: dict[str, list[str]] = defaultdict(list)
+    for endpoint in endpoints:
+        by_site[endpoint.site].append(endpoint.job_id)
+    states: dict[tuple[str, str], str] = {}
+    for site, job_ids in by_site.items():
+        target = SlurmTarget.for_site(config.site(site))
+        out = target.sacct("-X", "-n", "-P", "-o", "JobID,State", f"--jobs={','.join(job_ids)}")
+        for line in out.splitlines():
+            job_id, _, state = line.partition("|")
+            if job_id:
+                states[(site, job_id)] = state.split()[0] if state else ""
+    return states
+
+
+def wait_healthy(config: Config, endpoints: list[Endpoint], timeout: float) -> list[Endpoint]:
+    """Poll until every server is healthy; a server that failed or whose job ended is an error."""
+    registry = registry_of(config)
+    deadline = time.monotonic() + timeout
+    pending = {(e.provider, e.site, e.job_id) for e in endpoints}
+    while True:
+        rows = {
+            (r.endpoint.provider, r.endpoint.site, r.endpoint.job_id): r
+            for r in status(config, everything=True)
+        }
+        for key in sorted(pending):
+            row = rows.get(key)
+            if row is None:
+                continue
+            if row.endpoint.state == "healthy":
+                pending.discard(key)
+            elif not row.endpoint.live:
+                raise HpcragError(
+                    f"{row.endpoint.tier} server, job {row.endpoint.job_id} on site {row.endpoint.site}, "
+                    f"ended {row.slurm_state or row.endpoint.state}: {row.endpoint.message}; "
+                    f"log: {row.endpoint.log_path}"
+                )
+        if not pending:
+            return [rows[(e.provider, e.site, e.job_id)].endpoint for e in endpoints]
+        if time.monotonic() > deadline:
+            waiting = ", ".join(f"job {job} on {site}" for _, site, job in sorted(pending))
+            raise HpcragError(f"not healthy after {timeout:.0f} s: {waiting}; see `hpcrag serve status`")
+        time.sleep(2.0)
+
+
+def log_text(endpoint: Endpoint, lines: int) -> str:
+    if not endpoint.log_path:
+        raise HpcragError(f"endpoint {endpoint.id} has no log (provider {endpoint.provider})")
+    path = Path(endpoint.log_path)
+    if not path.is_file():
+        raise HpcragError(f"log {path} does not exist yet (job {endpoint.job_id} may still be pending)")
+    text = path.read_text(errors="replace").splitlines()
+    return "\n".join(text[-lines:]) if lines > 0 else "\n".join(text)

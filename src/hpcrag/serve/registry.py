@@ -1,0 +1,207 @@
+"""The endpoint registry: one SQLite file on the shared file system, safe under concurrent writers.
+
+WAL mode lets readers proceed while one writer commits; every write is a short `BEGIN IMMEDIATE`
+transaction with a generous busy timeout, so supervisors on many nodes, the CLI and the burst policy
+can all write at once. Each row is one server (a Slurm job or a cloud instance), keyed by
+(provider, site, job_id). Times are Unix seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from hpcrag.errors import HpcragError
+
+STATES = ("submitted", "starting", "healthy", "requeued", "stopping", "stopped", "failed")
+LIVE_STATES = ("submitted", "starting", "healthy", "requeued")
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS endpoints (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    provider TEXT NOT NULL,
+    site TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    tier TEXT NOT NULL,
+    model TEXT NOT NULL,
+    served_name TEXT NOT NULL,
+    gpu_type TEXT NOT NULL DEFAULT '',
+    gpus INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL,
+    url TEXT,
+    usd_per_hour REAL NOT NULL DEFAULT 0,
+    log_path TEXT,
+    submitted_at REAL,
+    started_at REAL,
+    healthy_at REAL,
+    heartbeat_at REAL,
+    stopped_at REAL,
+    restarts INTEGER NOT NULL DEFAULT 0,
+    message TEXT NOT NULL DEFAULT '',
+    details TEXT NOT NULL DEFAULT '{}',
+    UNIQUE (provider, site, job_id)
+);
+CREATE INDEX IF NOT EXISTS endpoints_by_tier ON endpoints (tier, state);
+"""
+
+
+@dataclass
+class Endpoint:
+    provider: str
+    site: str
+    job_id: str
+    tier: str
+    model: str
+    served_name: str
+    state: str
+    gpu_type: str = ""
+    gpus: int = 0
+    url: str | None = None
+    usd_per_hour: float = 0.0
+    log_path: str | None = None
+    submitted_at: float | None = None
+    started_at: float | None = None
+    healthy_at: float | None = None
+    heartbeat_at: float | None = None
+    stopped_at: float | None = None
+    restarts: int = 0
+    message: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+    id: int | None = None
+
+    @property
+    def live(self) -> bool:
+        return self.state in LIVE_STATES
+
+
+_COLUMNS = [f.name for f in fields(Endpoint) if f.name != "id"]
+
+
+class Registry:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self._connect() as db:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise HpcragError(
+                f"cannot open the endpoint registry {self.path}: {exc}; "
+                "check serving.registry in site-configs/serving.yaml"
+            ) from None
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        try:
+            db.execute("PRAGMA busy_timeout=60000")
+            yield db
+        finally:
+            db.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def add(self, endpoint: Endpoint) -> Endpoint:
+        """Insert a server, or replace the row of the same (provider, site, job_id)."""
+        if endpoint.state not in STATES:
+            raise HpcragError(f"unknown endpoint state {endpoint.state!r}; states: {', '.join(STATES)}")
+        values = [_encode(name, getattr(endpoint, name)) for name in _COLUMNS]
+        placeholders = ", ".join("?" for _ in _COLUMNS)
+        with self._write() as db:
+            db.execute(
+                f"INSERT OR REPLACE INTO endpoints ({', '.join(_COLUMNS)}) VALUES ({placeholders})", values
+            )
+            row = db.execute(
+                "SELECT * FROM endpoints WHERE provider=? AND site=? AND job_id=?",
+                (endpoint.provider, endpoint.site, endpoint.job_id),
+            ).fetchone()
+        return _decode(row)
+
+    def update(self, provider: str, site: str, job_id: str, **changes: Any) -> Endpoint:
+        """Change some columns of one server's row; `restarts="+1"` increments."""
+        unknown = sorted(set(changes) - set(_COLUMNS))
+        if unknown:
+            raise HpcragError(f"unknown registry columns: {', '.join(unknown)}")
+        if "state" in changes and changes["state"] not in STATES:
+            raise HpcragError(f"unknown endpoint state {changes['state']!r}; states: {', '.join(STATES)}")
+        assignments = []
+        values: list[Any] = []
+        for name, value in changes.items():
+            if name == "restarts" and value == "+1":
+                assignments.append("restarts = restarts + 1")
+                continue
+            assignments.append(f"{name} = ?")
+            values.append(_encode(name, value))
+        with self._write() as db:
+            cursor = db.execute(
+                f"UPDATE endpoints SET {', '.join(assignments)} WHERE provider=? AND site=? AND job_id=?",
+                [*values, provider, site, job_id],
+            )
+            if cursor.rowcount == 0:
+                raise HpcragError(f"no registered server {provider}/{site}/{job_id}")
+            row = db.execute(
+                "SELECT * FROM endpoints WHERE provider=? AND site=? AND job_id=?", (provider, site, job_id)
+            ).fetchone()
+        return _decode(row)
+
+    def get(self, endpoint_id: int) -> Endpoint:
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM endpoints WHERE id=?", (endpoint_id,)).fetchone()
+        if row is None:
+            raise HpcragError(f"no endpoint with id {endpoint_id}; see `hpcrag serve status --all`")
+        return _decode(row)
+
+    def find(
+        self,
+        *,
+        site: str | None = None,
+        tier: str | None = None,
+        provider: str | None = None,
+        live_only: bool = False,
+    ) -> list[Endpoint]:
+        clauses: list[str] = []
+        values: list[Any] = []
+        for column, value in (("site", site), ("tier", tier), ("provider", provider)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                values.append(value)
+        if live_only:
+            clauses.append(f"state IN ({', '.join('?' for _ in LIVE_STATES)})")
+            values.extend(LIVE_STATES)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self._connect() as db:
+            rows = db.execute(f"SELECT * FROM endpoints {where} ORDER BY id", values).fetchall()
+        return [_decode(row) for row in rows]
+
+    def healthy(self, tier: str | None = None) -> list[Endpoint]:
+        return [e for e in self.find(tier=tier, live_only=True) if e.state == "healthy"]
+
+
+def _encode(name: str, value: Any) -> Any:
+    return json.dumps(value, sort_keys=True) if name == "details" else value
+
+
+def _decode(row: sqlite3.Row) -> Endpoint:
+    data = dict(row)
+    data["details"] = json.loads(data["details"] or "{}")
+    return Endpoint(**data)
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,196 @@
+"""The in-job supervisor of one vLLM server: start, wait for health, register, heartbeat, leave.
+
+It runs inside the Slurm job, either as a submitit callable (`hpcrag serve up`) or in the foreground
+(`hpcrag serve run`, from `slurm/vllm-tier.sbatch`). vLLM is a child process whose output goes to the
+job's log. The supervisor picks a free port, advertises http://HOST:PORT in the registry, refreshes a
+heartbeat, and records how the server ended:
+
+- vLLM exits on its own: state `failed` with its exit code, and the job fails, so Slurm shows it;
+- `scancel` (SIGTERM): vLLM is stopped and the row becomes `stopped`;
+- time limit or preemption (SIGUSR2, `--signal`): vLLM is stopped, the row becomes `requeued`, and the
+  job is requeued (by submitit through `checkpoint()`, or with `scontrol requeue` in the foreground).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+from hpcrag.errors import HpcragError
+from hpcrag.serve.health import is_healthy
+from hpcrag.serve.registry import Endpoint, Registry, now
+from hpcrag.serve.spec import LaunchSpec
+
+PROVIDER = "slurm"
+STOP_GRACE_S = 20.0
+
+
+class ServerFailedError(HpcragError):
+    """vLLM exited, or never became healthy."""
+
+
+@dataclass
+class Supervisor:
+    spec: LaunchSpec
+    registry_path: str
+    heartbeat_s: float
+    health_timeout_s: float
+
+    def __post_init__(self) -> None:
+        self._process: subprocess.Popen[bytes] | None = None
+        self._ending: str | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.__post_init__()
+
+    @property
+    def job_id(self) -> str:
+        try:
+            return os.environ["SLURM_JOB_ID"]
+        except KeyError:
+            raise HpcragError("the supervisor runs inside a Slurm job (SLURM_JOB_ID is not set)") from None
+
+    def _registry(self) -> Registry:
+        return Registry(self.registry_path)
+
+    def _update(self, **changes: Any) -> None:
+        self._registry().update(PROVIDER, self.spec.site, self.job_id, **changes)
+
+    def __call__(self) -> str:
+        """Serve until vLLM exits or the job is stopped; returns the URL that was served."""
+        signal.signal(signal.SIGTERM, self._on_term)
+        port = free_port()
+        url = f"http://{advertised_host()}:{port}"
+        self._register(url)
+        print(f"hpcrag: starting vLLM for tier {self.spec.tier} on {url}", flush=True)
+        self._process = subprocess.Popen(
+            self.spec.argv_with_port("0.0.0.0", port), env={**os.environ, **self.spec.env}
+        )
+        stop_heartbeat = threading.Event()
+        try:
+            self._wait_healthy(f"http://127.0.0.1:{port}")
+            self._update(state="healthy", healthy_at=now(), heartbeat_at=now())
+            print(f"hpcrag: vLLM healthy on {url}", flush=True)
+            # Heartbeats come from a thread, so that a signal handler's registry write on the main
+            # thread never waits for a transaction that the main thread itself holds.
+            threading.Thread(target=self._heartbeat, args=(stop_heartbeat,), daemon=True).start()
+            code = self._process.wait()
+            if self._ending is None:
+                self._fail(f"vLLM exited with code {code}")
+        finally:
+            stop_heartbeat.set()
+            self._stop_process()
+        return url
+
+    def _heartbeat(self, stop: threading.Event) -> None:
+        while not stop.wait(self.heartbeat_s):
+            if self._ending is None:
+                self._update(heartbeat_at=now())
+
+    def checkpoint(self) -> Any:
+        """submitit's hook on time limit or preemption: stop cleanly and ask to be requeued."""
+        import submitit
+
+        self.stop_for_requeue("time limit or preemption signal")
+        return submitit.helpers.DelayedSubmission(
+            Supervisor(self.spec, self.registry_path, self.heartbeat_s, self.health_timeout_s)
+        )
+
+    def stop_for_requeue(self, why: str) -> None:
+        self._ending = "requeued"
+        self._stop_process()
+        self._update(state="requeued", restarts="+1", message=f"requeued: {why}", url=None)
+        print(f"hpcrag: vLLM stopped for requeue ({why})", flush=True)
+
+    def _register(self, url: str) -> None:
+        registry = self._registry()
+        changes = {"state": "starting", "url": url, "started_at": now(), "healthy_at": None, "message": ""}
+        try:
+            registry.update(PROVIDER, self.spec.site, self.job_id, **changes)
+        except HpcragError:
+            # Submitted by hand (slurm/vllm-tier.sbatch): nobody registered the job yet.
+            registry.add(
+                Endpoint(
+                    provider=PROVIDER,
+                    site=self.spec.site,
+                    job_id=self.job_id,
+                    tier=self.spec.tier,
+                    model=self.spec.model,
+                    served_name=self.spec.served_name,
+                    gpu_type=self.spec.gpu_type,
+                    gpus=self.spec.gpus,
+                    usd_per_hour=self.spec.usd_per_hour,
+                    log_path=os.environ.get("HPCRAG_LOG_PATH"),
+                    submitted_at=now(),
+                    **changes,
+                )
+            )
+
+    def _wait_healthy(self, local_url: str) -> None:
+        assert self._process is not None
+        deadline = time.monotonic() + self.health_timeout_s
+        while not is_healthy(local_url):
+            code = self._process.poll()
+            if code is not None:
+                self._fail(f"vLLM exited with code {code} before it became healthy")
+            if time.monotonic() > deadline:
+                self._fail(f"vLLM not healthy after {self.health_timeout_s:.0f} s")
+            time.sleep(1.0)
+
+    def _fail(self, message: str) -> None:
+        self._ending = "failed"
+        self._update(state="failed", stopped_at=now(), message=message)
+        raise ServerFailedError(f"{message}; see this job's log")
+
+    def _on_term(self, signum: int, frame: FrameType | None) -> None:
+        self._ending = "stopped"
+        self._stop_process()
+        self._update(state="stopped", stopped_at=now(), message="stopped by SIGTERM (scancel)")
+        sys.exit(0)
+
+    def _stop_process(self) -> None:
+        process = self._process
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("", 0))
+        return int(sock.getsockname()[1])
+
+
+def advertised_host() -> str:
+    """The name clients use to reach this node: $HPCRAG_SERVE_HOST, else the host's own name."""
+    return os.environ.get("HPCRAG_SERVE_HOST") or socket.gethostname()
+
+
+def run_foreground(supervisor: Supervisor) -> str:
+    """Serve from a batch script: SIGUSR2 (time limit, preemption) requeues the job itself."""
+    from hpcrag.slurm.command import run_command
+
+    def on_usr2(signum: int, frame: FrameType | None) -> None:
+        supervisor.stop_for_requeue("time limit or preemption signal")
+        run_command(["scontrol", "requeue", supervisor.job_id])
+        sys.exit(0)
+
+    signal.signal(signal.SIGUSR2, on_usr2)
+    return supervisor()
