@@ -42,7 +42,8 @@ class UnknownNameError(HpcragError):
 
     def __init__(self, kind: str, name: str, valid: list[str], where: str = "") -> None:
         scope = f" {where}" if where else ""
-        super().__init__(f"unknown {kind} {name!r}{scope}; valid {kind}s: {', '.join(valid) or '(none)'}")
+        plural = f"{kind[:-1]}ies" if kind.endswith("y") else f"{kind}s"
+        super().__init__(f"unknown {kind} {name!r}{scope}; valid {plural}: {', '.join(valid) or '(none)'}")
 
 
 def expand_nodes(expression: str) -> list[str]:

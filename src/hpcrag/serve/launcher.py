@@ -108,7 +108,7 @@ def up(
     registry = registry_of(config)
     partition = config.site(site).partition(spec.partition)
     parameters: dict[str, object] = {
-        "name": f"hpcrag-vllm-{spec.tier}",
+        "job_name": f"hpcrag-vllm-{spec.tier}",
         "signal_delay_s": config.serving.signal_delay_s,
         "stderr_to_stdout": True,
         **priority_params,

@@ -155,5 +155,8 @@ def site_executor(
         extra = dict(params.pop("additional_parameters", {}) or {})
         extra["clusters"] = executor.target.cluster
         params["additional_parameters"] = extra
-    executor.update_parameters(**params)
+    try:
+        executor.update_parameters(**params)
+    except ValueError as exc:
+        raise HpcragError(f"bad executor parameters: {exc}") from None
     return executor
