@@ -18,7 +18,7 @@ CHAT_TEMPLATE = (
     "{% for message in messages %}<|{{ message['role'] }}|> {{ message['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|> {% endif %}"
 )
-WORDS = (
+WORD_TEXT = (
     "the a an of to and in is it that for on with as was at by be this are from or have not but what "
     "all were when we there can which their one said do if will each about how up out them then she "
     "many some so these would other into has more her two like him see time could no make than first "
@@ -28,7 +28,8 @@ WORDS = (
     "place well such here take why things help put years different away again off went old number "
     "slurm gpu node job queue partition cluster vector search index shard rank model tier serve "
     "question answer hello world please explain summarise compare analyse step reasoning"
-).split()
+)
+WORDS = WORD_TEXT.split()
 
 
 def build_tokenizer(out: Path) -> None:

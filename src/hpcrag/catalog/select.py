@@ -119,6 +119,7 @@ def select(
     precision: str = "fp8",
     prompt_tokens: int = 1024,
 ) -> Selection:
+    """Every configuration the matrix allows for the complexity's tier, sized, priced and ranked."""
     if complexity not in COMPLEXITY_TIER:
         raise HpcragError(f"unknown complexity {complexity!r}; valid: {', '.join(COMPLEXITY_TIER)}")
     if latency_ms <= 0 or budget_per_1k <= 0:
@@ -128,62 +129,24 @@ def select(
     tier_name = COMPLEXITY_TIER[complexity]
     tier = config.tier(tier_name)
     model = model or tier.models[0]
-    arch = config.model(model)
+    config.model(model)
     levels = eligible_levels(config, compliance or [])
     selection = Selection(tier=tier_name, model=model, chosen=None)
     candidates: list[Candidate] = []
     for level, excluded in levels.items():
         for gpu_name in config.matrix.columns:
-            cell = rating(config, level, tier_name, gpu_name)
             for provider, price in offers(config, level, gpu_name):
-
-                def reject(reason: str, provider: str = provider, gpu_name: str = gpu_name) -> None:
-                    selection.rejected.append(Rejection(level, gpu_name, provider, reason))
-
                 if excluded:
-                    reject(f"compliance: {level} {excluded}")
-                    continue
-                if available_gpus is not None and gpu_name not in available_gpus:
-                    reject("GPU type not available")
-                    continue
-                if cell == "not-recommended":
-                    reject(
-                        f"PRD matrix: tier {tier_name.upper()} on {gpu_name} at {level} is not recommended"
-                    )
-                    continue
-                gpu = config.gpu(gpu_name)
-                used, note = precision_on(precision, gpu_name, gpu)
-                plan = plan_for_model(model, arch, used, tier.context.typical, tier.batch)
-                layout = choose(plan, gpu_name, gpu, config.serving.gpu_memory_utilization)
-                if layout is None:
-                    reject(f"{model} in {used} does not fit on {gpu_name} even on several full nodes")
-                    continue
-                tokens_s = decode_tokens_per_s(plan, arch.active_params_b or arch.params_b, gpu, layout.tp)
-                hourly = price * layout.gpus
-                cost = hourly / (tokens_s * 3.6)
-                ttft = ttft_p99_ms(arch.active_params_b or arch.params_b, prompt_tokens, gpu, layout.gpus)
-                if ttft > latency_ms:
-                    reject(f"estimated TTFT p99 {ttft:.0f} ms > limit {latency_ms:.0f} ms")
-                    continue
-                if cost > budget_per_1k:
-                    reject(f"estimated ${cost:.4f}/1K tokens > budget ${budget_per_1k:.4f}")
-                    continue
-                candidates.append(
-                    Candidate(
-                        level,
-                        gpu_name,
-                        provider,
-                        cell,
-                        used,
-                        layout.tp,
-                        layout.pp,
-                        hourly,
-                        tokens_s,
-                        cost,
-                        ttft,
-                        notes=(note,) if note else (),
-                    )
-                )
+                    outcome: Candidate | str = f"compliance: {level} {excluded}"
+                elif available_gpus is not None and gpu_name not in available_gpus:
+                    outcome = "GPU type not available"
+                else:
+                    limits = (latency_ms, budget_per_1k, precision, prompt_tokens)
+                    outcome = _evaluate(config, tier_name, model, level, gpu_name, provider, price, limits)
+                if isinstance(outcome, str):
+                    selection.rejected.append(Rejection(level, gpu_name, provider, outcome))
+                else:
+                    candidates.append(outcome)
     if candidates:
         cheapest = min(c.usd_per_1k_tokens for c in candidates)
         scored = [
@@ -194,6 +157,44 @@ def select(
         selection.ranked = scored
         selection.chosen = scored[0]
     return selection
+
+
+def _evaluate(
+    config: Config,
+    tier_name: str,
+    model: str,
+    level: str,
+    gpu_name: str,
+    provider: str,
+    price: float,
+    limits: tuple[float, float, str, int],
+) -> Candidate | str:
+    """A sized and priced candidate, or the reason it is rejected."""
+    latency_ms, budget_per_1k, precision, prompt_tokens = limits
+    cell = rating(config, level, tier_name, gpu_name)
+    if cell == "not-recommended":
+        return f"PRD matrix: tier {tier_name.upper()} on {gpu_name} at {level} is not recommended"
+    tier = config.tier(tier_name)
+    arch = config.model(model)
+    gpu = config.gpu(gpu_name)
+    used, note = precision_on(precision, gpu_name, gpu)
+    plan = plan_for_model(model, arch, used, tier.context.typical, tier.batch)
+    layout = choose(plan, gpu_name, gpu, config.serving.gpu_memory_utilization)
+    if layout is None:
+        return f"{model} in {used} does not fit on {gpu_name} even on several full nodes"
+    active = arch.active_params_b or arch.params_b
+    tokens_s = decode_tokens_per_s(plan, active, gpu, layout.tp)
+    hourly = price * layout.gpus
+    cost = hourly / (tokens_s * 3.6)
+    ttft = ttft_p99_ms(active, prompt_tokens, gpu, layout.gpus)
+    if ttft > latency_ms:
+        return f"estimated TTFT p99 {ttft:.0f} ms > limit {latency_ms:.0f} ms"
+    if cost > budget_per_1k:
+        return f"estimated ${cost:.4f}/1K tokens > budget ${budget_per_1k:.4f}"
+    notes = (note,) if note else ()
+    return Candidate(
+        level, gpu_name, provider, cell, used, layout.tp, layout.pp, hourly, tokens_s, cost, ttft, notes=notes
+    )
 
 
 def decode_tokens_per_s(plan: MemoryPlan, active_params_b: float, gpu: Any, tp: int) -> float:

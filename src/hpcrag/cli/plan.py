@@ -38,7 +38,9 @@ def matrix(ctx: click.Context, infra: str | None, as_json: bool) -> None:
 @plan.command("memory")
 @click.option("--model", default=None, help="A model of models.yaml (exact KV cache from its architecture).")
 @click.option("--params", "params_b", type=float, default=None, help="Billions of parameters (PRD formula).")
-@click.option("--precision", default="fp16", show_default=True, help="fp32 fp16 bf16 fp8 int8 int4 awq gptq fp4")
+@click.option(
+    "--precision", default="fp16", show_default=True, help="fp32 fp16 bf16 fp8 int8 int4 awq gptq fp4"
+)
 @click.option("--context", type=int, default=None, help="Context length in tokens [tier's typical].")
 @click.option("--batch", type=int, default=None, help="Concurrent sequences [tier's batch].")
 @click.option("--tier", default=None, help="Take context and batch defaults from this tier.")
@@ -117,7 +119,9 @@ def memory(
     name = model or f"{params_b:g}B parameters"
     click.echo(f"{name}, {base.precision}, context {context} x batch {batch} ({base.basis})")
     click.echo(f"  weights      {base.weights_gb:9.2f} GB")
-    click.echo(f"  KV cache     {base.kv_cache_gb:9.2f} GB  ({base.kv_bytes_per_token / 1024:.1f} KiB per token)")
+    click.echo(
+        f"  KV cache     {base.kv_cache_gb:9.2f} GB  ({base.kv_bytes_per_token / 1024:.1f} KiB per token)"
+    )
     click.echo(f"  activations  {base.activation_gb:9.2f} GB")
     click.echo(f"  overhead     {OVERHEAD_GB_PER_GPU:9.2f} GB per GPU")
     click.echo(f"  total        {base.total_gb:9.2f} GB on one GPU   (PRD formula: {prd:.2f} GB)")
@@ -125,7 +129,11 @@ def memory(
     for gpu_name, used, note, layout in layouts:
         how = layout.describe() if layout else "does not fit even on several full nodes"
         rows.append([gpu_name, used + (" *" if note else ""), how])
-    table("Tensor parallelism (smallest power of two that fits with headroom)", ["gpu", "precision", "layout"], rows)
+    table(
+        "Tensor parallelism (smallest power of two that fits with headroom)",
+        ["gpu", "precision", "layout"],
+        rows,
+    )
     for _, _, note, _ in layouts:
         if note:
             click.echo(f"* {note}")
@@ -174,7 +182,8 @@ def select_command(
     else:
         click.echo(
             f"tier {result.tier.upper()} ({result.model}): {chosen.gpu} x{chosen.tp * chosen.pp} "
-            f"({chosen.precision}, TP={chosen.tp}) at {chosen.provider} [{chosen.infra}, PRD: {chosen.rating}]"
+            f"({chosen.precision}, TP={chosen.tp}) at {chosen.provider} "
+            f"[{chosen.infra}, PRD: {chosen.rating}]"
         )
         click.echo(
             f"  ~{chosen.tokens_per_s:.0f} tokens/s per request, ${chosen.usd_per_1k_tokens:.4f}/1K tokens, "
@@ -182,8 +191,14 @@ def select_command(
         )
         rows = [
             [
-                c.infra, c.provider, c.gpu, f"{c.precision} TP={c.tp}", c.rating,
-                f"{c.usd_per_1k_tokens:.4f}", f"{c.ttft_p99_ms:.0f}", f"{c.score:.2f}",
+                c.infra,
+                c.provider,
+                c.gpu,
+                f"{c.precision} TP={c.tp}",
+                c.rating,
+                f"{c.usd_per_1k_tokens:.4f}",
+                f"{c.ttft_p99_ms:.0f}",
+                f"{c.score:.2f}",
             ]
             for c in result.ranked[:top]
         ]

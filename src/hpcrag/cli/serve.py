@@ -21,9 +21,15 @@ def _spec_options(command: click.decorators.FC) -> click.decorators.FC:
         [
             click.option("--site", required=True, help="Site to run at (nyc, sf)."),
             click.option("--tier", required=True, help="Model tier: s, m, l or xl."),
-            click.option("--model", default=None, help="Model of models.yaml [the site's or tier's default]."),
-            click.option("--precision", default="auto", show_default=True, help="auto, bf16, fp16, fp8, awq, ..."),
-            click.option("--gpu", "gpu_type", default=None, help="GPU type of the partition [best that fits]."),
+            click.option(
+                "--model", default=None, help="Model of models.yaml [the site's or tier's default]."
+            ),
+            click.option(
+                "--precision", default="auto", show_default=True, help="auto, bf16, fp16, fp8, awq, ..."
+            ),
+            click.option(
+                "--gpu", "gpu_type", default=None, help="GPU type of the partition [best that fits]."
+            ),
             click.option("--max-model-len", type=int, default=None, help="Context length [tier's typical]."),
         ]
     ):
@@ -103,7 +109,9 @@ def up(
 @click.option("--tier", default=None, help="Every live server of this tier.")
 @click.option("--all", "everything", is_flag=True, help="Every live server.")
 @click.pass_context
-def down(ctx: click.Context, ids: tuple[int, ...], site: str | None, tier: str | None, everything: bool) -> None:
+def down(
+    ctx: click.Context, ids: tuple[int, ...], site: str | None, tier: str | None, everything: bool
+) -> None:
     """Cancel servers' jobs (or cloud instances) and deregister them."""
     from hpcrag.serve import launcher
 
@@ -118,7 +126,9 @@ def down(ctx: click.Context, ids: tuple[int, ...], site: str | None, tier: str |
         click.echo("no live servers matched")
         return
     for endpoint in launcher.down(config, chosen):
-        click.echo(f"stopped endpoint {endpoint.id} ({endpoint.provider} {endpoint.job_id} on {endpoint.site})")
+        click.echo(
+            f"stopped endpoint {endpoint.id} ({endpoint.provider} {endpoint.job_id} on {endpoint.site})"
+        )
 
 
 @serve.command("status")
@@ -142,8 +152,17 @@ def status(ctx: click.Context, everything: bool, site: str | None, as_json: bool
         ["id", "site", "tier", "model", "provider", "job", "state", "slurm", "url", "$/h", "since"],
         [
             [
-                e.id, e.site, e.tier, e.model, e.provider, e.job_id, e.state, r.slurm_state or "-",
-                e.url or "-", f"{e.usd_per_hour:.2f}", _since(e.healthy_at or e.started_at or e.submitted_at),
+                e.id,
+                e.site,
+                e.tier,
+                e.model,
+                e.provider,
+                e.job_id,
+                e.state,
+                r.slurm_state or "-",
+                e.url or "-",
+                f"{e.usd_per_hour:.2f}",
+                _since(e.healthy_at or e.started_at or e.submitted_at),
             ]
             for r in rows
             for e in [r.endpoint]
@@ -214,7 +233,12 @@ def burst(ctx: click.Context, tier: str, wait_s: float, as_json: bool) -> None:
     config = load(ctx)
     decisions = BurstPolicy(config, registry_of(config)).evaluate(tier, wait_s)
     if as_json:
-        echo_json([{"action": d.action, "reason": d.reason, "endpoint": vars(d.endpoint) if d.endpoint else None} for d in decisions])
+        echo_json(
+            [
+                {"action": d.action, "reason": d.reason, "endpoint": vars(d.endpoint) if d.endpoint else None}
+                for d in decisions
+            ]
+        )
         return
     for decision in decisions:
         click.echo(f"{decision.action}: {decision.reason}")

@@ -2,6 +2,7 @@
 
 Layout: `gpus.yaml`, `clouds.yaml`, `sites/<name>.yaml`, `profiles/<name>.yaml`. The active profile
 is the `profile` argument, else `$HPCRAG_PROFILE`, else `dev` (the embedded local clusters).
+`$HPCRAG_REGISTRY` replaces the serving registry's path (a private registry for a test or a sandbox).
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ def load_config(root: Path | str | None = None, profile: str | None = None) -> C
     matrix = _load(Matrix, root / "matrix.yaml")
     _check_matrix(root / "matrix.yaml", matrix, gpus, tiers, clouds)
     serving_data = {**_read_yaml(root / "serving.yaml"), **active.serving}
+    if os.environ.get("HPCRAG_REGISTRY"):
+        serving_data["registry"] = os.environ["HPCRAG_REGISTRY"]
     serving = _validate(Serving, serving_data, root / "serving.yaml")
     _check_names(
         root / "serving.yaml", "burst.providers", serving.burst.providers, clouds.providers, "provider"

@@ -21,6 +21,7 @@ from hpcrag.errors import HpcragError
 from hpcrag.serve.registry import Endpoint, Registry, now
 from hpcrag.serve.spec import LaunchSpec, build_spec
 from hpcrag.serve.supervisor import PROVIDER, Supervisor
+from hpcrag.slurm.command import CommandError
 from hpcrag.slurm.target import SlurmTarget
 
 PRIORITIES = ("production-critical", "production-standard", "batch-processing", "development")
@@ -223,24 +224,43 @@ def status(config: Config, *, everything: bool = False, site: str | None = None)
 
 
 def slurm_states(config: Config, endpoints: list[Endpoint]) -> dict[tuple[str, str], str]:
-    """(site, job id) -> Slurm state, one sacct call per site."""
+    """(site, job id) -> Slurm state: squeue for jobs the controller still holds (a requeued job is
+    PENDING there, whatever its last run's accounting record says), sacct for older ones."""
     by_site: dict[str, list[str]] = defaultdict(list)
     for endpoint in endpoints:
         by_site[endpoint.site].append(endpoint.job_id)
     states: dict[tuple[str, str], str] = {}
     for site, job_ids in by_site.items():
         target = SlurmTarget.for_site(config.site(site))
-        out = target.sacct("-X", "-n", "-P", "-o", "JobID,State", f"--jobs={','.join(job_ids)}")
-        for line in out.splitlines():
-            job_id, _, state = line.partition("|")
-            if job_id:
-                states[(site, job_id)] = state.split()[0] if state else ""
+        try:
+            out = target.squeue("-h", "-t", "all", "-o", "%i|%T", f"--jobs={','.join(job_ids)}")
+        except CommandError:  # squeue refuses a list in which no job is still known
+            out = ""
+        found = _parse_states(out)
+        missing = [j for j in job_ids if j not in found]
+        if missing:
+            found.update(
+                _parse_states(
+                    target.sacct("-X", "-n", "-P", "-o", "JobID,State", f"--jobs={','.join(missing)}")
+                )
+            )
+        states.update({(site, job_id): state for job_id, state in found.items()})
     return states
 
 
-def wait_healthy(config: Config, endpoints: list[Endpoint], timeout: float) -> list[Endpoint]:
+def _parse_states(text: str) -> dict[str, str]:
+    states = {}
+    for line in text.splitlines():
+        job_id, _, state = line.strip().partition("|")
+        if job_id:
+            states[job_id] = state.split()[0] if state else ""
+    return states
+
+
+def wait_healthy(
+    config: Config, endpoints: list[Endpoint], timeout: float, poll_s: float = 1.0
+) -> list[Endpoint]:
     """Poll until every server is healthy; a server that failed or whose job ended is an error."""
-    registry = registry_of(config)
     deadline = time.monotonic() + timeout
     pending = {(e.provider, e.site, e.job_id) for e in endpoints}
     while True:
@@ -265,7 +285,7 @@ def wait_healthy(config: Config, endpoints: list[Endpoint], timeout: float) -> l
         if time.monotonic() > deadline:
             waiting = ", ".join(f"job {job} on {site}" for _, site, job in sorted(pending))
             raise HpcragError(f"not healthy after {timeout:.0f} s: {waiting}; see `hpcrag serve status`")
-        time.sleep(2.0)
+        time.sleep(poll_s)
 
 
 def log_text(endpoint: Endpoint, lines: int) -> str:

@@ -86,7 +86,10 @@ class Supervisor:
             # Heartbeats come from a thread, so that a signal handler's registry write on the main
             # thread never waits for a transaction that the main thread itself holds.
             threading.Thread(target=self._heartbeat, args=(stop_heartbeat,), daemon=True).start()
-            code = self._process.wait()
+            # poll(), never wait(): a signal handler that stops vLLM must not find Popen's wait lock
+            # held by the very frame it interrupted.
+            while (code := self._process.poll()) is None:
+                time.sleep(0.5)
             if self._ending is None:
                 self._fail(f"vLLM exited with code {code}")
         finally:
@@ -155,21 +158,24 @@ class Supervisor:
         raise ServerFailedError(f"{message}; see this job's log")
 
     def _on_term(self, signum: int, frame: FrameType | None) -> None:
+        print("hpcrag: SIGTERM (scancel): stopping vLLM", flush=True)
         self._ending = "stopped"
         self._stop_process()
-        self._update(state="stopped", stopped_at=now(), message="stopped by SIGTERM (scancel)")
+        self._update(state="stopped", stopped_at=now(), url=None, message="stopped by SIGTERM (scancel)")
         sys.exit(0)
 
     def _stop_process(self) -> None:
+        """TERM, then KILL after STOP_GRACE_S; polls only, so it is safe inside signal handlers."""
         process = self._process
-        if process is None or process.poll() is not None:
+        if process is None:
             return
-        process.terminate()
-        try:
-            process.wait(timeout=STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        for stop, grace in ((process.terminate, STOP_GRACE_S), (process.kill, 5.0)):
+            if process.poll() is not None:
+                return
+            stop()
+            deadline = time.monotonic() + grace
+            while process.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
 
 
 def free_port() -> int:

@@ -19,7 +19,12 @@ def config():
 def test_requests_pick_a_fitting_gpu_and_price(config) -> None:
     small = burst_request(config, "aws", "s")
     assert small is not None
-    assert (small.gpu_type, small.instance_type, small.gpus, small.usd_per_hour) == ("l40s", "g6.xlarge", 1, 1.50)
+    assert (small.gpu_type, small.instance_type, small.gpus, small.usd_per_hour) == (
+        "l40s",
+        "g6.xlarge",
+        1,
+        1.50,
+    )
     assert small.hf_id == "Qwen/Qwen2.5-3B-Instruct"
     large = burst_request(config, "coreweave", "l")
     assert large is not None and large.gpu_type == "b200" and "--quantization=fp8" in large.vllm_args
@@ -70,7 +75,7 @@ def test_capabilities_are_declared_not_discovered(config) -> None:
     assert set(adapters()) == {"aws", "kubernetes", "skypilot"}
     for kind, cls in adapters().items():
         assert cls.kind == kind and "multi-node" in cls.unsupported
-    with pytest.raises(CapabilityError, match="kubernetes .coreweave. cannot spot: preemptible capacity"):
+    with pytest.raises(CapabilityError, match=r"kubernetes \(coreweave\) cannot spot: preemptible capacity"):
         adapter_for(config, "coreweave").require("spot")
     with pytest.raises(Exception, match="provider modal has no burst adapter"):
         adapter_for(config, "modal")

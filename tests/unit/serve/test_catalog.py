@@ -117,7 +117,7 @@ def test_memory_input_errors(config) -> None:
     arch = config.model("llama-3.1-8b-instruct")
     with pytest.raises(HpcragError, match="unknown precision 'fp7'; valid: fp32"):
         plan_for_model("llama-3.1-8b-instruct", arch, "fp7", 1024, 1)
-    with pytest.raises(HpcragError, match="context 200000 is longer than .* maximum of 131072"):
+    with pytest.raises(HpcragError, match=r"context 200000 is longer than .* maximum of 131072"):
         plan_for_model("llama-3.1-8b-instruct", arch, "fp16", 200000, 1)
     with pytest.raises(HpcragError, match="batch must be > 0"):
         plan_for_model("llama-3.1-8b-instruct", arch, "fp16", 1024, 0)

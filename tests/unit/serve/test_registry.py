@@ -13,7 +13,9 @@ from hpcrag.serve.registry import Endpoint, Registry
 
 
 def _endpoint(job_id: str, **changes) -> Endpoint:
-    base = dict(provider="slurm", site="nyc", job_id=job_id, tier="s", model="m", served_name="m", state="submitted")
+    base = dict(
+        provider="slurm", site="nyc", job_id=job_id, tier="s", model="m", served_name="m", state="submitted"
+    )
     return Endpoint(**{**base, **changes})
 
 

@@ -26,7 +26,13 @@ def dev():
 
 def test_dev_spec_runs_the_tiny_model_with_vllm_cpu(dev) -> None:
     spec = build_spec(dev, "nyc", "S")
-    assert (spec.tier, spec.partition, spec.model, spec.gpu_type, spec.tp) == ("s", "tier-s", "tiny-llama", "l40s", 1)
+    assert (spec.tier, spec.partition, spec.model, spec.gpu_type, spec.tp) == (
+        "s",
+        "tier-s",
+        "tiny-llama",
+        "l40s",
+        1,
+    )
     assert spec.argv[:3] == [str(REPO / ".venv-vllm/bin/python"), "-m", "vllm.entrypoints.openai.api_server"]
     args = spec.argv[3:]
     assert args[args.index("--model") + 1] == str(REPO / ".run/tiny-llama")
@@ -63,17 +69,23 @@ def test_bad_input_is_refused_before_submission(production, config_copy: Path) -
         build_spec(production, "nyc", "xxl")
     with pytest.raises(HpcragError, match="unknown site 'tokyo'; valid sites: nyc, sf"):
         build_spec(production, "tokyo", "s")
-    with pytest.raises(HpcragError, match="unknown GPU type 'h100' on partition nyc/tier-s; valid GPU types: l40s"):
+    with pytest.raises(
+        HpcragError, match="unknown GPU type 'h100' on partition nyc/tier-s; valid GPU types: l40s"
+    ):
         build_spec(production, "nyc", "s", gpu_type="h100")
     with pytest.raises(HpcragError, match="unknown model 'gpt-9'"):
         build_spec(production, "nyc", "s", model="gpt-9")
     # 671B parameters: even AWQ weights on 8 L40S leave no room.
-    with pytest.raises(ModelDoesNotFitError, match="deepseek-v3 does not fit on any GPU of partition nyc/tier-s"):
+    with pytest.raises(
+        ModelDoesNotFitError, match="deepseek-v3 does not fit on any GPU of partition nyc/tier-s"
+    ):
         build_spec(production, "nyc", "s", model="deepseek-v3")
     with pytest.raises(HpcragError, match="unknown precision 'fp7'"):
         build_spec(production, "nyc", "s", precision="fp7")
     # The copy sits outside the repository, so the dev profile's .venv-vllm is not there.
-    with pytest.raises(VllmEnvironmentError, match=r"vLLM interpreter .*\.venv-vllm/bin/python does not exist"):
+    with pytest.raises(
+        VllmEnvironmentError, match=r"vLLM interpreter .*\.venv-vllm/bin/python does not exist"
+    ):
         build_spec(load_config(config_copy, "dev"), "nyc", "s")
     site = config_copy / "sites" / "sf.yaml"
     site.write_text(site.read_text().split("# How vLLM runs here")[0])
@@ -86,6 +98,13 @@ def test_priorities_and_time_limits(production, dev) -> None:
     assert priority_parameters(dev, "development") == {"additional_parameters": {"nice": 10000}}
     with pytest.raises(HpcragError, match="unknown priority 'urgent'; valid priorities"):
         priority_parameters(dev, "urgent")
-    assert [partition_minutes(t) for t in ("4:00:00", "72:00:00", "1-00:00:00", "90", "2-12", "UNLIMITED")] == [
-        240, 4320, 1440, 90, 3600, None,
+    assert [
+        partition_minutes(t) for t in ("4:00:00", "72:00:00", "1-00:00:00", "90", "2-12", "UNLIMITED")
+    ] == [
+        240,
+        4320,
+        1440,
+        90,
+        3600,
+        None,
     ]

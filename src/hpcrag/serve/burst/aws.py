@@ -9,7 +9,7 @@ IP back. boto3 honours AWS_ENDPOINT_URL, which is how the tests point it at moto
 from __future__ import annotations
 
 import shlex
-from typing import Any
+from typing import Any, ClassVar
 
 from hpcrag.errors import HpcragError
 from hpcrag.serve.burst.base import VLLM_PORT, BurstAdapter, BurstRequest
@@ -20,7 +20,7 @@ HEALTH_TAG = "hpcrag:health"
 
 class AwsAdapter(BurstAdapter):
     kind = "aws"
-    unsupported = {
+    unsupported: ClassVar[dict[str, str]] = {
         "multi-node": "one instance per replica: tensor parallelism must fit the GPUs of one instance type",
     }
 
@@ -37,12 +37,15 @@ class AwsAdapter(BurstAdapter):
                 "#!/bin/bash",
                 "# hpcrag burst: start vLLM, wait until it answers, then tag this instance healthy.",
                 "set -euo pipefail",
-                f"docker run -d --name vllm --restart on-failure --gpus all --ipc=host -p {VLLM_PORT}:{VLLM_PORT} \\",
-                f"  -e NCCL_P2P_LEVEL=NVL --entrypoint bash {image} -c {shlex.quote(request.server_command())}",
+                "docker run -d --name vllm --restart on-failure --gpus all --ipc=host \\",
+                f"  -p {VLLM_PORT}:{VLLM_PORT} -e NCCL_P2P_LEVEL=NVL --entrypoint bash {image} \\",
+                f"  -c {shlex.quote(request.server_command())}",
                 f"until curl -sf http://127.0.0.1:{VLLM_PORT}/health >/dev/null; do sleep 5; done",
-                'token=$(curl -sX PUT http://169.254.169.254/latest/api/token -H "X-aws-ec2-metadata-token-ttl-seconds: 300")',
-                'instance=$(curl -s -H "X-aws-ec2-metadata-token: $token" http://169.254.169.254/latest/meta-data/instance-id)',
-                f'aws ec2 create-tags --region {region} --resources "$instance" --tags Key={HEALTH_TAG},Value=healthy',
+                "imds=http://169.254.169.254/latest",
+                'token=$(curl -sX PUT "$imds/api/token" -H "X-aws-ec2-metadata-token-ttl-seconds: 300")',
+                'instance=$(curl -s -H "X-aws-ec2-metadata-token: $token" "$imds/meta-data/instance-id")',
+                f'aws ec2 create-tags --region {region} --resources "$instance" \\',
+                f"  --tags Key={HEALTH_TAG},Value=healthy",
                 "",
             ]
         )

@@ -73,8 +73,9 @@ class BurstAdapter(ABC):
 
     def require(self, capability: str) -> None:
         if capability in self.unsupported:
+            reason = self.unsupported[capability]
             raise CapabilityError(
-                f"burst adapter {self.kind} ({self.provider}) cannot {capability}: {self.unsupported[capability]}"
+                f"burst adapter {self.kind} ({self.provider}) cannot {capability}: {reason}"
             )
 
     @abstractmethod

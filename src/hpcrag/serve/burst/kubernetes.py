@@ -3,7 +3,7 @@ PRD's deployment section, applied with the kubernetes client against the current
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from hpcrag.serve.burst.base import VLLM_PORT, BurstAdapter, BurstRequest
 from hpcrag.serve.registry import Endpoint, now
@@ -22,7 +22,7 @@ MEMORY_PER_GPU_GI = 64
 
 class KubernetesAdapter(BurstAdapter):
     kind = "kubernetes"
-    unsupported = {
+    unsupported: ClassVar[dict[str, str]] = {
         "spot": "preemptible capacity is a property of the cluster's node pools, not of a Deployment",
         "multi-node": "one pod per replica: tensor parallelism must fit one node's GPUs",
     }

@@ -40,7 +40,8 @@ class SiteCapacity:
 
     def describe(self) -> str:
         free = ", ".join(f"{g}: {n}" for g, n in self.free_gpus_on_one_node.items()) or "none"
-        return f"{self.site}/{self.partition}: most free GPUs on one node {free}; {self.pending_jobs} job(s) pending"
+        pending = f"{self.pending_jobs} job(s) pending"
+        return f"{self.site}/{self.partition}: most free GPUs on one node {free}; {pending}"
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,14 @@ class BurstPolicy:
                     f"tier {tier} waits {observed_wait_s:.1f} s <= {self.settings.wait_threshold_s:.0f} s",
                 )
             ]
+        starting = [e for e in self.registry.find(tier=tier, live_only=True) if e.provider != SLURM_PROVIDER]
+        starting = [e for e in starting if e.state != "healthy"]
+        if starting:
+            first = starting[0]
+            return [
+                *decisions,
+                Decision("hold", f"burst server {first.provider} {first.job_id} is still starting"),
+            ]
         capacities = [site_capacity(self.config, site, tier) for site in self.config.sites]
         replica_gpus = self._replica_gpus(tier)
         startable = [c for c in capacities if c.can_start(replica_gpus)]
@@ -135,7 +144,8 @@ class BurstPolicy:
                 continue
             endpoint = self.registry.add(adapter_for(self.config, provider).launch(request))
             reason = (
-                f"tier {tier} waits {observed_wait_s:.1f} s > {self.settings.wait_threshold_s:.0f} s and no site "
+                f"tier {tier} waits {observed_wait_s:.1f} s > {self.settings.wait_threshold_s:.0f} s "
+                "and no site "
                 f"can start it ({saturated}): {request.gpus} x {request.gpu_type} on {provider} "
                 f"({request.instance_type}, ${request.usd_per_hour:.2f}/h)"
             )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -28,7 +28,9 @@ ACCELERATOR = {
 
 class SkyPilotAdapter(BurstAdapter):
     kind = "skypilot"
-    unsupported = {"multi-node": "tasks are launched with num_nodes 1: tensor parallelism must fit one node"}
+    unsupported: ClassVar[dict[str, str]] = {
+        "multi-node": "tasks are launched with num_nodes 1: tensor parallelism must fit one node"
+    }
 
     def task(self, request: BurstRequest) -> dict[str, Any]:
         if not self.settings.cloud:
