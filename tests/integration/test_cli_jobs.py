@@ -19,7 +19,7 @@ ENV = {"HPCRAG_CONFIG_DIR": str(CONFIG_DIR), "HPCRAG_PROFILE": "dev", "PATH": "/
 
 def hpcrag(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "hpcrag", *args], capture_output=True, text=True, env=ENV, timeout=300
+        [sys.executable, "-m", "hpcrag", *args], capture_output=True, text=True, env=ENV, timeout=900
     )
 
 
@@ -34,6 +34,8 @@ def test_demo_runs_mpi_on_both_sites(nyc: SlurmTarget, tmp_path: Path) -> None:
         assert "allreduce 10 (expected 10) OK" in line
     assert "nyc: vector search over 2 ranks: recall@10 " in proc.stdout
     assert proc.stdout.count("COMPLETED") == 4  # two MPI checks, the index build and the search
+    assert "nyc: vLLM tier s healthy at http://" in proc.stdout and "tokens: " in proc.stdout
+    assert "nyc: serve down: job " in proc.stdout
 
 
 def test_jobs_list_and_cancel(nyc: SlurmTarget) -> None:

@@ -67,6 +67,16 @@ def test_tiers_at_both_sites_end_to_end(serving, nyc: SlurmTarget, sf: SlurmTarg
     (medium,) = launcher.up(config, "sf", "m")
     assert (small.state, small.gpu_type, small.usd_per_hour) == ("submitted", "l40s", 0.45)
     assert small.details["priority"] == "development" and medium.details["partition"] == "tier-m"
+    job = nyc.scontrol("show", "job", small.job_id)
+    for field in (
+        "JobName=hpcrag-vllm-s",
+        "Partition=tier-s",
+        "TimeLimit=04:00:00",
+        "Nice=10000",
+        "TresPerNode=gres:gpu:l40s:1",
+    ):
+        assert field in job
+    assert "Nice=100 " in sf.scontrol("show", "job", medium.job_id)  # production-standard
     hand = (
         subprocess.run(
             [

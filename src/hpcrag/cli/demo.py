@@ -1,7 +1,7 @@
 """`hpcrag demo`: the main job on the active profile: show the clusters, run a multi-rank MPI job
 on every site, check what each job reports, then build and search a distributed vector index with
-the sbatch templates on the first site and check it against exact search. Later features extend
-this same command.
+the sbatch templates on the first site and check it against exact search, then serve vLLM tier S
+there through `serve up` and get a chat completion from it. Later features extend this same command.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import click
 from hpcrag.cli.common import load, table
 
 if TYPE_CHECKING:
+    from hpcrag.config import Config
     from hpcrag.slurm.target import SlurmTarget
 
 
@@ -96,6 +97,7 @@ def demo(
         failures += 0 if ok else 1
     first = config.site(names[0])
     failures += _search_demo(SlurmTarget.for_site(first), partition, workdir.resolve() / "search", timeout)
+    failures += _serve_demo(config, first.name, timeout=max(timeout, 420.0))
     if failures:
         sys.exit(1)
 
@@ -144,6 +146,48 @@ def _search_demo(target: SlurmTarget, partition: str, workdir: Path, timeout: fl
         fg="green" if ok else "red",
     )
     return 0 if ok else 1
+
+
+def _serve_demo(config: Config, site: str, timeout: float) -> int:
+    """Launch vLLM tier S at `site` through `serve up`, ask it one chat completion, take it down."""
+    import time
+
+    import httpx
+
+    from hpcrag.errors import HpcragError
+    from hpcrag.serve import launcher
+
+    began = time.monotonic()
+    try:
+        (endpoint,) = launcher.up(config, site, "s", priority="development")
+        click.echo(
+            f"{site}: serve up tier s: job {endpoint.job_id} ({endpoint.model}); log: {endpoint.log_path}"
+        )
+        (endpoint,) = launcher.wait_healthy(config, [endpoint], timeout)
+    except HpcragError as exc:
+        click.secho(f"{site}: serve: {exc}", fg="red", err=True)
+        return 1
+    try:
+        request = {
+            "model": endpoint.served_name,
+            "messages": [{"role": "user", "content": "hello, what is a slurm job?"}],
+            "max_tokens": 8,
+        }
+        reply = httpx.post(f"{endpoint.url}/v1/chat/completions", json=request, timeout=60).json()
+        usage = reply["usage"]
+        click.secho(
+            f"{site}: vLLM tier s healthy at {endpoint.url} after {time.monotonic() - began:.0f} s; "
+            f"chat completion {usage['prompt_tokens']}+{usage['completion_tokens']} tokens: "
+            f"{reply['choices'][0]['message']['content']!r} (random weights) OK",
+            fg="green",
+        )
+        return 0
+    except (httpx.HTTPError, KeyError, ValueError) as exc:
+        click.secho(f"{site}: chat completion from {endpoint.url} failed: {exc}", fg="red", err=True)
+        return 1
+    finally:
+        launcher.down(config, [endpoint])
+        click.echo(f"{site}: serve down: job {endpoint.job_id} cancelled and deregistered")
 
 
 def _summary(log: Path) -> str:

@@ -125,6 +125,9 @@ def down(
     if not chosen:
         click.echo("no live servers matched")
         return
+    for endpoint in chosen:
+        if not endpoint.live:
+            click.echo(f"endpoint {endpoint.id} already ended ({endpoint.state})")
     for endpoint in launcher.down(config, chosen):
         click.echo(
             f"stopped endpoint {endpoint.id} ({endpoint.provider} {endpoint.job_id} on {endpoint.site})"

@@ -21,20 +21,11 @@ from hpcrag.errors import HpcragError
 from hpcrag.serve.registry import Endpoint, Registry, now
 from hpcrag.serve.spec import LaunchSpec, build_spec
 from hpcrag.serve.supervisor import PROVIDER, Supervisor
+from hpcrag.slurm.batch import TERMINAL_STATES
 from hpcrag.slurm.command import CommandError
 from hpcrag.slurm.target import SlurmTarget
 
 PRIORITIES = ("production-critical", "production-standard", "batch-processing", "development")
-ENDED_STATES = {
-    "COMPLETED",
-    "FAILED",
-    "CANCELLED",
-    "TIMEOUT",
-    "NODE_FAIL",
-    "OUT_OF_MEMORY",
-    "BOOT_FAIL",
-    "DEADLINE",
-}
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
 
 
@@ -48,7 +39,7 @@ class Row:
     @property
     def problem(self) -> str | None:
         e = self.endpoint
-        if e.state == "failed" or self.slurm_state in ENDED_STATES - {"COMPLETED", "CANCELLED"}:
+        if e.state == "failed" or self.slurm_state in TERMINAL_STATES - {"COMPLETED", "CANCELLED"}:
             return f"job {e.job_id} on site {e.site} ended {self.slurm_state or e.state}; log: {e.log_path}"
         return None
 
@@ -176,12 +167,14 @@ def select_endpoints(
 
 
 def down(config: Config, endpoints: list[Endpoint]) -> list[Endpoint]:
-    """Cancel each server's job (or cloud instance) and deregister it."""
+    """Cancel each live server's job (or cloud instance) and deregister it; ended ones are skipped."""
     from hpcrag.serve.burst.registry import adapter_for
 
     registry = registry_of(config)
     stopped = []
     for endpoint in endpoints:
+        if not endpoint.live:
+            continue
         if endpoint.provider == PROVIDER:
             SlurmTarget.for_site(config.site(endpoint.site)).scancel(endpoint.job_id)
         else:
@@ -208,7 +201,7 @@ def status(config: Config, *, everything: bool = False, site: str | None = None)
     rows = []
     for endpoint in endpoints:
         slurm_state = states.get((endpoint.site, endpoint.job_id), "")
-        if endpoint.live and slurm_state in ENDED_STATES:
+        if endpoint.live and slurm_state in TERMINAL_STATES:
             settled = "stopped" if slurm_state in ("COMPLETED", "CANCELLED") else "failed"
             message = endpoint.message or f"job ended {slurm_state}; log: {endpoint.log_path}"
             endpoint = registry.update(
