@@ -211,16 +211,13 @@ def run(
     max_model_len: int | None,
 ) -> None:
     """Run the supervisor in this Slurm job (what slurm/vllm-tier.sbatch calls)."""
-    from hpcrag.serve.launcher import registry_of
+    from hpcrag.serve.launcher import supervisor_for
     from hpcrag.serve.spec import build_spec
-    from hpcrag.serve.supervisor import Supervisor, run_foreground
+    from hpcrag.serve.supervisor import run_foreground
 
     config = load(ctx)
     spec = build_spec(config, site, tier, model, precision, gpu_type, max_model_len)
-    supervisor = Supervisor(
-        spec, str(registry_of(config).path), config.serving.heartbeat_s, config.serving.health_timeout_s
-    )
-    run_foreground(supervisor)
+    run_foreground(supervisor_for(config, spec))
 
 
 @serve.command("burst")

@@ -175,6 +175,7 @@ class Serving(_Model):
     """Fleet-wide serving settings (`serving.yaml`)."""
 
     registry: str
+    registry_journal: Literal["wal", "delete"] = "wal"
     heartbeat_s: float = Field(default=15, gt=0)
     health_timeout_s: float = Field(default=900, gt=0)
     gpu_memory_utilization: float = Field(default=0.92, gt=0, le=1)

@@ -45,7 +45,7 @@ class Row:
 
 
 def registry_of(config: Config) -> Registry:
-    return Registry(config.resolve_path(config.serving.registry))
+    return Registry(config.resolve_path(config.serving.registry), config.serving.registry_journal)
 
 
 def log_folder(config: Config) -> Path:
@@ -117,9 +117,7 @@ def up(
         config=config,
         **parameters,
     )
-    supervisor = Supervisor(
-        spec, str(registry.path), config.serving.heartbeat_s, config.serving.health_timeout_s
-    )
+    supervisor = supervisor_for(config, spec)
     endpoints = []
     for _ in range(replicas):
         job = executor.submit(supervisor)
@@ -143,6 +141,12 @@ def up(
             )
         )
     return endpoints
+
+
+def supervisor_for(config: Config, spec: LaunchSpec) -> Supervisor:
+    serving = config.serving
+    registry = str(config.resolve_path(serving.registry))
+    return Supervisor(spec, registry, serving.heartbeat_s, serving.health_timeout_s, serving.registry_journal)
 
 
 def _details(spec: LaunchSpec, priority: str) -> dict[str, object]:

@@ -1,9 +1,11 @@
 """The endpoint registry: one SQLite file on the shared file system, safe under concurrent writers.
 
 WAL mode lets readers proceed while one writer commits; every write is a short `BEGIN IMMEDIATE`
-transaction with a generous busy timeout, so supervisors on many nodes, the CLI and the burst policy
-can all write at once. Each row is one server (a Slurm job or a cloud instance), keyed by
-(provider, site, job_id). Times are Unix seconds.
+transaction with a generous busy timeout, so supervisors, the CLI and the burst policy can all write
+at once. WAL needs every writer on one host (its index is shared memory); across hosts on a network
+file system the rollback journal (`journal="delete"`) relies on the file system's POSIX locks.
+Each row is one server (a Slurm job or a cloud instance), keyed by (provider, site, job_id). Times are
+Unix seconds.
 """
 
 from __future__ import annotations
@@ -83,12 +85,13 @@ _COLUMNS = [f.name for f in fields(Endpoint) if f.name != "id"]
 
 
 class Registry:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, journal: str = "wal") -> None:
         self.path = Path(path)
+        self.journal = journal
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self._connect() as db:
-                db.execute("PRAGMA journal_mode=WAL")
+                db.execute(f"PRAGMA journal_mode={'WAL' if journal == 'wal' else 'DELETE'}")
                 db.executescript(SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise HpcragError(

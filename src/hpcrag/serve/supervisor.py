@@ -43,6 +43,7 @@ class Supervisor:
     registry_path: str
     heartbeat_s: float
     health_timeout_s: float
+    registry_journal: str = "wal"
 
     def __post_init__(self) -> None:
         self._process: subprocess.Popen[bytes] | None = None
@@ -63,7 +64,7 @@ class Supervisor:
             raise HpcragError("the supervisor runs inside a Slurm job (SLURM_JOB_ID is not set)") from None
 
     def _registry(self) -> Registry:
-        return Registry(self.registry_path)
+        return Registry(self.registry_path, self.registry_journal)
 
     def _update(self, **changes: Any) -> None:
         self._registry().update(PROVIDER, self.spec.site, self.job_id, **changes)
@@ -108,7 +109,9 @@ class Supervisor:
 
         self.stop_for_requeue("time limit or preemption signal")
         return submitit.helpers.DelayedSubmission(
-            Supervisor(self.spec, self.registry_path, self.heartbeat_s, self.health_timeout_s)
+            Supervisor(
+                self.spec, self.registry_path, self.heartbeat_s, self.health_timeout_s, self.registry_journal
+            )
         )
 
     def stop_for_requeue(self, why: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hpcrag.config import load_config
+from hpcrag.errors import HpcragError
 from hpcrag.serve.burst.base import CapabilityError
 from hpcrag.serve.burst.policy import burst_request
 from hpcrag.serve.burst.registry import adapter_for, adapters
@@ -81,3 +82,30 @@ def test_capabilities_are_declared_not_discovered(config) -> None:
         adapter_for(config, "modal")
     with pytest.raises(Exception, match="unknown provider 'ibm'"):
         adapter_for(config, "ibm")
+
+
+def test_unreachable_clouds_are_one_clear_error(
+    config_copy, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    clouds = config_copy / "clouds.yaml"
+    clouds.write_text(
+        clouds.read_text().replace(
+            "burst: {adapter: aws, region: us-east-1}",
+            "burst: {adapter: aws, region: us-east-1, machine_image: ami-12345678}",
+        )
+    )
+    config = load_config(config_copy, "production")
+    for key, value in {
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_MAX_ATTEMPTS": "1",
+        "KUBECONFIG": str(tmp_path / "no-kubeconfig"),
+    }.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(HpcragError, match="provider aws: EC2 refused the request: Could not connect"):
+        adapter_for(config, "aws").launch(burst_request(config, "aws", "s"))
+    with pytest.raises(HpcragError, match="provider coreweave: no usable kubeconfig"):
+        adapter_for(config, "coreweave").launch(burst_request(config, "coreweave", "s"))
+    with pytest.raises(HpcragError, match="set burst\\.machine_image"):
+        adapter_for(load_config(CONFIG_DIR, "production"), "aws").launch(burst_request(config, "aws", "s"))

@@ -69,3 +69,11 @@ def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
     rows = Registry(path).find()
     assert sorted(e.job_id for e in rows) == [f"job-{w}" for w in range(6)]
     assert all(e.restarts == 40 and e.heartbeat_at == 39.0 for e in rows)
+
+
+def test_rollback_journal_for_network_file_systems(tmp_path: Path) -> None:
+    registry = Registry(tmp_path / "r.sqlite", journal="delete")
+    registry.add(_endpoint("7"))
+    with sqlite3.connect(registry.path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    assert registry.find()[0].job_id == "7"

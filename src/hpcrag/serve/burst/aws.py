@@ -9,6 +9,8 @@ IP back. boto3 honours AWS_ENDPOINT_URL, which is how the tests point it at moto
 from __future__ import annotations
 
 import shlex
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 from hpcrag.errors import HpcragError
@@ -24,10 +26,16 @@ class AwsAdapter(BurstAdapter):
         "multi-node": "one instance per replica: tensor parallelism must fit the GPUs of one instance type",
     }
 
-    def _ec2(self) -> Any:
+    @contextmanager
+    def _ec2(self) -> Iterator[Any]:
+        """An EC2 client whose errors become one clear line instead of a traceback."""
         import boto3
+        from botocore.exceptions import BotoCoreError, ClientError
 
-        return boto3.client("ec2", region_name=self.settings.region)
+        try:
+            yield boto3.client("ec2", region_name=self.settings.region)
+        except (BotoCoreError, ClientError) as exc:
+            raise HpcragError(f"provider {self.provider}: EC2 refused the request: {exc}") from None
 
     def user_data(self, request: BurstRequest) -> str:
         region = shlex.quote(self.settings.region or "")
@@ -65,15 +73,16 @@ class AwsAdapter(BurstAdapter):
             {"Key": "hpcrag:tier", "Value": request.tier},
             {"Key": "hpcrag:model", "Value": request.model},
         ]
-        answer = self._ec2().run_instances(
-            ImageId=self.settings.machine_image,
-            InstanceType=request.instance_type,
-            MinCount=1,
-            MaxCount=1,
-            UserData=self.user_data(request),
-            TagSpecifications=[{"ResourceType": "instance", "Tags": tags}],
-            **extra,
-        )
+        with self._ec2() as ec2:
+            answer = ec2.run_instances(
+                ImageId=self.settings.machine_image,
+                InstanceType=request.instance_type,
+                MinCount=1,
+                MaxCount=1,
+                UserData=self.user_data(request),
+                TagSpecifications=[{"ResourceType": "instance", "Tags": tags}],
+                **extra,
+            )
         instance = answer["Instances"][0]
         address = instance.get("PrivateIpAddress")
         return Endpoint(
@@ -95,10 +104,12 @@ class AwsAdapter(BurstAdapter):
 
     def terminate(self, endpoint: Endpoint) -> None:
         self.require("terminate")
-        self._ec2().terminate_instances(InstanceIds=[endpoint.job_id])
+        with self._ec2() as ec2:
+            ec2.terminate_instances(InstanceIds=[endpoint.job_id])
 
     def refresh(self, endpoint: Endpoint) -> dict[str, object]:
-        answer = self._ec2().describe_instances(InstanceIds=[endpoint.job_id])
+        with self._ec2() as ec2:
+            answer = ec2.describe_instances(InstanceIds=[endpoint.job_id])
         instance = answer["Reservations"][0]["Instances"][0]
         state = instance["State"]["Name"]
         if state in ("shutting-down", "terminated", "stopped", "stopping"):

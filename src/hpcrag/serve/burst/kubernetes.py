@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from hpcrag.errors import HpcragError
 from hpcrag.serve.burst.base import VLLM_PORT, BurstAdapter, BurstRequest
 from hpcrag.serve.registry import Endpoint, now
 
@@ -78,7 +79,12 @@ class KubernetesAdapter(BurstAdapter):
     def _clients(self) -> tuple[Any, Any]:
         from kubernetes import client, config
 
-        config.load_kube_config()
+        try:
+            config.load_kube_config()
+        except (config.ConfigException, OSError) as exc:
+            raise HpcragError(
+                f"provider {self.provider}: no usable kubeconfig ({exc}); set KUBECONFIG to the cluster's"
+            ) from None
         return client.AppsV1Api(), client.CoreV1Api()
 
     def launch(self, request: BurstRequest) -> Endpoint:
