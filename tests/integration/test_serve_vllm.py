@@ -20,6 +20,7 @@ from openai import OpenAI
 
 from hpcrag.config import load_config
 from hpcrag.serve import launcher
+from hpcrag.serve.load import scrape
 from hpcrag.slurm.target import SlurmTarget
 from tests.conftest import CONFIG_DIR, REPO
 from tests.integration.helpers import eventually
@@ -109,6 +110,9 @@ def test_tiers_at_both_sites_end_to_end(serving, nyc: SlurmTarget, sf: SlurmTarg
 
     assert _chat(small.url, "tiny-llama")
     assert _chat(medium.url, "tiny-llama", stream=True)
+    # The burst policy's load signal: vLLM's own queue-time histogram counted that request.
+    load = scrape(small.url)
+    assert load is not None and load.queue_time_count >= 1 and load.waiting == 0
     assert [m.id for m in OpenAI(base_url=f"{by_hand.url}/v1", api_key="x").models.list()] == ["tiny-llama"]
     rows = {r.endpoint.id: r for r in launcher.status(config)}
     assert rows[small.id].slurm_state == "RUNNING" and rows[small.id].endpoint.state == "healthy"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 import click
 
@@ -171,6 +172,8 @@ def status(ctx: click.Context, everything: bool, site: str | None, as_json: bool
             for e in [r.endpoint]
         ],
     )
+    for site_name in sorted({r.endpoint.site for r in rows if r.slurm_state == launcher.UNREACHABLE}):
+        click.echo(f"site {site_name}: Slurm not reachable; its rows show the registry's last word")
     for row in rows:
         if row.problem:
             click.echo(f"endpoint {row.endpoint.id}: {row.problem}" + _message(row.endpoint.message))
@@ -222,23 +225,55 @@ def run(
 
 @serve.command("burst")
 @click.option("--tier", required=True, help="Tier whose load is evaluated.")
-@click.option("--wait-s", "wait_s", type=float, required=True, help="How long the tier's requests wait now.")
+@click.option(
+    "--wait-s",
+    "wait_s",
+    type=float,
+    default=None,
+    help="How long the tier's requests wait now [measured from its servers' vLLM metrics].",
+)
+@click.option("--interval", type=float, default=30.0, show_default=True, help="Seconds between samples.")
+@click.option("--watch", is_flag=True, help="Keep evaluating every --interval seconds (Ctrl-C stops).")
 @json_option
 @click.pass_context
-def burst(ctx: click.Context, tier: str, wait_s: float, as_json: bool) -> None:
-    """Evaluate the burst policy once: burst to a cloud, scale back idle burst servers, or hold."""
+def burst(
+    ctx: click.Context, tier: str, wait_s: float | None, interval: float, watch: bool, as_json: bool
+) -> None:
+    """Evaluate the burst policy: burst to a cloud, scale back idle burst servers, or hold."""
+    from hpcrag.serve import load as tier_load
     from hpcrag.serve.burst.policy import BurstPolicy
     from hpcrag.serve.launcher import registry_of
 
     config = load(ctx)
-    decisions = BurstPolicy(config, registry_of(config)).evaluate(tier, wait_s)
-    if as_json:
-        echo_json(
-            [
-                {"action": d.action, "reason": d.reason, "endpoint": vars(d.endpoint) if d.endpoint else None}
-                for d in decisions
-            ]
-        )
-        return
-    for decision in decisions:
-        click.echo(f"{decision.action}: {decision.reason}")
+    config.tier(tier)
+    registry = registry_of(config)
+    policy = BurstPolicy(config, registry)
+    previous = tier_load.sample(registry, tier) if wait_s is None else None
+    while True:
+        observed = wait_s
+        if previous is not None:
+            time.sleep(interval)
+            current = tier_load.sample(registry, tier)
+            observed = tier_load.recent_wait_s(previous, current)
+            previous = current
+        assert observed is not None
+        decisions = policy.evaluate(tier, observed)
+        if as_json:
+            echo_json(
+                [
+                    {
+                        "action": d.action,
+                        "reason": d.reason,
+                        "endpoint": vars(d.endpoint) if d.endpoint else None,
+                    }
+                    for d in decisions
+                ]
+            )
+        else:
+            stamp = dt.datetime.now().strftime("%H:%M:%S")
+            for decision in decisions:
+                click.echo(f"{stamp} {decision.action}: {decision.reason}")
+        if not watch:
+            return
+        if previous is None:
+            time.sleep(interval)

@@ -23,8 +23,9 @@ from hpcrag.serve.spec import LaunchSpec, build_spec
 from hpcrag.serve.supervisor import PROVIDER, Supervisor
 from hpcrag.slurm.batch import TERMINAL_STATES
 from hpcrag.slurm.command import CommandError
-from hpcrag.slurm.target import SlurmTarget
+from hpcrag.slurm.target import SlurmTarget, SlurmUnreachableError
 
+UNREACHABLE = "UNREACHABLE"  # the site's Slurm did not answer: the row is shown as it is
 PRIORITIES = ("production-critical", "production-standard", "batch-processing", "development")
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
 
@@ -231,6 +232,9 @@ def slurm_states(config: Config, endpoints: list[Endpoint]) -> dict[tuple[str, s
         target = SlurmTarget.for_site(config.site(site))
         try:
             out = target.squeue("-h", "-t", "all", "-o", "%i|%T", f"--jobs={','.join(job_ids)}")
+        except SlurmUnreachableError:
+            states.update({(site, job_id): UNREACHABLE for job_id in job_ids})
+            continue
         except CommandError:  # squeue refuses a list in which no job is still known
             out = ""
         found = _parse_states(out)

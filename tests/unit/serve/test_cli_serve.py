@@ -109,3 +109,32 @@ def test_serve_down_needs_a_selection(run) -> None:
     assert result.exit_code == 1 and "name endpoints by id, or use --site/--tier, or --all" in result.output
     missing = run("serve", "logs", "7")
     assert missing.exit_code == 1 and "no endpoint with id 7" in missing.output
+
+
+def test_status_with_an_unreachable_site_still_shows_the_registry(config_copy: Path, tmp_path: Path) -> None:
+    from hpcrag.serve.registry import Endpoint, Registry
+
+    profile = config_copy / "profiles" / "dev.yaml"
+    profile.write_text(
+        profile.read_text().replace("run_dir: /var/tmp/hpcrag-dev", f"run_dir: {tmp_path}/nowhere")
+    )
+    registry = tmp_path / "serving.sqlite"
+    Registry(registry).add(
+        Endpoint(
+            provider="slurm",
+            site="nyc",
+            job_id="100001",
+            tier="s",
+            model="m",
+            served_name="m",
+            state="healthy",
+        )
+    )
+    env = {"HPCRAG_CONFIG_DIR": str(config_copy), "HPCRAG_PROFILE": "dev", "HPCRAG_REGISTRY": str(registry)}
+    result = CliRunner().invoke(cli, ["serve", "status"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "site nyc: Slurm not reachable; its rows show the registry's last word" in result.output
+    rows = json.loads(CliRunner().invoke(cli, ["serve", "status", "--json"], env=env).output)
+    assert [(r["job_id"], r["state"], r["slurm_state"]) for r in rows] == [
+        ("100001", "healthy", "UNREACHABLE")
+    ]
