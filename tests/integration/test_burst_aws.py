@@ -103,6 +103,7 @@ def test_saturated_sites_burst_to_aws_and_idle_capacity_goes_back(
         (burst,) = policy.evaluate("s", 60.0)
         assert burst.action == "burst", burst.reason
         assert "no site can start it" in burst.reason and "1 job(s) pending" in burst.reason
+        assert "nyc/tier-s: most free GPUs on a node l40s: 0; a replica needs l40s: 1" in burst.reason
         endpoint = burst.endpoint
         assert endpoint is not None
         assert (endpoint.provider, endpoint.site, endpoint.gpu_type, endpoint.usd_per_hour) == (

@@ -21,15 +21,10 @@ from hpcrag.config.schema import UnknownNameError
 from hpcrag.errors import HpcragError
 from hpcrag.serve.runtime import check_runtime, command, model_location
 
-# vLLM's --quantization for weight precisions below 16 bits; fp16/bf16 go to --dtype instead.
-QUANTIZATION = {
-    "fp8": "fp8",
-    "awq": "awq",
-    "gptq": "gptq",
-    "int4": "awq",
-    "int8": "fp8",
-    "fp4": "modelopt_fp4",
-}
+# FP8 is the one precision vLLM quantizes to on the fly; the others need a checkpoint quantized
+# beforehand, whose config tells vLLM the method, so they get no flag but a note.
+ON_THE_FLY = {"fp8": "fp8"}
+PREQUANTIZED = ("awq", "gptq", "int4", "int8", "fp4")
 AUTO_PRECISIONS = ("bf16", "fp8", "awq")
 TP_ENV = {"NCCL_P2P_LEVEL": "NVL", "VLLM_WORKER_MULTIPROC_METHOD": "spawn"}
 
@@ -73,7 +68,19 @@ def default_model(config: Config, site: str, tier: str) -> str:
     return config.tier(tier).models[0]
 
 
-def build_spec(
+@dataclass(frozen=True)
+class ReplicaSize:
+    """How one replica is laid out: model, precision, context and GPUs (no environment involved)."""
+
+    partition: str
+    model: str
+    precision: str
+    context: int
+    layout: Parallelism
+    note: str | None
+
+
+def size_replica(
     config: Config,
     site: str,
     tier: str,
@@ -81,13 +88,12 @@ def build_spec(
     precision: str = "auto",
     gpu_type: str | None = None,
     max_model_len: int | None = None,
-) -> LaunchSpec:
-    """Validate everything a launch needs and size it; every refusal names the fix."""
+) -> ReplicaSize:
+    """The partition's best-rated GPU type that holds the model in one node, and its TP size."""
     site_config = config.site(site)
     tier = tier.lower()
     tier_spec = config.tier(tier)
     partition = site_config.partition(tier_spec.partition).name
-    runtime = check_runtime(config, site)
     model = model or default_model(config, site, tier)
     arch = config.model(model)
     types = site_config.partition_gpu_types(partition)
@@ -114,7 +120,7 @@ def build_spec(
                 need = plan.per_gpu_gb(min(8, per_node[gpu_name]))
                 tried.append(f"{gpu_name} in {used}: {need:.0f} GB per GPU at TP={per_node[gpu_name]}")
                 continue
-            return _spec(config, site, tier, partition, model, used, layout, context, runtime, note)
+            return ReplicaSize(partition, model, used, context, layout, note)
     raise ModelDoesNotFitError(
         f"{model} does not fit on any GPU of partition {site}/{partition} within one node "
         f"({'; '.join(tried)}); use a lower --precision (fp8, awq), a shorter --max-model-len, "
@@ -122,18 +128,23 @@ def build_spec(
     )
 
 
-def _spec(
+def build_spec(
     config: Config,
     site: str,
     tier: str,
-    partition: str,
-    model: str,
-    precision: str,
-    layout: Parallelism,
-    context: int,
-    runtime: Any,
-    note: str | None,
+    model: str | None = None,
+    precision: str = "auto",
+    gpu_type: str | None = None,
+    max_model_len: int | None = None,
 ) -> LaunchSpec:
+    """Validate everything a launch needs and size it; every refusal names the fix."""
+    size = size_replica(config, site, tier, model, precision, gpu_type, max_model_len)
+    runtime = check_runtime(config, site)
+    return _spec(config, site, tier.lower(), size, runtime)
+
+
+def _spec(config: Config, site: str, tier: str, size: ReplicaSize, runtime: Any) -> LaunchSpec:
+    model, precision, layout, context = size.model, size.precision, size.layout, size.context
     served_name = model
     args = [
         "--model",
@@ -154,8 +165,14 @@ def _spec(
             "--gpu-memory-utilization",
             f"{config.serving.gpu_memory_utilization:g}",
         ]
-    if precision in QUANTIZATION:
-        args += ["--quantization", QUANTIZATION[precision]]
+    notes = [size.note] if size.note else []
+    if precision in ON_THE_FLY:
+        args += ["--quantization", ON_THE_FLY[precision]]
+    elif precision in PREQUANTIZED:
+        notes.append(
+            f"{precision.upper()} weights need a checkpoint of {model} quantized beforehand: map one under "
+            "vllm.model_paths in the site's YAML (vLLM reads the method from its config)"
+        )
     elif precision in ("fp16", "bf16") and runtime.device == "cuda":
         args += ["--dtype", {"fp16": "float16", "bf16": "bfloat16"}[precision]]
     args += runtime.args
@@ -166,7 +183,7 @@ def _spec(
     return LaunchSpec(
         site=site,
         tier=tier,
-        partition=partition,
+        partition=size.partition,
         model=model,
         served_name=served_name,
         gpu_type=layout.gpu,
@@ -177,5 +194,5 @@ def _spec(
         usd_per_hour=price,
         argv=command(config, runtime, args),
         env=env,
-        notes=[note] if note else [],
+        notes=notes,
     )

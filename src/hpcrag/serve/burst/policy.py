@@ -21,6 +21,7 @@ from hpcrag.errors import HpcragError
 from hpcrag.serve.burst.base import BurstRequest
 from hpcrag.serve.burst.registry import adapter_for
 from hpcrag.serve.registry import Endpoint, Registry, now
+from hpcrag.serve.spec import ModelDoesNotFitError, size_replica
 from hpcrag.serve.supervisor import PROVIDER as SLURM_PROVIDER
 from hpcrag.slurm.status import site_status
 from hpcrag.slurm.target import SlurmTarget
@@ -33,15 +34,22 @@ class SiteCapacity:
     site: str
     partition: str
     free_gpus_on_one_node: dict[str, int]
+    gpus_per_replica: dict[str, int]
     pending_jobs: int
 
-    def can_start(self, gpus: int) -> bool:
-        return self.pending_jobs == 0 and any(free >= gpus for free in self.free_gpus_on_one_node.values())
+    def can_start(self) -> bool:
+        """A replica fits on one node now, and nothing already waits for the partition."""
+        return self.pending_jobs == 0 and any(
+            self.free_gpus_on_one_node.get(gpu, 0) >= need for gpu, need in self.gpus_per_replica.items()
+        )
 
     def describe(self) -> str:
         free = ", ".join(f"{g}: {n}" for g, n in self.free_gpus_on_one_node.items()) or "none"
-        pending = f"{self.pending_jobs} job(s) pending"
-        return f"{self.site}/{self.partition}: most free GPUs on one node {free}; {pending}"
+        need = ", ".join(f"{g}: {n}" for g, n in self.gpus_per_replica.items()) or "no GPU type holds it"
+        return (
+            f"{self.site}/{self.partition}: most free GPUs on a node {free}; a replica needs {need}; "
+            f"{self.pending_jobs} job(s) pending"
+        )
 
 
 @dataclass(frozen=True)
@@ -61,7 +69,19 @@ def site_capacity(config: Config, site: str, tier: str) -> SiteCapacity:
         for gpu_type, count in node.gpus.items():
             best[gpu_type] = max(best.get(gpu_type, 0), count.free)
     pending = sum(1 for job in status.jobs if job["partition"] == partition and job["state"] == "PENDING")
-    return SiteCapacity(site, partition, best, pending)
+    return SiteCapacity(site, partition, best, replica_gpus(config, site, tier), pending)
+
+
+def replica_gpus(config: Config, site: str, tier: str) -> dict[str, int]:
+    """GPUs of each type of the tier's partition that one replica asks for, as `serve up` sizes it."""
+    partition = config.tier(tier).partition
+    needs = {}
+    for gpu_type in config.site(site).partition_gpu_types(partition):
+        try:
+            needs[gpu_type] = size_replica(config, site, tier, gpu_type=gpu_type).layout.gpus
+        except ModelDoesNotFitError:
+            continue
+    return needs
 
 
 def burst_request(config: Config, provider: str, tier: str) -> BurstRequest | None:
@@ -130,8 +150,7 @@ class BurstPolicy:
                 Decision("hold", f"burst server {first.provider} {first.job_id} is still starting"),
             ]
         capacities = [site_capacity(self.config, site, tier) for site in self.config.sites]
-        replica_gpus = self._replica_gpus(tier)
-        startable = [c for c in capacities if c.can_start(replica_gpus)]
+        startable = [c for c in capacities if c.can_start()]
         if startable:
             return [
                 *decisions,
@@ -143,21 +162,14 @@ class BurstPolicy:
             if request is None:
                 continue
             endpoint = self.registry.add(adapter_for(self.config, provider).launch(request))
-            reason = (
-                f"tier {tier} waits {observed_wait_s:.1f} s > {self.settings.wait_threshold_s:.0f} s "
-                "and no site "
-                f"can start it ({saturated}): {request.gpus} x {request.gpu_type} on {provider} "
-                f"({request.instance_type}, ${request.usd_per_hour:.2f}/h)"
-            )
+            waits = f"tier {tier} waits {observed_wait_s:.1f} s > {self.settings.wait_threshold_s:.0f} s"
+            where = f"{request.gpus} x {request.gpu_type} on {provider} ({request.instance_type})"
+            reason = f"{waits} and no site can start it ({saturated}): {where}, ${request.usd_per_hour:.2f}/h"
             return [*decisions, Decision("burst", reason, endpoint)]
         raise HpcragError(
             f"tier {tier} should burst but no provider in serving.burst.providers "
             f"({', '.join(self.settings.providers)}) offers a GPU that holds its model"
         )
-
-    def _replica_gpus(self, tier: str) -> int:
-        live = [e for e in self.registry.find(tier=tier, provider=SLURM_PROVIDER) if e.gpus]
-        return min((e.gpus for e in live), default=1)
 
     def _scale_down(self, tier: str, observed_wait_s: float) -> list[Decision]:
         decisions = []
