@@ -18,7 +18,7 @@ from pathlib import Path
 from hpcrag.config import Config
 from hpcrag.config.schema import UnknownNameError
 from hpcrag.errors import HpcragError
-from hpcrag.serve.registry import Endpoint, Registry, now
+from hpcrag.serve.registry import SUBMISSION, Endpoint, Registry, now
 from hpcrag.serve.spec import LaunchSpec, build_spec
 from hpcrag.serve.supervisor import PROVIDER, Supervisor
 from hpcrag.slurm.batch import TERMINAL_STATES
@@ -36,12 +36,19 @@ class Row:
 
     endpoint: Endpoint
     slurm_state: str
+    stale_after_s: float | None = None
 
     @property
     def problem(self) -> str | None:
         e = self.endpoint
         if e.state == "failed" or self.slurm_state in TERMINAL_STATES - {"COMPLETED", "CANCELLED"}:
             return f"job {e.job_id} on site {e.site} ended {self.slurm_state or e.state}; log: {e.log_path}"
+        if e.state == "healthy" and e.provider == PROVIDER and self.stale_after_s and e.heartbeat_at:
+            silent = now() - e.heartbeat_at
+            if silent > self.stale_after_s:
+                return (
+                    f"no heartbeat from job {e.job_id} on site {e.site} for {silent:.0f} s; log: {e.log_path}"
+                )
         return None
 
 
@@ -138,7 +145,8 @@ def up(
                     log_path=str(job.paths.stdout),
                     submitted_at=now(),
                     details=_details(spec, priority),
-                )
+                ),
+                update=SUBMISSION,
             )
         )
     return endpoints
@@ -217,7 +225,8 @@ def status(config: Config, *, everything: bool = False, site: str | None = None)
                 stopped_at=now(),
                 message=message,
             )
-        rows.append(Row(endpoint, slurm_state))
+        # Three missed heartbeats: the supervisor (or its node) has stopped answering.
+        rows.append(Row(endpoint, slurm_state, stale_after_s=3 * config.serving.heartbeat_s))
     return rows
 
 

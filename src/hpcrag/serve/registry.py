@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -82,6 +82,9 @@ class Endpoint:
 
 
 _COLUMNS = [f.name for f in fields(Endpoint) if f.name != "id"]
+# What a running server reports about itself; the rest is what its submitter knows.
+PROGRESS = ("state", "url", "started_at", "healthy_at", "heartbeat_at", "stopped_at", "restarts", "message")
+SUBMISSION = tuple(c for c in _COLUMNS if c not in PROGRESS)
 
 
 class Registry:
@@ -120,15 +123,25 @@ class Registry:
                 raise
             db.execute("COMMIT")
 
-    def add(self, endpoint: Endpoint) -> Endpoint:
-        """Insert a server, or replace the row of the same (provider, site, job_id)."""
+    def add(self, endpoint: Endpoint, *, update: Sequence[str] | None = None) -> Endpoint:
+        """Insert a server; if its (provider, site, job_id) row exists, set the `update` columns
+        (all by default) from `endpoint` and keep the others.
+
+        Submitter and server race: sbatch's caller writes the job's row after sbatch returns, and by
+        then the job may have started and registered itself. Each side updates only what it knows
+        (`PROGRESS` is what a server reports about itself), so neither erases the other.
+        """
         if endpoint.state not in STATES:
             raise HpcragError(f"unknown endpoint state {endpoint.state!r}; states: {', '.join(STATES)}")
         values = [_encode(name, getattr(endpoint, name)) for name in _COLUMNS]
         placeholders = ", ".join("?" for _ in _COLUMNS)
+        updated = _COLUMNS if update is None else [c for c in _COLUMNS if c in update]
+        updates = ", ".join(f"{name} = excluded.{name}" for name in updated)
         with self._write() as db:
             db.execute(
-                f"INSERT OR REPLACE INTO endpoints ({', '.join(_COLUMNS)}) VALUES ({placeholders})", values
+                f"INSERT INTO endpoints ({', '.join(_COLUMNS)}) VALUES ({placeholders}) "
+                f"ON CONFLICT (provider, site, job_id) DO UPDATE SET {updates}",
+                values,
             )
             row = db.execute(
                 "SELECT * FROM endpoints WHERE provider=? AND site=? AND job_id=?",

@@ -121,28 +121,27 @@ class Supervisor:
         print(f"hpcrag: vLLM stopped for requeue ({why})", flush=True)
 
     def _register(self, url: str) -> None:
-        registry = self._registry()
-        changes = {"state": "starting", "url": url, "started_at": now(), "healthy_at": None, "message": ""}
-        try:
-            registry.update(PROVIDER, self.spec.site, self.job_id, **changes)
-        except HpcragError:
-            # Submitted by hand (slurm/vllm-tier.sbatch): nobody registered the job yet.
-            registry.add(
-                Endpoint(
-                    provider=PROVIDER,
-                    site=self.spec.site,
-                    job_id=self.job_id,
-                    tier=self.spec.tier,
-                    model=self.spec.model,
-                    served_name=self.spec.served_name,
-                    gpu_type=self.spec.gpu_type,
-                    gpus=self.spec.gpus,
-                    usd_per_hour=self.spec.usd_per_hour,
-                    log_path=os.environ.get("HPCRAG_LOG_PATH"),
-                    submitted_at=now(),
-                    **changes,
-                )
-            )
+        """Announce this start; a job submitted by hand (vllm-tier.sbatch) creates its own row."""
+        self._registry().add(
+            Endpoint(
+                provider=PROVIDER,
+                site=self.spec.site,
+                job_id=self.job_id,
+                tier=self.spec.tier,
+                model=self.spec.model,
+                served_name=self.spec.served_name,
+                state="starting",
+                gpu_type=self.spec.gpu_type,
+                gpus=self.spec.gpus,
+                url=url,
+                usd_per_hour=self.spec.usd_per_hour,
+                log_path=os.environ.get("HPCRAG_LOG_PATH"),
+                submitted_at=now(),
+                started_at=now(),
+                message="",
+            ),
+            update=("state", "url", "started_at", "healthy_at", "message"),
+        )
 
     def _wait_healthy(self, local_url: str) -> None:
         assert self._process is not None

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from hpcrag.errors import HpcragError
-from hpcrag.serve.registry import Endpoint, Registry
+from hpcrag.serve.registry import SUBMISSION, Endpoint, Registry
 
 
 def _endpoint(job_id: str, **changes) -> Endpoint:
@@ -77,3 +77,29 @@ def test_rollback_journal_for_network_file_systems(tmp_path: Path) -> None:
     with sqlite3.connect(registry.path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
     assert registry.find()[0].job_id == "7"
+
+
+def test_status_rows_flag_a_silent_supervisor() -> None:
+    from hpcrag.serve.launcher import Row
+    from hpcrag.serve.registry import now
+
+    quiet = _endpoint("9", state="healthy", heartbeat_at=now() - 60, log_path="/logs/9.out")
+    assert Row(quiet, "RUNNING", stale_after_s=6).problem == (
+        "no heartbeat from job 9 on site nyc for 60 s; log: /logs/9.out"
+    )
+    assert (
+        Row(_endpoint("9", state="healthy", heartbeat_at=now()), "RUNNING", stale_after_s=6).problem is None
+    )
+    dead = _endpoint("9", state="healthy", log_path="/logs/9.out")
+    assert Row(dead, "NODE_FAIL").problem == "job 9 on site nyc ended NODE_FAIL; log: /logs/9.out"
+
+
+def test_a_late_submitter_keeps_what_the_server_reported(tmp_path: Path) -> None:
+    registry = Registry(tmp_path / "r.sqlite")
+    # The job started and registered itself before sbatch's caller got to write its row.
+    registry.add(_endpoint("5", state="starting", url="http://node7:4000", started_at=10.0))
+    row = registry.add(_endpoint("5", log_path="/logs/5.out", submitted_at=9.0), update=SUBMISSION)
+    assert (row.state, row.url, row.started_at) == ("starting", "http://node7:4000", 10.0)
+    assert (row.log_path, row.submitted_at) == ("/logs/5.out", 9.0)
+    replaced = registry.add(_endpoint("5"))
+    assert (replaced.state, replaced.url, replaced.id) == ("submitted", None, row.id)
