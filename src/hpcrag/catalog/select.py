@@ -81,6 +81,11 @@ class Selection:
 def eligible_levels(config: Config, compliance: list[str]) -> dict[str, str | None]:
     """Each level -> None when eligible, else the requirement it misses."""
     wanted = [c.lower() for c in compliance]
+    known = {c for tier in config.clouds.tiers.values() for c in tier.compliance}
+    known |= {c for site in config.sites.values() for c in site.compliance}
+    unknown = [c for c in wanted if c not in known]
+    if unknown:
+        raise HpcragError(f"unknown compliance requirement {unknown[0]!r}; known: {', '.join(sorted(known))}")
     result: dict[str, str | None] = {}
     for level in config.matrix.levels:
         if level == ON_PREM_LEVEL:

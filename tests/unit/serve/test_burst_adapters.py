@@ -6,7 +6,7 @@ import pytest
 
 from hpcrag.config import load_config
 from hpcrag.errors import HpcragError
-from hpcrag.serve.burst.base import CapabilityError
+from hpcrag.serve.burst.base import CAPABILITIES, CapabilityError
 from hpcrag.serve.burst.policy import burst_request
 from hpcrag.serve.burst.registry import adapter_for, adapters
 from tests.conftest import CONFIG_DIR
@@ -76,6 +76,7 @@ def test_capabilities_are_declared_not_discovered(config) -> None:
     assert set(adapters()) == {"aws", "kubernetes", "skypilot"}
     for kind, cls in adapters().items():
         assert cls.kind == kind and "multi-node" in cls.unsupported
+        assert set(cls.unsupported) <= set(CAPABILITIES)
     with pytest.raises(CapabilityError, match=r"kubernetes \(coreweave\) cannot spot: preemptible capacity"):
         adapter_for(config, "coreweave").require("spot")
     with pytest.raises(Exception, match="provider modal has no burst adapter"):

@@ -139,5 +139,9 @@ def test_selection_follows_compliance_latency_and_budget(config) -> None:
     broke = select(config, "frontier", 2000, 0.0001)
     assert broke.chosen is None and broke.rejected
     assert all(c.usd_per_1k_tokens <= 0.05 for c in hipaa.ranked)
+    with pytest.raises(
+        HpcragError, match="unknown compliance requirement 'hipa'; known: air-gapped, fedramp"
+    ):
+        select(config, "simple", 100, 1.0, ["hipa"])
     with pytest.raises(HpcragError, match="unknown complexity 'easy'"):
         select(config, "easy", 100, 1.0)

@@ -72,6 +72,8 @@ class BurstAdapter(ABC):
         self.settings = config.clouds.providers[provider].burst
 
     def require(self, capability: str) -> None:
+        if capability not in CAPABILITIES:
+            raise ValueError(f"unknown capability {capability!r}; capabilities: {', '.join(CAPABILITIES)}")
         if capability in self.unsupported:
             reason = self.unsupported[capability]
             raise CapabilityError(
