@@ -35,6 +35,13 @@ device_option = click.option(
     show_default=True,
     help="Where shards live.",
 )
+scan_backend_option = click.option(
+    "--scan-backend",
+    type=click.Choice(["kernels", "matmul", "faiss"]),
+    default="kernels",
+    show_default=True,
+    help="Local scan: hpcrag's kernels (Numba CPU, WMMA GPU), plain matrix products, or faiss (CPU).",
+)
 verify_option = click.option(
     "--verify/--no-verify", default=True, show_default=True, help="Check every file's checksum when loading."
 )
@@ -138,6 +145,7 @@ def build(
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Result .npz (ids, distances).")
 @device_option
 @verify_option
+@scan_backend_option
 @comm_option
 def search(
     index_dir: Path,
@@ -147,6 +155,7 @@ def search(
     out: Path,
     device: str,
     verify: bool,
+    scan_backend: str,
     comm_kind: str,
 ) -> None:
     """Search the queries in --queries (.npy/.fvecs) and write ids and distances to --out."""
@@ -164,7 +173,9 @@ def search(
                 raise HpcragError(f"--out {out}: directory {out.parent} does not exist")
 
         agree(comm, check_out if comm.rank == 0 else lambda: None)
-        opened = DistributedIndex.open(index_dir, comm, device=device, verify=verify)
+        opened = DistributedIndex.open(
+            index_dir, comm, device=device, verify=verify, scan_backend=scan_backend
+        )
         queries = agree(comm, lambda: load_queries(queries_path, opened.dim) if comm.rank == 0 else None)
         result = opened.search(queries, k=k, nprobe=nprobe)
         if result is not None:
@@ -189,6 +200,7 @@ def search(
 @click.option("--endpoint-file", type=click.Path(path_type=Path), help="Write the URL here once serving.")
 @device_option
 @verify_option
+@scan_backend_option
 @comm_option
 def serve(
     index_dir: Path,
@@ -200,6 +212,7 @@ def serve(
     endpoint_file: Path | None,
     device: str,
     verify: bool,
+    scan_backend: str,
     comm_kind: str,
 ) -> None:
     """Serve the index over HTTP from rank 0 (JSON and .npy), with dynamic batching."""
@@ -209,7 +222,9 @@ def serve(
         from hpcrag.search.index import DistributedIndex
         from hpcrag.search.service import SearchService, ServiceOptions
 
-        opened = DistributedIndex.open(index_dir, comm, device=device, verify=verify)
+        opened = DistributedIndex.open(
+            index_dir, comm, device=device, verify=verify, scan_backend=scan_backend
+        )
         options = ServiceOptions(
             host=host,
             port=port,

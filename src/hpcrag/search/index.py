@@ -24,13 +24,13 @@ import numpy as np
 from hpcrag.errors import HpcragError
 from hpcrag.search import layout
 from hpcrag.search.arrays import to_numpy
+from hpcrag.search.backends import make_scanner
 from hpcrag.search.comm import Communicator, LocalComm, agree
 from hpcrag.search.device import array_module_for
 from hpcrag.search.inputs import check_queries, check_search_params
 from hpcrag.search.metric import Metric, prepare
 from hpcrag.search.reduction import reduce_topk
 from hpcrag.search.router import Router
-from hpcrag.search.scan import scan
 from hpcrag.search.store import LocalLists, load_shard
 from hpcrag.search.threads import limit_threads, threads_per_rank
 from hpcrag.search.topk import empty_topk
@@ -56,12 +56,14 @@ class DistributedIndex:
         comm: Communicator,
         lists: LocalLists,
         router: Router | None,
+        scan_backend: str = "kernels",
     ) -> None:
         self.root = root
         self.manifest = manifest
         self.comm = comm
         self.metric = Metric(manifest.metric)
         self._lists = lists
+        self._scan = make_scanner(scan_backend, lists, self.metric, comm.xp, manifest.nlist)
         self._router = router
         self._owned = comm.xp.asarray(lists.owned)  # once, not per batch: on the GPU it is a copy
 
@@ -73,6 +75,7 @@ class DistributedIndex:
         device: str = "cpu",
         verify: bool = True,
         threads: int | None = None,
+        scan_backend: str = "kernels",
     ) -> DistributedIndex:
         """Collective: open the index in `root` on every rank of `comm` (default: this process only)."""
         root = Path(root)
@@ -86,7 +89,8 @@ class DistributedIndex:
         list_shard = np.asarray(manifest.list_shard, dtype=np.int64)
         centroids = agree(comm, lambda: _load_centroids(root, manifest, verify) if comm.rank == 0 else None)
         router = Router(centroids, Metric(manifest.metric), list_shard, xp) if comm.rank == 0 else None
-        return cls(root, manifest, comm, LocalLists(shards, list_shard, owned), router)
+        lists = LocalLists(shards, list_shard, owned)
+        return cls(root, manifest, comm, lists, router, scan_backend)
 
     @property
     def dim(self) -> int:
@@ -159,7 +163,7 @@ class DistributedIndex:
         scores, ids = empty_topk(xp, batch.shape[0], k, self.metric.worst)
         if rows.size:
             local_probes = xp.where(owned[rows], probes[rows], -1)
-            scores[rows], ids[rows] = scan(batch[rows], local_probes, self._lists, k, self.metric)
+            scores[rows], ids[rows] = self._scan(batch[rows], local_probes, k)
         return scores, ids
 
 
