@@ -25,6 +25,7 @@ from hpcrag.search.store import LocalLists
 from hpcrag.search.topk import merge_topk, select_topk
 
 BACKENDS = ("kernels", "matmul", "faiss")
+SIMT_MAX_K = 64  # numba_cuda.MAX_K, kept here so that choosing a fallback imports no CUDA module
 Scanner = Callable[[Any, Any, int], tuple[Any, Any]]
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,8 @@ class _GpuKernelScan:
         self.metric = metric
         self._device_lists: list[Any] | None = None
         self._told: set[str] = set()
+        self._broken: str | None = None
+        self._simt_broken: str | None = None
 
     def _fallback(self, why: str, to: str) -> None:
         if why not in self._told:
@@ -98,13 +101,29 @@ class _GpuKernelScan:
 
         from hpcrag.kernels import cuda
 
-        why = cuda.unavailable(k)
-        if why is not None:
-            if k <= 64:
-                self._fallback(why, "the Numba CUDA SIMT kernel")
+        why = self._broken or cuda.unavailable(k)
+        if why is None:
+            try:
+                return self._wmma(queries, probes, k)
+            except cupy.cuda.compiler.CompileException as exc:
+                # NVRTC without the CUDA headers <mma.h> needs, for one: fall back, once, and say so.
+                self._broken = f"the WMMA kernel did not compile ({str(exc).splitlines()[0]})"
+                why = self._broken
+        if k <= SIMT_MAX_K and self._simt_broken is None:
+            self._fallback(why, "the Numba CUDA SIMT kernel")
+            try:
                 return self._simt(queries, probes, k)
-            self._fallback(why, "matrix products")
-            return matmul_scan(queries, probes, self.lists, k, self.metric)
+            except (ImportError, RuntimeError) as exc:  # Numba's CUDA support or NVVM missing
+                self._simt_broken = f"the Numba CUDA kernel cannot run ({exc})"
+                why = self._simt_broken
+        self._fallback(why, "matrix products")
+        return matmul_scan(queries, probes, self.lists, k, self.metric)
+
+    def _wmma(self, queries: Any, probes: Any, k: int) -> tuple[Any, Any]:
+        import cupy
+
+        from hpcrag.kernels import cuda
+
         if self._device_lists is None:
             self._device_lists = [
                 cuda.device_lists(s.vectors, s.sqnorms, s.ids, s.offsets) for s in self.lists.shards

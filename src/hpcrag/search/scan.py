@@ -3,7 +3,7 @@
 List-major: the (query, list) pairs are grouped by list, so each list is read once per batch and
 scored against all the queries that probe it with one matrix product (BLAS on the CPU, cuBLAS on
 the GPU). Per list only its top-k per query survive, so memory stays O(queries x nprobe x k).
-Works on NumPy and CuPy arrays alike; the kernels issue replaces the GPU product with a fused kernel.
+Works on NumPy and CuPy arrays alike. This is the `matmul` scan backend (see `backends.py`).
 """
 
 from __future__ import annotations
