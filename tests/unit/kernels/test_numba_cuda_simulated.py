@@ -22,7 +22,6 @@ def test_simt_kernel_equals_the_cpu_kernel_under_the_simulator() -> None:
 
 def test_simt_kernel_refuses_k_it_cannot_hold() -> None:
     from hpcrag.kernels import numba_cuda
-
     from hpcrag.search.backends import SIMT_MAX_K
 
     assert SIMT_MAX_K == numba_cuda.MAX_K
