@@ -1,4 +1,4 @@
-"""Where the repository's data folders are: site-configs/ and the sbatch templates in slurm/."""
+"""Where the repository's data folders are: site-configs/, the sbatch templates in slurm/, kernels/."""
 
 from __future__ import annotations
 
@@ -13,3 +13,8 @@ def repo_root() -> Path:
 def slurm_templates_dir() -> Path:
     """`$HPCRAG_SLURM_TEMPLATES`, else the repository's `slurm/`."""
     return Path(os.environ.get("HPCRAG_SLURM_TEMPLATES") or repo_root() / "slurm")
+
+
+def kernels_dir() -> Path:
+    """The CUDA C++ sources (`kernels/*.cu`) that CuPy compiles at run time."""
+    return repo_root() / "kernels"

@@ -9,21 +9,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from hpcrag.kernels.tasks import TILE, assemble, plan_tasks
+from hpcrag.paths import kernels_dir
 
-KERNEL_DIR = Path(__file__).resolve().parents[3] / "kernels"
 WMMA_MAX_K = 256  # 16 rows x K (float32 key + int32 row) of shared memory per warp
 MERGE_THREADS = 128
 CHUNK_ROWS = 4096  # rows per task on a GPU: a long list is split so that many warps share it
 
 
 def kernel_source(name: str) -> str:
-    path = KERNEL_DIR / f"{name}.cu"
+    path = kernels_dir() / f"{name}.cu"
     if not path.is_file():
         raise FileNotFoundError(f"kernel source {path} is missing; hpcrag runs from its repository checkout")
     return path.read_text()
