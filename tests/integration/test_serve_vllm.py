@@ -131,11 +131,15 @@ def test_tiers_at_both_sites_end_to_end(serving, nyc: SlurmTarget, sf: SlurmTarg
     # Time-limit signal: submitit checkpoints the supervisor and requeues the job; it comes back.
     first_url = medium.url
     sf.scancel("--signal=USR2", medium.job_id)
-    eventually(lambda: registry.get(medium.id).state == "requeued", 90, "sf server requeued")
-    assert registry.get(medium.id).restarts == 1
+    eventually(lambda: registry.get(medium.id).restarts == 1, 90, "sf server requeued")
     eventually(
         lambda: "PENDING" in sf.squeue("-h", "-o", "%T", f"--jobs={medium.job_id}"), 60, "requeued job"
     )
+    eventually(
+        lambda: not sf.squeue("-h", "-s", f"--jobs={medium.job_id}").strip(), 60, "old run's steps gone"
+    )
+    # Slurm's requeue ends the old run with TERM too; the row must still say requeued, not stopped.
+    assert registry.get(medium.id).state == "requeued"
     sf.scontrol("update", f"JobId={medium.job_id}", "StartTime=now")
     (medium,) = launcher.wait_healthy(config, [registry.get(medium.id)], START_TIMEOUT)
     assert medium.url and medium.restarts == 1

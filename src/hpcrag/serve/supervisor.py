@@ -160,6 +160,9 @@ class Supervisor:
         raise ServerFailedError(f"{message}; see this job's log")
 
     def _on_term(self, signum: int, frame: FrameType | None) -> None:
+        if self._ending == "requeued":
+            # Slurm's requeue itself ends the job with TERM: the row must stay `requeued`.
+            sys.exit(0)
         print("hpcrag: SIGTERM (scancel): stopping vLLM", flush=True)
         self._ending = "stopped"
         self._stop_process()
