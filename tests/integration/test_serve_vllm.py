@@ -38,7 +38,8 @@ def serving(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dev_cluster):
     monkeypatch.setenv("HPCRAG_REGISTRY", str(tmp_path / "serving.sqlite"))
     config = load_config(CONFIG_DIR, "dev")
     yield config
-    for endpoint in launcher.registry_of(config).find(live_only=True):
+    # Every job the test made, live or not: a leftover would hold GPUs that later tests count.
+    for endpoint in launcher.registry_of(config).find():
         SlurmTarget.for_site(config.site(endpoint.site)).scancel(endpoint.job_id)
 
 
@@ -140,8 +141,9 @@ def test_tiers_at_both_sites_end_to_end(serving, nyc: SlurmTarget, sf: SlurmTarg
     )
     # Slurm's requeue ends the old run with TERM too; the row must still say requeued, not stopped.
     assert registry.get(medium.id).state == "requeued"
-    sf.scontrol("update", f"JobId={medium.job_id}", "StartTime=now")
-    (medium,) = launcher.wait_healthy(config, [registry.get(medium.id)], START_TIMEOUT)
+    # Slurm holds a requeued job back for the credential lifetime (120 s): a node refuses to start
+    # it again sooner ("Job credential revoked"), so the test waits rather than forcing StartTime.
+    (medium,) = launcher.wait_healthy(config, [registry.get(medium.id)], START_TIMEOUT + 180)
     assert medium.url and medium.restarts == 1
     assert _chat(medium.url, "tiny-llama")
     del first_url
