@@ -51,14 +51,16 @@ def cpu_time(run: Callable[[], object]) -> float:
     return statistics.median(samples)
 
 
-def cpu_ceilings() -> tuple[float, float]:
-    """(copy bandwidth bytes/s counting read + write, SGEMM flop/s)."""
-    src = np.ones(64 << 20, dtype=np.uint8)
-    dst = np.empty_like(src)
-    copy = cpu_time(lambda: np.copyto(dst, src))
-    a = np.ones((2048, 2048), dtype=np.float32)
-    gemm = cpu_time(lambda: a @ a)
-    return 2 * src.nbytes / copy, 2 * 2048**3 / gemm
+def ceilings(
+    xp: object, timer: Callable[[Callable[[], object]], float], copy_bytes: int, gemm_n: int, dtype: object
+) -> tuple[float, float]:
+    """(copy bandwidth in bytes/s counting read + write, matrix-product flop/s) on `xp`'s device."""
+    src = xp.ones(copy_bytes, dtype=xp.uint8)
+    dst = xp.empty_like(src)
+    copy = timer(partial(xp.copyto, dst, src))
+    a = xp.ones((gemm_n, gemm_n), dtype=dtype)
+    gemm = timer(partial(xp.matmul, a, a))
+    return 2 * copy_bytes / copy, 2 * gemm_n**3 / gemm
 
 
 def numpy_search(queries: np.ndarray, db: np.ndarray, k: int) -> np.ndarray:
@@ -70,7 +72,7 @@ def cpu_rows(lines: list[str]) -> None:
 
     from hpcrag.kernels.numba_cpu import scan_lists
 
-    bandwidth, flops = cpu_ceilings()
+    bandwidth, flops = ceilings(np, cpu_time, 64 << 20, 2048, np.float32)
     lines += [
         "## CPU",
         "",
@@ -121,17 +123,6 @@ def gpu_time(run: Callable[[], object]) -> float:
         stop.synchronize()
         samples.append(cupy.cuda.get_elapsed_time(start, stop) / 1e3)
     return statistics.median(samples)
-
-
-def gpu_ceilings() -> tuple[float, float]:
-    import cupy
-
-    src = cupy.ones(2 << 30, dtype=cupy.uint8)
-    dst = cupy.empty_like(src)
-    copy = gpu_time(lambda: cupy.copyto(dst, src))
-    a = cupy.ones((8192, 8192), dtype=cupy.float16)
-    gemm = gpu_time(lambda: a @ a)
-    return 2 * src.nbytes / copy, 2 * 8192**3 / gemm
 
 
 def random_device_lists(rng: np.random.Generator, n: int, dim: int) -> object:
@@ -195,7 +186,7 @@ def faiss_gpu_index(db: object, dim: int) -> object | None:
 def gpu_rows(lines: list[str]) -> None:
     import cupy
 
-    bandwidth, flops = gpu_ceilings()
+    bandwidth, flops = ceilings(cupy, gpu_time, 2 << 30, 8192, cupy.float16)
     device = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
     sms = cupy.cuda.Device().attributes["MultiProcessorCount"]
     lines += [

@@ -209,7 +209,11 @@ def down(config: Config, endpoints: list[Endpoint]) -> list[Endpoint]:
 def status(config: Config, *, everything: bool = False, site: str | None = None) -> list[Row]:
     """Registry rows joined with Slurm's state; live rows whose job has ended are settled."""
     registry = registry_of(config)
-    endpoints = registry.find(site=site, live_only=not everything)
+    return joined_rows(config, registry, registry.find(site=site, live_only=not everything))
+
+
+def joined_rows(config: Config, registry: Registry, endpoints: list[Endpoint]) -> list[Row]:
+    """`endpoints` with Slurm's state now; a live row whose job has ended is settled in the registry."""
     states = slurm_states(config, [e for e in endpoints if e.provider == PROVIDER])
     rows = []
     for endpoint in endpoints:
@@ -271,17 +275,18 @@ def wait_healthy(
     config: Config, endpoints: list[Endpoint], timeout: float, poll_s: float = 1.0
 ) -> list[Endpoint]:
     """Poll until every server is healthy; a server that failed or whose job ended is an error."""
+    registry = registry_of(config)
     deadline = time.monotonic() + timeout
     pending = {(e.provider, e.site, e.job_id) for e in endpoints}
     while True:
+        # Only these servers' rows and jobs are read, not the registry's whole history.
+        fresh = [registry.get(e.id) for e in endpoints if e.id is not None]
         rows = {
             (r.endpoint.provider, r.endpoint.site, r.endpoint.job_id): r
-            for r in status(config, everything=True)
+            for r in joined_rows(config, registry, fresh)
         }
         for key in sorted(pending):
-            row = rows.get(key)
-            if row is None:
-                continue
+            row = rows[key]
             if row.endpoint.state == "healthy":
                 pending.discard(key)
             elif not row.endpoint.live:

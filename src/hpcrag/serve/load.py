@@ -18,6 +18,7 @@ from hpcrag.serve.registry import Registry
 QUEUE_SUM = "vllm:request_queue_time_seconds_sum"
 QUEUE_COUNT = "vllm:request_queue_time_seconds_count"
 WAITING = "vllm:num_requests_waiting"
+RUNNING = "vllm:num_requests_running"
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,11 @@ class ServerLoad:
     queue_time_sum: float
     queue_time_count: float
     waiting: float
+    running: float = 0.0
+
+    @property
+    def busy(self) -> bool:
+        return self.waiting > 0 or self.running > 0
 
 
 @dataclass(frozen=True)
@@ -35,7 +41,7 @@ class TierSample:
 
 def parse_metrics(text: str) -> ServerLoad:
     """Sum each metric over its label sets (one per model and engine) in Prometheus text format."""
-    totals = {QUEUE_SUM: 0.0, QUEUE_COUNT: 0.0, WAITING: 0.0}
+    totals = {QUEUE_SUM: 0.0, QUEUE_COUNT: 0.0, WAITING: 0.0, RUNNING: 0.0}
     for line in text.splitlines():
         if line.startswith("#"):
             continue
@@ -45,7 +51,7 @@ def parse_metrics(text: str) -> ServerLoad:
                 totals[name] += float(line.rsplit(" ", 1)[1])
             except (IndexError, ValueError):
                 continue
-    return ServerLoad(totals[QUEUE_SUM], totals[QUEUE_COUNT], totals[WAITING])
+    return ServerLoad(totals[QUEUE_SUM], totals[QUEUE_COUNT], totals[WAITING], totals[RUNNING])
 
 
 def scrape(base_url: str, timeout: float = 2.0) -> ServerLoad | None:

@@ -48,6 +48,7 @@ class Supervisor:
     def __post_init__(self) -> None:
         self._process: subprocess.Popen[bytes] | None = None
         self._ending: str | None = None
+        self._opened: Registry | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
@@ -64,7 +65,10 @@ class Supervisor:
             raise HpcragError("the supervisor runs inside a Slurm job (SLURM_JOB_ID is not set)") from None
 
     def _registry(self) -> Registry:
-        return Registry(self.registry_path, self.registry_journal)
+        # Opened once per run (the schema check is not repeated at every heartbeat).
+        if self._opened is None:
+            self._opened = Registry(self.registry_path, self.registry_journal)
+        return self._opened
 
     def _update(self, **changes: Any) -> None:
         self._registry().update(PROVIDER, self.spec.site, self.job_id, **changes)

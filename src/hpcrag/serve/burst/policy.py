@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import httpx
-
 from hpcrag.catalog.matrix import RATING_WEIGHT, rating
 from hpcrag.catalog.memory import plan_for_model
 from hpcrag.catalog.parallel import choose, precision_on
@@ -20,13 +18,12 @@ from hpcrag.config import Config
 from hpcrag.errors import HpcragError
 from hpcrag.serve.burst.base import BurstRequest
 from hpcrag.serve.burst.registry import adapter_for
+from hpcrag.serve.load import scrape
 from hpcrag.serve.registry import Endpoint, Registry, now
 from hpcrag.serve.spec import ModelDoesNotFitError, size_replica
 from hpcrag.serve.supervisor import PROVIDER as SLURM_PROVIDER
 from hpcrag.slurm.status import site_status
 from hpcrag.slurm.target import SlurmTarget
-
-BUSY_GAUGES = ("vllm:num_requests_running", "vllm:num_requests_waiting")
 
 
 @dataclass(frozen=True)
@@ -178,7 +175,8 @@ class BurstPolicy:
                 continue
             adapter = adapter_for(self.config, endpoint.provider)
             changes = adapter.refresh(endpoint)
-            if endpoint.url and is_busy(endpoint.url):
+            load = scrape(endpoint.url) if endpoint.url else None  # unreachable counts as not busy
+            if load is not None and load.busy:
                 changes["details"] = {**endpoint.details, "last_busy_at": now()}
             if changes:
                 endpoint = self.registry.update(endpoint.provider, endpoint.site, endpoint.job_id, **changes)
@@ -203,19 +201,3 @@ class BurstPolicy:
                     )
                 )
         return decisions
-
-
-def is_busy(base_url: str) -> bool:
-    """Whether a vLLM server has running or waiting requests now (unreachable counts as not busy)."""
-    try:
-        text = httpx.get(f"{base_url}/metrics", timeout=2.0).text
-    except httpx.HTTPError:
-        return False
-    for line in text.splitlines():
-        if line.startswith(BUSY_GAUGES):
-            try:
-                if float(line.rsplit(" ", 1)[1]) > 0:
-                    return True
-            except ValueError:
-                continue
-    return False
