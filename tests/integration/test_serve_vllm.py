@@ -162,3 +162,13 @@ def test_tiers_at_both_sites_end_to_end(serving, nyc: SlurmTarget, sf: SlurmTarg
     assert row.endpoint.state == "failed" and "vLLM exited with code -9" in row.endpoint.message
     assert row.problem == f"job {medium.job_id} on site sf ended FAILED; log: {medium.log_path}"
     assert "vLLM exited with code -9" in Path(medium.log_path).read_text()
+    # The killed server's engine and worker processes (its process group) do not outlive it.
+    eventually(lambda: not _group_alive(int(pids[0])), 30, "vLLM's engine and worker processes gone")
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True

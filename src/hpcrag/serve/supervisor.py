@@ -13,6 +13,7 @@ heartbeat, and records how the server ended:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -80,8 +81,12 @@ class Supervisor:
         url = f"http://{advertised_host()}:{port}"
         self._register(url)
         print(f"hpcrag: starting vLLM for tier {self.spec.tier} on {url}", flush=True)
+        # Its own process group: vLLM's engine and worker processes are stopped with it, even when
+        # the API server itself was killed and left them behind.
         self._process = subprocess.Popen(
-            self.spec.argv_with_port("0.0.0.0", port), env={**os.environ, **self.spec.env}
+            self.spec.argv_with_port("0.0.0.0", port),
+            env={**os.environ, **self.spec.env},
+            start_new_session=True,
         )
         stop_heartbeat = threading.Event()
         try:
@@ -174,17 +179,24 @@ class Supervisor:
         sys.exit(0)
 
     def _stop_process(self) -> None:
-        """TERM, then KILL after STOP_GRACE_S; polls only, so it is safe inside signal handlers."""
+        """TERM to vLLM's process group, then KILL after STOP_GRACE_S; polls only, so it is safe
+        inside signal handlers. The group is killed even when the server has already exited."""
         process = self._process
         if process is None:
             return
-        for stop, grace in ((process.terminate, STOP_GRACE_S), (process.kill, 5.0)):
+        for sig, grace in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, 5.0)):
             if process.poll() is not None:
-                return
-            stop()
+                break
+            _signal_group(process.pid, sig)
             deadline = time.monotonic() + grace
             while process.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.1)
+        _signal_group(process.pid, signal.SIGKILL)  # orphaned engine and worker processes
+
+
+def _signal_group(leader: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(leader, sig)
 
 
 def free_port() -> int:
