@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from hpcrag.cli import cluster, demo, index, jobs, plan, serve, sites
+from hpcrag.cli import cluster, cost, demo, gateway, index, jobs, plan, serve, sites
 
 
 class _Group(click.Group):
@@ -51,3 +51,5 @@ cli.add_command(demo.demo)
 cli.add_command(index.index)
 cli.add_command(plan.plan)
 cli.add_command(serve.serve)
+cli.add_command(gateway.gateway)
+cli.add_command(cost.cost)

@@ -21,6 +21,7 @@ from hpcrag.config.errors import ConfigError
 from hpcrag.config.schema import (
     Clouds,
     Config,
+    Gateway,
     GpuCatalog,
     Matrix,
     ModelCatalog,
@@ -92,6 +93,10 @@ def load_config(root: Path | str | None = None, profile: str | None = None) -> C
     _check_names(
         root / "serving.yaml", "burst.providers", serving.burst.providers, clouds.providers, "provider"
     )
+    gateway_data = {**_read_yaml(root / "gateway.yaml"), **active.gateway}
+    if os.environ.get("HPCRAG_GATEWAY_DB"):
+        gateway_data["database"] = os.environ["HPCRAG_GATEWAY_DB"]
+    gateway = _validate(Gateway, gateway_data, root / "gateway.yaml")
     for name, site in sites.items():
         if site.vllm is not None:
             tier_models = site.vllm.tier_models.values()
@@ -106,6 +111,7 @@ def load_config(root: Path | str | None = None, profile: str | None = None) -> C
         models=models,
         matrix=matrix,
         serving=serving,
+        gateway=gateway,
     )
 
 

@@ -184,6 +184,52 @@ class Serving(_Model):
     burst: BurstPolicySettings = BurstPolicySettings()
 
 
+class CircuitSettings(_Model):
+    failures: PositiveInt = 3
+    open_s: float = Field(default=10, gt=0)
+    probe_s: float = Field(default=2, gt=0)
+
+
+class UserTierWeights(_Model):
+    cost: float = Field(ge=0)
+    latency: float = Field(ge=0)
+    quality: float = Field(ge=0)
+
+
+class Gateway(_Model):
+    """The OpenAI-compatible gateway and its router (`gateway.yaml`)."""
+
+    host: str = "127.0.0.1"
+    port: Port = 8400
+    database: str
+    refresh_s: float = Field(default=2, gt=0)
+    upstream_timeout_s: float = Field(default=600, gt=0)
+    connect_timeout_s: float = Field(default=3, gt=0)
+    attempts: PositiveInt = 3
+    circuit: CircuitSettings = CircuitSettings()
+    scorer: str = "hpcrag.gateway.complexity:HeuristicScorer"
+    complexity_thresholds: dict[ModelTier, float]
+    quality_boost: dict[str, float]
+    technical_terms: list[str]
+    user_tiers: dict[Name, UserTierWeights] = Field(min_length=1)
+    default_user_tier: Name
+    default_output_tokens: PositiveInt = 256
+    network_latency_ms: dict[str, float] = {}
+    ewma_alpha: float = Field(default=0.2, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Gateway:
+        if self.default_user_tier not in self.user_tiers:
+            raise ValueError(
+                f"default_user_tier {self.default_user_tier!r} is not one of user_tiers: "
+                f"{', '.join(self.user_tiers)}"
+            )
+        ordered = list(self.complexity_thresholds.values())
+        if ordered != sorted(ordered):
+            raise ValueError("complexity_thresholds must rise from tier s to tier xl")
+        return self
+
+
 class NodeGroup(_Model):
     nodes: str
     gpu_type: Name
@@ -375,6 +421,7 @@ class Profile(_Model):
     sites: dict[Name, DevSiteSettings] = {}
     vllm: VllmRuntime | None = None
     serving: dict[str, Any] = {}
+    gateway: dict[str, Any] = {}
 
     @model_validator(mode="after")
     def _local_is_complete(self) -> Profile:
@@ -406,6 +453,7 @@ class Config(_Model):
     models: dict[str, ModelArch]
     matrix: Matrix
     serving: Serving
+    gateway: Gateway
 
     def site(self, name: str) -> Site:
         try:

@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from hpcrag.errors import HpcragError
+from hpcrag.util import sqlite
 
 STATES = ("submitted", "starting", "healthy", "requeued", "stopping", "stopped", "failed")
 LIVE_STATES = ("submitted", "starting", "healthy", "requeued")
@@ -92,36 +92,12 @@ class Registry:
         self.path = Path(path)
         self.journal = journal
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self._connect() as db:
-                db.execute(f"PRAGMA journal_mode={'WAL' if journal == 'wal' else 'DELETE'}")
-                db.executescript(SCHEMA)
+            sqlite.initialise(self.path, SCHEMA, journal)
         except (OSError, sqlite3.Error) as exc:
             raise HpcragError(
                 f"cannot open the endpoint registry {self.path}: {exc}; "
                 "check serving.registry in site-configs/serving.yaml"
             ) from None
-
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        try:
-            db.execute("PRAGMA busy_timeout=60000")
-            yield db
-        finally:
-            db.close()
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
 
     def add(self, endpoint: Endpoint, *, update: Sequence[str] | None = None) -> Endpoint:
         """Insert a server; if its (provider, site, job_id) row exists, set the `update` columns
@@ -137,7 +113,7 @@ class Registry:
         placeholders = ", ".join("?" for _ in _COLUMNS)
         updated = _COLUMNS if update is None else [c for c in _COLUMNS if c in update]
         updates = ", ".join(f"{name} = excluded.{name}" for name in updated)
-        with self._write() as db:
+        with sqlite.transaction(self.path) as db:
             db.execute(
                 f"INSERT INTO endpoints ({', '.join(_COLUMNS)}) VALUES ({placeholders}) "
                 f"ON CONFLICT (provider, site, job_id) DO UPDATE SET {updates}",
@@ -164,7 +140,7 @@ class Registry:
                 continue
             assignments.append(f"{name} = ?")
             values.append(_encode(name, value))
-        with self._write() as db:
+        with sqlite.transaction(self.path) as db:
             cursor = db.execute(
                 f"UPDATE endpoints SET {', '.join(assignments)} WHERE provider=? AND site=? AND job_id=?",
                 [*values, provider, site, job_id],
@@ -177,7 +153,7 @@ class Registry:
         return _decode(row)
 
     def get(self, endpoint_id: int) -> Endpoint:
-        with self._connect() as db:
+        with sqlite.connect(self.path) as db:
             row = db.execute("SELECT * FROM endpoints WHERE id=?", (endpoint_id,)).fetchone()
         if row is None:
             raise HpcragError(f"no endpoint with id {endpoint_id}; see `hpcrag serve status --all`")
@@ -201,7 +177,7 @@ class Registry:
             clauses.append(f"state IN ({', '.join('?' for _ in LIVE_STATES)})")
             values.extend(LIVE_STATES)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        with self._connect() as db:
+        with sqlite.connect(self.path) as db:
             rows = db.execute(f"SELECT * FROM endpoints {where} ORDER BY id", values).fetchall()
         return [_decode(row) for row in rows]
 

@@ -1,0 +1,1 @@
+"""Cost accounting: every request's tokens and dollars, every serving job's GPU-hours, and the report."""

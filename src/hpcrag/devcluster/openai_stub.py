@@ -1,0 +1,129 @@
+"""A minimal OpenAI-compatible server: fixed answers at once, for measuring proxies and testing the
+gateway without vLLM. It speaks the same wire format as vLLM (JSON bodies, `data:` events, usage,
+`/health`, a `/metrics` with vLLM's queue gauges) and nothing more.
+
+`python -m hpcrag.devcluster.openai_stub --port 9000 [--model NAME] [--delay-ms 5] [--tokens 8]`
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+
+from aiohttp import web
+
+WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]
+
+
+def create_app(model: str, delay_s: float = 0.0, tokens: int = 8) -> web.Application:
+    state = {"running": 0, "requests": 0}
+
+    def usage(prompt: int, completion: int) -> dict[str, int]:
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    async def completion(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        chat = request.path.endswith("chat/completions")
+        count = min(int(body.get("max_tokens") or tokens), tokens)
+        prompt_tokens = len(json.dumps(body.get("messages") or body.get("prompt") or "")) // 4 + 1
+        state["running"] += 1
+        state["requests"] += 1
+        try:
+            if delay_s:
+                await asyncio.sleep(delay_s)
+            base = {"id": f"stub-{state['requests']}", "created": int(time.time()), "model": model}
+            if not body.get("stream"):
+                text = " ".join(WORDS[i % len(WORDS)] for i in range(count))
+                choice = (
+                    {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"}
+                    if chat
+                    else {"index": 0, "text": text, "finish_reason": "length"}
+                )
+                kind = "chat.completion" if chat else "text_completion"
+                return web.json_response(
+                    {**base, "object": kind, "choices": [choice], "usage": usage(prompt_tokens, count)}
+                )
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            kind = "chat.completion.chunk" if chat else "text_completion"
+            for i in range(count):
+                word = WORDS[i % len(WORDS)] + " "
+                choice = (
+                    {"index": 0, "delta": {"content": word}, "finish_reason": None}
+                    if chat
+                    else {"index": 0, "text": word, "finish_reason": None}
+                )
+                chunk = {**base, "object": kind, "choices": [choice]}
+                await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            if (body.get("stream_options") or {}).get("include_usage"):
+                chunk = {**base, "object": kind, "choices": [], "usage": usage(prompt_tokens, count)}
+                await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+            return response
+        finally:
+            state["running"] -= 1
+
+    async def embeddings(request: web.Request) -> web.Response:
+        body = await request.json()
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        data = [
+            {"object": "embedding", "index": i, "embedding": [float(len(text)), 1.0, 0.0, 0.5]}
+            for i, text in enumerate(inputs)
+        ]
+        prompt = sum(len(str(t)) // 4 + 1 for t in inputs)
+        return web.json_response(
+            {
+                "object": "list",
+                "data": data,
+                "model": model,
+                "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
+            }
+        )
+
+    async def models(_: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": model, "object": "model"}]})
+
+    async def health(_: web.Request) -> web.Response:
+        return web.Response(text="")
+
+    async def metrics(_: web.Request) -> web.Response:
+        text = (
+            f'vllm:num_requests_running{{model_name="{model}"}} {state["running"]}\n'
+            f'vllm:num_requests_waiting{{model_name="{model}"}} 0\n'
+        )
+        return web.Response(text=text)
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", completion)
+    app.router.add_post("/v1/completions", completion)
+    app.router.add_post("/v1/embeddings", embeddings)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--model", default="stub-model")
+    parser.add_argument("--delay-ms", type=float, default=0.0)
+    parser.add_argument("--tokens", type=int, default=8)
+    args = parser.parse_args()
+    app = create_app(args.model, args.delay_ms / 1000.0, args.tokens)
+    try:
+        import uvloop
+    except ImportError:
+        web.run_app(app, host=args.host, port=args.port, access_log=None, print=None)
+    else:
+        web.run_app(
+            app, host=args.host, port=args.port, access_log=None, print=None, loop=uvloop.new_event_loop()
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible gateway: keys and budgets, the tier router, the streaming proxy."""

@@ -1,0 +1,429 @@
+"""The gateway's HTTP face: the OpenAI routes, /health and /metrics, and its background refreshes.
+
+A request goes: key (401) → rate limit and budget (429) → body checks (400) → router (404/503) →
+forwarder (retries before the first byte) → usage, dollars, metrics and the ledger row. Answers carry
+`X-Hpcrag-Request-Id`, `X-Hpcrag-Tier` and `X-Hpcrag-Endpoint` so a caller can see where it went.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from hpcrag.config import Config
+from hpcrag.cost.ledger import Ledger, LedgerWriter, RequestRecord
+from hpcrag.gateway.access import Access, Refusal, utc_day_start
+from hpcrag.gateway.complexity import load_scorer
+from hpcrag.gateway.endpoints import EndpointTable, LiveEndpoint
+from hpcrag.gateway.keys import ApiKey, KeyStore
+from hpcrag.gateway.proxy import Exchange, Forwarder, error_body
+from hpcrag.gateway.router import AUTO, TIER_PREFIX, Router, RouteRequest, RoutingError
+from hpcrag.metrics.gateway import GatewayMetrics
+from hpcrag.serve.load import parse_metrics
+from hpcrag.serve.registry import Registry
+
+log = logging.getLogger(__name__)
+ROUTES = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completions",
+    "/v1/embeddings": "embeddings",
+}
+STATE: web.AppKey[Gateway] = web.AppKey("gateway")
+
+
+class BadRequest(Exception):
+    def __init__(self, message: str, code: str = "invalid_request") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Gateway:
+    """Everything the handlers share; built at start-up, refreshed in the background."""
+
+    config: Config
+    registry: Registry
+    keys: KeyStore
+    ledger: Ledger
+    writer: LedgerWriter
+    table: EndpointTable
+    router: Router
+    access: Access
+    metrics: GatewayMetrics
+    session: aiohttp.ClientSession | None = None
+    forwarder: Forwarder | None = None
+
+    @classmethod
+    def create(cls, config: Config) -> Gateway:
+        database = config.resolve_path(config.gateway.database)
+        ledger = Ledger(database)
+        table = EndpointTable(config)
+        return cls(
+            config=config,
+            registry=Registry(config.resolve_path(config.serving.registry), config.serving.registry_journal),
+            keys=KeyStore(database),
+            ledger=ledger,
+            writer=LedgerWriter(ledger),
+            table=table,
+            router=Router(config, table, load_scorer(config.gateway)),
+            access=Access(),
+            metrics=GatewayMetrics(),
+        )
+
+    def read_sources(self) -> None:
+        """Registry rows, keys and today's spend: blocking SQLite reads, run off the event loop."""
+        self.writer.flush()
+        day = utc_day_start()
+        rows = self.registry.find(live_only=True)
+        keys = self.keys.active_by_hash()
+        spend = self.ledger.spend_by_key(day)
+        self.table.sync(rows)
+        self.access.load(keys, spend, day)
+
+    def endpoint_failed(self, endpoint: LiveEndpoint, reason: str) -> None:
+        endpoint.failures_total += 1
+        if endpoint.circuit.failure():
+            log.warning(
+                "circuit of %s opened after %d failures (last: %s)",
+                endpoint.name,
+                endpoint.circuit.consecutive_failures,
+                reason,
+            )
+            self._circuit_gauge(endpoint).set(1)
+
+    def _circuit_gauge(self, endpoint: LiveEndpoint):
+        row = endpoint.row
+        return self.metrics.circuit_open.labels(row.tier, row.site, row.provider, endpoint.name)
+
+
+def create_app(config: Config) -> web.Application:
+    gateway = Gateway.create(config)
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app[STATE] = gateway
+    for path in ROUTES:
+        app.router.add_post(path, handle_inference)
+    app.router.add_get("/v1/models", handle_models)
+    app.router.add_get("/health", handle_health)
+    app.router.add_get("/metrics", handle_metrics)
+    app.cleanup_ctx.append(_background)
+    return app
+
+
+async def _background(app: web.Application):
+    gateway = app[STATE]
+    settings = gateway.config.gateway
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
+    timeout = aiohttp.ClientTimeout(
+        total=settings.upstream_timeout_s, sock_connect=settings.connect_timeout_s
+    )
+    gateway.session = aiohttp.ClientSession(connector=connector, timeout=timeout)
+    gateway.forwarder = Forwarder(gateway.session, settings.attempts, gateway.endpoint_failed)
+    await refresh(gateway)
+    tasks = [
+        asyncio.create_task(_every(settings.refresh_s, refresh, gateway)),
+        asyncio.create_task(_every(settings.circuit.probe_s, probe_open_circuits, gateway)),
+    ]
+    yield
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await gateway.session.close()
+    await asyncio.to_thread(gateway.writer.flush)
+
+
+async def _every(period_s: float, job, gateway: Gateway) -> None:
+    while True:
+        await asyncio.sleep(period_s)
+        try:
+            await job(gateway)
+        except Exception:  # a refresh that fails keeps the last view; the next one tries again
+            log.exception("background %s failed", job.__name__)
+
+
+async def refresh(gateway: Gateway) -> None:
+    """Re-read the registry, keys and spend, then every endpoint's vLLM /metrics."""
+    await asyncio.to_thread(gateway.read_sources)
+    endpoints = gateway.table.live()
+    loads = await asyncio.gather(*(_scrape(gateway, e) for e in endpoints))
+    counts: dict[str, int] = dict.fromkeys(gateway.config.tiers, 0)
+    for endpoint, load in zip(endpoints, loads, strict=True):
+        endpoint.settle_throughput()
+        counts[endpoint.tier] = counts.get(endpoint.tier, 0) + 1
+        row = endpoint.row
+        if load is not None:
+            endpoint.waiting, endpoint.running = load.waiting, load.running
+            gateway.metrics.queue_depth.labels(row.tier, row.site, row.provider, endpoint.name).set(
+                load.waiting
+            )
+        gateway._circuit_gauge(endpoint).set(1 if endpoint.circuit.is_open else 0)
+    for tier, count in counts.items():
+        gateway.metrics.endpoints.labels(tier).set(count)
+
+
+async def _scrape(gateway: Gateway, endpoint: LiveEndpoint):
+    assert gateway.session is not None
+    try:
+        async with gateway.session.get(
+            endpoint.url + "/metrics", timeout=aiohttp.ClientTimeout(total=1.0)
+        ) as response:
+            if response.status != 200:
+                return None
+            return parse_metrics(await response.text())
+    except (TimeoutError, aiohttp.ClientError):
+        return None
+
+
+async def probe_open_circuits(gateway: Gateway) -> None:
+    """Health-check endpoints whose circuit has been open for `open_s`; a healthy one is back in."""
+    assert gateway.session is not None
+    for endpoint in gateway.table.live():
+        if not endpoint.circuit.due_for_probe():
+            continue
+        try:
+            async with gateway.session.get(
+                endpoint.url + "/health", timeout=aiohttp.ClientTimeout(total=2.0)
+            ) as response:
+                healthy = response.status == 200
+        except (TimeoutError, aiohttp.ClientError):
+            healthy = False
+        if healthy:
+            endpoint.circuit.close()
+            gateway._circuit_gauge(endpoint).set(0)
+            log.warning("circuit of %s closed: /health answers again", endpoint.name)
+
+
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(error_body(status, code, message), status=status, headers=headers)
+
+
+async def handle_inference(request: web.Request) -> web.StreamResponse:
+    gateway = request.app[STATE]
+    route = ROUTES[request.path]
+    started = time.perf_counter()
+    record = RequestRecord(
+        request_id=uuid.uuid4().hex, started_at=time.time(), route=route, status=0, outcome=""
+    )
+    ids = {"X-Hpcrag-Request-Id": record.request_id}
+    key = gateway.access.authenticate(request.headers.get("Authorization"))
+    if isinstance(key, Refusal):
+        return _refuse(gateway, record, key, ids)
+    record.key, record.user_tier = key.name, key.user_tier
+    refusal = gateway.access.admit(key)
+    if refusal is not None:
+        return _refuse(gateway, record, refusal, ids)
+    try:
+        body = await _json_body(request)
+        route_request = _route_request(gateway, request, body, route, key)
+        record.model = route_request.model
+        decision = gateway.router.route(route_request)
+    except BadRequest as exc:
+        return _finish_refusal(gateway, record, 400, str(exc.code), str(exc), ids)
+    except RoutingError as exc:
+        record.decision = exc.decision
+        return _finish_refusal(gateway, record, exc.status, exc.code, str(exc), ids)
+    record.decision = decision.record()
+    first = decision.candidates[0].endpoint
+    gateway.metrics.decisions.labels(decision.wanted_tier, first.tier).inc()
+    if decision.fallback:
+        gateway.metrics.fallbacks.labels("tier", first.tier).inc()
+    headers = {**ids, "X-Hpcrag-Tier": first.tier, "X-Hpcrag-Endpoint": first.name}
+    assert gateway.forwarder is not None
+    response, exchange = await gateway.forwarder.forward(
+        request, request.path, body, [c.endpoint for c in decision.candidates], headers, started
+    )
+    if exchange.endpoint is not None and exchange.endpoint is not first and exchange.status < 500:
+        response.headers["X-Hpcrag-Tier"] = exchange.endpoint.tier
+        response.headers["X-Hpcrag-Endpoint"] = exchange.endpoint.name
+    _account(gateway, record, exchange, key)
+    return response
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise BadRequest(
+            f"the request body is not valid JSON ({exc}); send an OpenAI request object"
+        ) from None
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    return body
+
+
+def _route_request(
+    gateway: Gateway, request: web.Request, body: dict[str, Any], route: str, key: ApiKey
+) -> RouteRequest:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest(
+            f"'model' is required: a served model name, {TIER_PREFIX}s … {TIER_PREFIX}xl, or {AUTO!r}",
+            "missing_model",
+        )
+    text = _request_text(body, route)
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens <= 0):
+        raise BadRequest(f"max_tokens must be a positive integer, got {max_tokens!r}", "invalid_max_tokens")
+    headers = request.headers
+    extra = {c.strip().lower() for c in headers.get("X-Hpcrag-Compliance", "").split(",") if c.strip()}
+    site, provider = headers.get("X-Hpcrag-Site"), headers.get("X-Hpcrag-Provider")
+    config = gateway.config
+    if site is not None and site not in config.sites:
+        raise BadRequest(f"unknown site {site!r} in X-Hpcrag-Site; sites: {', '.join(sorted(config.sites))}")
+    providers = ["slurm", *config.clouds.providers]
+    if provider is not None and provider not in providers:
+        raise BadRequest(
+            f"unknown provider {provider!r} in X-Hpcrag-Provider; providers: {', '.join(providers)}"
+        )
+    return RouteRequest(
+        model=model,
+        text=text,
+        output_tokens=0 if route == "embeddings" else (max_tokens or config.gateway.default_output_tokens),
+        user_tier=key.user_tier,
+        compliance=frozenset(key.compliance) | extra,
+        quality=headers.get("X-Hpcrag-Quality", "medium"),
+        max_ttft_ms=_number(headers, "X-Hpcrag-Max-Ttft-Ms"),
+        max_cost_usd=_number(headers, "X-Hpcrag-Max-Cost-Usd"),
+        tier=headers.get("X-Hpcrag-Tier", "").lower() or None,
+        site=site,
+        provider=provider,
+    )
+
+
+def _request_text(body: dict[str, Any], route: str) -> str:
+    """The text the router scores: the user's messages, the prompt, or the input to embed."""
+    if route == "chat":
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise BadRequest(
+                "'messages' must be a non-empty list of {role, content} objects", "invalid_messages"
+            )
+        parts = []
+        for message in messages:
+            if not isinstance(message, dict):
+                raise BadRequest(
+                    "each message must be an object with 'role' and 'content'", "invalid_messages"
+                )
+            if message.get("role") == "user":
+                content = message.get("content")
+                if isinstance(content, list):
+                    parts.extend(p.get("text", "") for p in content if isinstance(p, dict))
+                elif isinstance(content, str):
+                    parts.append(content)
+        return "\n".join(parts)
+    field_name = "prompt" if route == "completions" else "input"
+    value = body.get(field_name)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return "\n".join(value)
+    if isinstance(value, list) and value and all(isinstance(v, int) for v in value):
+        return " " * (4 * len(value))  # token ids: only their count matters to the estimates
+    raise BadRequest(
+        f"'{field_name}' must be a string or a non-empty list of strings", f"invalid_{field_name}"
+    )
+
+
+def _number(headers: Any, name: str) -> float | None:
+    value = headers.get(name)
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        raise BadRequest(f"{name} must be a number, got {value!r}") from None
+    if number <= 0:
+        raise BadRequest(f"{name} must be above 0, got {value!r}")
+    return number
+
+
+def _refuse(gateway: Gateway, record: RequestRecord, refusal: Refusal, ids: dict[str, str]) -> web.Response:
+    if refusal.code == "budget_exceeded":
+        gateway.metrics.budget_rejections.labels(record.key).inc()
+    else:
+        gateway.metrics.access_rejections.labels(refusal.code).inc()
+    headers = dict(ids)
+    if refusal.retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, round(refusal.retry_after_s)))
+    return _finish_refusal(gateway, record, refusal.status, refusal.code, refusal.message, headers)
+
+
+def _finish_refusal(
+    gateway: Gateway, record: RequestRecord, status: int, code: str, message: str, headers: dict[str, str]
+) -> web.Response:
+    record.status, record.outcome = status, code
+    gateway.metrics.requests.labels("", "", "", record.route, str(status)).inc()
+    gateway.writer.record(record)
+    return _error(status, code, message, headers)
+
+
+def _account(gateway: Gateway, record: RequestRecord, exchange: Exchange, key: ApiKey) -> None:
+    """Dollars, metrics and the ledger row for a request that reached an endpoint."""
+    record.status, record.outcome = exchange.status, exchange.outcome
+    record.attempts = len(exchange.attempts)
+    record.decision["attempts"] = exchange.attempts
+    record.ttft_s, record.latency_s = exchange.ttft_s, exchange.latency_s
+    metrics = gateway.metrics
+    if len(exchange.attempts) > 1:
+        metrics.fallbacks.labels("retry", exchange.endpoint.tier if exchange.endpoint else "").inc(
+            len(exchange.attempts) - 1
+        )
+    endpoint = exchange.endpoint
+    if endpoint is None:
+        metrics.requests.labels("", "", "", record.route, str(exchange.status)).inc()
+        gateway.writer.record(record)
+        return
+    row = endpoint.row
+    labels = (row.tier, row.site, row.provider)
+    record.tier, record.site, record.provider = labels
+    record.job_id, record.endpoint = row.job_id, endpoint.url
+    record.prompt_tokens, record.completion_tokens = exchange.prompt_tokens, exchange.completion_tokens
+    record.usd_per_token = endpoint.usd_per_token
+    record.usd = record.tokens * record.usd_per_token
+    metrics.requests.labels(*labels, record.route, str(exchange.status)).inc()
+    if exchange.ttft_s is not None:
+        metrics.ttft.labels(*labels).observe(exchange.ttft_s)
+    if exchange.latency_s is not None:
+        metrics.latency.labels(*labels).observe(exchange.latency_s)
+    if record.tokens:
+        metrics.tokens.labels(*labels, "prompt").inc(record.prompt_tokens)
+        metrics.tokens.labels(*labels, "completion").inc(record.completion_tokens)
+        metrics.cost.labels(*labels, key.name).inc(record.usd)
+        gateway.access.charge(key.name, record.usd)
+    gateway.writer.record(record)
+
+
+async def handle_models(request: web.Request) -> web.Response:
+    gateway = request.app[STATE]
+    key = gateway.access.authenticate(request.headers.get("Authorization"))
+    if isinstance(key, Refusal):
+        return _error(key.status, key.code, key.message)
+    created = int(time.time())
+    live = gateway.table.live()
+    names = sorted({e.row.served_name for e in live})
+    tiers = [t for t in gateway.config.tiers if any(e.tier == t for e in live)]
+    ids = [*names, *(TIER_PREFIX + t for t in tiers), AUTO]
+    data = [{"id": i, "object": "model", "created": created, "owned_by": "hpcrag"} for i in ids]
+    return web.json_response({"object": "list", "data": data})
+
+
+async def handle_health(request: web.Request) -> web.Response:
+    gateway = request.app[STATE]
+    live = gateway.table.live()
+    usable = [e for e in live if e.circuit.allows()]
+    return web.json_response({"status": "ok", "endpoints": len(live), "usable": len(usable)})
+
+
+async def handle_metrics(request: web.Request) -> web.Response:
+    gateway = request.app[STATE]
+    body = generate_latest(gateway.metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -1,0 +1,43 @@
+"""Run the gateway until SIGTERM or SIGINT, on uvloop where it is installed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+
+from aiohttp import web
+
+from hpcrag.config import Config
+from hpcrag.gateway.app import create_app
+
+
+async def _serve(config: Config, host: str, port: int, ready: Callable[[str], None]) -> None:
+    app = create_app(config)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port, backlog=2048, reuse_address=True).start()
+    except OSError as exc:
+        await runner.cleanup()
+        from hpcrag.errors import HpcragError
+
+        raise HpcragError(f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port") from None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    ready(f"http://{host}:{port}")
+    await stop.wait()
+    await runner.cleanup()
+
+
+def serve(config: Config, host: str, port: int, ready: Callable[[str], None]) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(_serve(config, host, port, ready))
+    else:
+        uvloop.run(_serve(config, host, port, ready))

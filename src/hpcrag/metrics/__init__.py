@@ -1,0 +1,1 @@
+"""Prometheus metrics that hpcrag's services export."""

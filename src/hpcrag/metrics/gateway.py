@@ -1,0 +1,85 @@
+"""The gateway's Prometheus metrics, in a registry of their own (served at the gateway's /metrics).
+
+Names and labels are what the alert rules in site-configs/prometheus/ and the dashboard in
+site-configs/grafana/ query; tests check that every series those files name is exported here.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+
+# The *_created series double the output and no rule or panel reads them.
+disable_created_metrics()
+
+ENDPOINT = ("tier", "site", "provider")
+# From well under a millisecond (the gateway's own share) to the minutes a long completion takes.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "hpcrag_gateway_requests",
+            "Requests answered, by where they went and HTTP status",
+            [*ENDPOINT, "route", "status"],
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "hpcrag_gateway_ttft_seconds",
+            "Time to the first byte of the answer",
+            ENDPOINT,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.latency = Histogram(
+            "hpcrag_gateway_request_latency_seconds",
+            "Time to the whole answer",
+            ENDPOINT,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "hpcrag_gateway_tokens", "Tokens from vLLM's usage", [*ENDPOINT, "type"], registry=r
+        )
+        self.cost = Counter("hpcrag_cost_usd", "Dollars charged to requests", [*ENDPOINT, "key"], registry=r)
+        self.decisions = Counter(
+            "hpcrag_routing_decisions",
+            "Routing decisions by wanted and chosen tier",
+            ["wanted_tier", "tier"],
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "hpcrag_routing_fallbacks",
+            "Requests sent to another tier or retried on another endpoint",
+            ["kind", "tier"],
+            registry=r,
+        )
+        self.budget_rejections = Counter(
+            "hpcrag_budget_rejections",
+            "Requests refused because the key's daily budget is spent",
+            ["key"],
+            registry=r,
+        )
+        self.access_rejections = Counter(
+            "hpcrag_access_rejections",
+            "Requests refused for a missing or unknown key or a rate limit",
+            ["reason"],
+            registry=r,
+        )
+        self.circuit_open = Gauge(
+            "hpcrag_endpoint_circuit_open",
+            "1 while an endpoint's circuit is open",
+            [*ENDPOINT, "endpoint"],
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "hpcrag_endpoint_queue_depth",
+            "Requests waiting in an endpoint's vLLM queue (its /metrics)",
+            [*ENDPOINT, "endpoint"],
+            registry=r,
+        )
+        self.endpoints = Gauge(
+            "hpcrag_gateway_endpoints", "Healthy endpoints the gateway routes to", ["tier"], registry=r
+        )

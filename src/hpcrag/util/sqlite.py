@@ -1,0 +1,47 @@
+"""SQLite on a shared file system: short connections, a generous busy timeout, `BEGIN IMMEDIATE` writes.
+
+Every hpcrag database (the endpoint registry, the gateway's keys and usage ledger) is written by
+several processes at once; each write is one immediate transaction, so writers queue instead of
+failing, and readers in WAL mode are never blocked.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+BUSY_TIMEOUT_S = 60.0
+
+
+def initialise(path: Path, schema: str, journal: str = "wal") -> None:
+    """Create the file's folder and tables; raises sqlite3.Error or OSError for the caller to explain."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with connect(path) as db:
+        db.execute(f"PRAGMA journal_mode={'WAL' if journal == 'wal' else 'DELETE'}")
+        db.executescript(schema)
+
+
+@contextmanager
+def connect(path: Path) -> Iterator[sqlite3.Connection]:
+    db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    db.row_factory = sqlite3.Row
+    try:
+        db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+        yield db
+    finally:
+        db.close()
+
+
+@contextmanager
+def transaction(path: Path) -> Iterator[sqlite3.Connection]:
+    """One write transaction: committed when the block ends, rolled back if it raises."""
+    with connect(path) as db:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
