@@ -224,9 +224,12 @@ class Gateway(_Model):
                 f"default_user_tier {self.default_user_tier!r} is not one of user_tiers: "
                 f"{', '.join(self.user_tiers)}"
             )
-        ordered = list(self.complexity_thresholds.values())
+        tiers = ("s", "m", "l", "xl")
+        if set(self.complexity_thresholds) != set(tiers):
+            raise ValueError(f"complexity_thresholds needs one threshold for each tier: {', '.join(tiers)}")
+        ordered = [self.complexity_thresholds[t] for t in tiers]
         if ordered != sorted(ordered):
-            raise ValueError("complexity_thresholds must rise from tier s to tier xl")
+            raise ValueError(f"complexity_thresholds must rise from tier s to tier xl, got {ordered}")
         return self
 
 

@@ -156,7 +156,11 @@ class EndpointTable:
         for row in rows:
             if row.state != "healthy" or not row.url:
                 continue
-            if row.provider == ON_PREM and row.heartbeat_at and now - row.heartbeat_at > stale_after:
+            if (
+                row.provider == ON_PREM
+                and row.heartbeat_at is not None
+                and now - row.heartbeat_at > stale_after
+            ):
                 continue
             key = (row.provider, row.site, row.job_id)
             known = self.by_key.get(key)

@@ -1,0 +1,211 @@
+"""The gateway over real HTTP with stub OpenAI backends (no vLLM, no Slurm): the official openai client,
+routing, streaming, refusals, retries and the circuit breaker, the ledger and the cost report."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import openai
+import pytest
+
+from hpcrag.serve.registry import Endpoint, Registry
+from tests.integration.gateway_helpers import (
+    HPCRAG,
+    free_port,
+    hpcrag,
+    metric,
+    quick_gateway_settings,
+    running,
+    stub,
+)
+from tests.integration.helpers import eventually
+from tests.unit.gateway.test_complexity import ANALYTICAL
+
+
+def row(site: str, job_id: str, tier: str, served: str, port: int, usd: float) -> Endpoint:
+    return Endpoint(
+        provider="slurm", site=site, job_id=job_id, tier=tier, model="tiny-llama", served_name=served,
+        state="healthy", gpu_type="l40s", gpus=1, url=f"http://127.0.0.1:{port}", usd_per_hour=usd,
+        heartbeat_at=time.time() + 3600,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    import shutil
+
+    from tests.conftest import CONFIG_DIR
+
+    tmp = tmp_path_factory.mktemp("gateway")
+    config_dir = tmp / "site configs"
+    shutil.copytree(CONFIG_DIR, config_dir)
+    quick_gateway_settings(config_dir)
+    env = {
+        "HPCRAG_CONFIG_DIR": str(config_dir),
+        "HPCRAG_REGISTRY": str(tmp / "registry.sqlite"),
+        "HPCRAG_GATEWAY_DB": str(tmp / "gateway.sqlite"),
+    }
+    ports = {"s": free_port(), "m": free_port(), "dead": free_port(), "gateway": free_port()}
+    registry = Registry(env["HPCRAG_REGISTRY"])
+    registry.add(row("nyc", "101", "s", "small", ports["s"], 0.45))
+    registry.add(row("sf", "201", "m", "medium", ports["m"], 0.65))
+    # Cheapest of tier S, so the router tries it first; nothing listens on its port yet.
+    registry.add(row("sf", "202", "s", "small", ports["dead"], 0.10))
+    keys = {
+        "alice": hpcrag(env, "gateway", "keys", "add", "alice").strip(),
+        "poor": hpcrag(env, "gateway", "keys", "add", "poor", "--budget-usd", "0.0000001").strip(),
+        "bot": hpcrag(env, "gateway", "keys", "add", "bot", "--rate", "0.2", "--burst", "1").strip(),
+    }
+    url = f"http://127.0.0.1:{ports['gateway']}"
+    with (
+        running(stub(ports["s"], "small"), env, f"http://127.0.0.1:{ports['s']}/health", tmp / "s.log"),
+        running(stub(ports["m"], "medium"), env, f"http://127.0.0.1:{ports['m']}/health", tmp / "m.log"),
+        running(
+            [HPCRAG, "gateway", "serve", "--port", str(ports["gateway"])],
+            env,
+            f"{url}/health",
+            tmp / "gw.log",
+        ),
+    ):
+        yield {"env": env, "url": url, "keys": keys, "ports": ports, "tmp": tmp}
+
+
+def client(world, key: str = "alice") -> openai.OpenAI:
+    return openai.OpenAI(base_url=world["url"] + "/v1", api_key=world["keys"].get(key, key), max_retries=0)
+
+
+def metrics(world) -> str:
+    return httpx.get(world["url"] + "/metrics").text
+
+
+def test_a_dead_endpoint_is_retried_then_circuited_then_probed_back(world) -> None:
+    c = client(world)
+    for _ in range(4):
+        answer = c.chat.completions.with_raw_response.create(
+            model="tier-s", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert answer.status_code == 200
+        assert answer.headers["x-hpcrag-endpoint"] == "slurm/nyc/101"  # the live one, after a retry
+    text = metrics(world)
+    assert metric(text, "hpcrag_endpoint_circuit_open", endpoint="slurm/sf/202") == 1
+    assert metric(text, "hpcrag_routing_fallbacks_total", kind="retry") == 3  # the 4th skipped it
+    records = json.loads(hpcrag(world["env"], "gateway", "log", "--last", "4", "--json"))
+    assert [r["attempts"] for r in records] == [2, 2, 2, 1]
+    assert "ClientConnectorError" in records[0]["decision"]["attempts"][0]["error"]
+    # The endpoint comes back on its port: /health probes close the circuit and it takes requests.
+    port = world["ports"]["dead"]
+    with running(
+        stub(port, "small"), world["env"], f"http://127.0.0.1:{port}/health", world["tmp"] / "d.log"
+    ):
+        eventually(
+            lambda: metric(metrics(world), "hpcrag_endpoint_circuit_open", endpoint="slurm/sf/202") == 0,
+            15,
+            "circuit closed",
+        )
+        answer = c.chat.completions.with_raw_response.create(
+            model="tier-s", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert answer.headers["x-hpcrag-endpoint"] == "slurm/sf/202"
+
+
+def test_auto_routes_by_complexity(world) -> None:
+    c = client(world)
+    short = c.chat.completions.with_raw_response.create(
+        model="auto",
+        messages=[{"role": "user", "content": "What is 2+2?"}],
+        extra_headers={"X-Hpcrag-Site": "nyc"},
+    )
+    assert short.headers["x-hpcrag-tier"] == "s"
+    long = c.chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": ANALYTICAL}]
+    )
+    assert long.headers["x-hpcrag-tier"] == "m"
+    assert long.parse().model == "medium"
+    decision = json.loads(hpcrag(world["env"], "gateway", "log", "--last", "1", "--json"))[0]["decision"]
+    assert decision["wanted_tier"] == "xl" and decision["fallback"] is True
+    assert decision["candidates"][0]["endpoint"] == "slurm/sf/201"
+
+
+def test_streams_completions_embeddings_and_models(world) -> None:
+    c = client(world)
+    chunks = list(
+        c.chat.completions.create(model="tier-m", messages=[{"role": "user", "content": "hi"}], stream=True)
+    )
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks).split() == [
+        "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"
+    ]  # fmt: skip
+    assert all(ch.choices for ch in chunks)  # the usage chunk the gateway asked for is not passed on
+    with_usage = list(
+        c.chat.completions.create(
+            model="tier-m", messages=[{"role": "user", "content": "hi"}], stream=True,
+            stream_options={"include_usage": True},
+        )
+    )  # fmt: skip
+    assert with_usage[-1].usage.completion_tokens == 8 and not with_usage[-1].choices
+    assert (
+        c.completions.create(model="medium", prompt="hello", max_tokens=3).choices[0].text
+        == "alpha bravo charlie"
+    )
+    assert len(c.embeddings.create(model="tier-s", input=["a", "b"]).data) == 2
+    assert {m.id for m in c.models.list()} == {"small", "medium", "tier-s", "tier-m", "auto"}
+
+
+def test_refusals_say_why(world) -> None:
+    with pytest.raises(openai.AuthenticationError, match="unknown or revoked API key"):
+        client(world, "hpc-not-a-key").models.list()
+    missing = httpx.post(world["url"] + "/v1/chat/completions", json={"model": "auto"})
+    assert missing.status_code == 401 and "Authorization: Bearer" in missing.json()["error"]["message"]
+    poor = client(world, "poor")
+    poor.chat.completions.create(model="tier-s", messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.RateLimitError, match=r"daily budget of key 'poor' \(\$0.0000\) is spent"):
+        poor.chat.completions.create(model="tier-s", messages=[{"role": "user", "content": "hi"}])
+    bot = client(world, "bot")
+    bot.chat.completions.create(model="tier-s", messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.RateLimitError, match=r"limited to 0.2 requests/s"):
+        bot.chat.completions.create(model="tier-s", messages=[{"role": "user", "content": "hi"}])
+    c = client(world)
+    with pytest.raises(openai.NotFoundError, match="model 'gpt-5' is not served here; served: medium, small"):
+        c.chat.completions.create(model="gpt-5", messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.InternalServerError, match="tiers tried: l"):
+        c.chat.completions.create(model="tier-l", messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.BadRequestError, match="unknown site 'paris'"):
+        c.chat.completions.create(
+            model="auto",
+            messages=[{"role": "user", "content": "hi"}],
+            extra_headers={"X-Hpcrag-Site": "paris"},
+        )
+    with pytest.raises(openai.BadRequestError, match="max_tokens must be a positive integer, got 0"):
+        c.chat.completions.create(model="auto", messages=[{"role": "user", "content": "hi"}], max_tokens=0)
+    bad = httpx.post(
+        world["url"] + "/v1/chat/completions", content=b"{not json",
+        headers={"Authorization": f"Bearer {world['keys']['alice']}"},
+    )  # fmt: skip
+    assert bad.status_code == 400 and "not valid JSON" in bad.json()["error"]["message"]
+    text = metrics(world)
+    assert metric(text, "hpcrag_budget_rejections_total", key="poor") == 1
+    assert metric(text, "hpcrag_access_rejections_total", reason="rate_limited") == 1
+
+
+def test_cost_report_adds_up_to_the_ledger(world) -> None:
+    c = client(world)
+    usage = [
+        c.chat.completions.create(model="tier-s", messages=[{"role": "user", "content": "x" * n}]).usage
+        for n in (10, 100, 1000)
+    ]
+    report = json.loads(hpcrag(world["env"], "cost", "report", "--since", "1h", "--by", "key", "--json"))
+    records = json.loads(hpcrag(world["env"], "gateway", "log", "--last", "1000", "--json"))
+    answered = [r for r in records if r["endpoint"]]
+    by_key = {g["name"]: g for g in report["groups"]}
+    for key in {r["key"] for r in answered}:
+        mine = [r for r in answered if r["key"] == key]
+        assert by_key[key]["requests"] == len(mine)
+        assert by_key[key]["tokens"] == sum(r["prompt_tokens"] + r["completion_tokens"] for r in mine)
+        assert by_key[key]["charged_usd"] == pytest.approx(sum(r["usd"] for r in mine))
+    last_three = answered[-3:]
+    assert [r["prompt_tokens"] for r in last_three] == [u.prompt_tokens for u in usage]
+    for r in last_three:
+        assert r["usd"] == pytest.approx((r["prompt_tokens"] + r["completion_tokens"]) * r["usd_per_token"])
+    text = metrics(world)
+    assert metric(text, "hpcrag_cost_usd_total") == pytest.approx(sum(r["usd"] for r in answered))
