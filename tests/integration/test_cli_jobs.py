@@ -35,6 +35,7 @@ def test_demo_runs_mpi_on_both_sites(nyc: SlurmTarget, tmp_path: Path) -> None:
     assert "nyc: vector search over 2 ranks: recall@10 " in proc.stdout
     assert proc.stdout.count("COMPLETED") == 4  # two MPI checks, the index build and the search
     assert "nyc: vLLM tier s healthy at http://" in proc.stdout and "tokens: " in proc.stdout
+    assert "routed 'auto' to tier s (slurm/nyc/" in proc.stdout
     assert "nyc: serve down: job " in proc.stdout
 
 

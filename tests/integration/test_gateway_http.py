@@ -4,6 +4,7 @@ routing, streaming, refusals, retries and the circuit breaker, the ledger and th
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 import httpx
@@ -20,7 +21,7 @@ from tests.integration.gateway_helpers import (
     running,
     stub,
 )
-from tests.integration.helpers import eventually
+from tests.integration.helpers import REPO, eventually, job_state
 from tests.unit.gateway.test_complexity import ANALYTICAL
 
 
@@ -209,3 +210,36 @@ def test_cost_report_adds_up_to_the_ledger(world) -> None:
         assert r["usd"] == pytest.approx((r["prompt_tokens"] + r["completion_tokens"]) * r["usd_per_token"])
     text = metrics(world)
     assert metric(text, "hpcrag_cost_usd_total") == pytest.approx(sum(r["usd"] for r in answered))
+
+
+def test_gateway_sbatch_template_serves_as_a_slurm_job(world, nyc, tmp_path) -> None:
+    port = free_port()
+    env = {**world["env"], "GATEWAY_PORT": str(port), "HPCRAG_PYTHON": sys.executable}
+    exports = ",".join(["ALL", *(f"{k}={v}" for k, v in env.items())])
+    log = tmp_path / "gateway job.out"
+    job_id = nyc.sbatch(
+        "--parsable", "--partition=tier-m", "--time=10", f"--output={log}", f"--export={exports}",
+        str(REPO / "slurm" / "gateway.sbatch"),
+    ).strip().split(";")[0]  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        eventually(lambda: _up(url), 60, "the gateway job answering /health")
+        c = openai.OpenAI(base_url=url + "/v1", api_key=world["keys"]["alice"], max_retries=0)
+        reply = c.chat.completions.with_raw_response.create(
+            model="tier-m", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert reply.status_code == 200
+        assert f"hpcrag gateway: job {job_id} serves http://" in log.read_text()
+    finally:
+        nyc.scancel(job_id)
+    eventually(lambda: job_state(nyc, job_id) == "", 60, "the gateway job gone")
+    request_id = reply.headers["x-hpcrag-request-id"]
+    records = json.loads(hpcrag(world["env"], "gateway", "log", "--last", "50", "--json"))
+    assert any(r["request_id"] == request_id for r in records)  # written before the job ended
+
+
+def _up(url: str) -> bool:
+    try:
+        return httpx.get(url + "/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False

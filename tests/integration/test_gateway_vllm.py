@@ -233,6 +233,8 @@ def test_killing_a_backend_fails_no_request_that_had_not_started(world) -> None:
     for thread in threads:
         thread.join(timeout=300)
     failed = [r for r in results if r["error"]]
+    served = {e: sum(r["endpoint"] == e for r in results) for e in {r["endpoint"] for r in results}}
+    print(f"{len(results)} requests, {len(failed)} failed after their first chunk, by endpoint: {served}")
     assert all(r["stream"] and r["chunks"] > 0 for r in failed), failed
     answered = [r for r in results if not r["error"]]
     assert len(answered) >= 8

@@ -1,7 +1,8 @@
 """`hpcrag demo`: the main job on the active profile: show the clusters, run a multi-rank MPI job
 on every site, check what each job reports, then build and search a distributed vector index with
 the sbatch templates on the first site and check it against exact search, then serve vLLM tier S
-there through `serve up` and get a chat completion from it. Later features extend this same command.
+there through `serve up` and get a chat completion from it through `hpcrag gateway serve` with `auto`
+routing and a one-off API key. Later features extend this same command.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from hpcrag.cli.common import load, table
 
 if TYPE_CHECKING:
     from hpcrag.config import Config
+    from hpcrag.serve.registry import Endpoint
     from hpcrag.slurm.target import SlurmTarget
 
 
@@ -152,8 +154,6 @@ def _serve_demo(config: Config, site: str, timeout: float) -> int:
     """Launch vLLM tier S at `site` through `serve up`, ask it one chat completion, take it down."""
     import time
 
-    import httpx
-
     from hpcrag.errors import HpcragError
     from hpcrag.serve import launcher
 
@@ -168,26 +168,78 @@ def _serve_demo(config: Config, site: str, timeout: float) -> int:
         click.secho(f"{site}: serve: {exc}", fg="red", err=True)
         return 1
     try:
+        return _chat_through_gateway(config, site, endpoint, began)
+    finally:
+        launcher.down(config, [endpoint])
+        click.echo(f"{site}: serve down: job {endpoint.job_id} cancelled and deregistered")
+
+
+def _chat_through_gateway(config: Config, site: str, endpoint: Endpoint, began: float) -> int:
+    """Start `hpcrag gateway serve`, send one `auto` chat completion through it with a one-off key."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from hpcrag.gateway.keys import KeyStore
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    store = KeyStore(config.resolve_path(config.gateway.database))
+    name = f"demo-{int(time.time())}"
+    key = store.create(name, user_tier=config.gateway.default_user_tier)
+    env = {**os.environ, "HPCRAG_CONFIG_DIR": str(config.root), "HPCRAG_PROFILE": config.profile.name}
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "hpcrag", "gateway", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=1).json()["endpoints"] >= 1:
+                    break
+            except (httpx.HTTPError, ValueError):
+                pass
+            if gateway.poll() is not None or time.monotonic() > deadline:
+                click.secho(
+                    f"{site}: the gateway did not start: {gateway.stderr.read().decode()}", fg="red", err=True
+                )
+                return 1
+            time.sleep(0.3)
         request = {
-            "model": endpoint.served_name,
+            "model": "auto",
             "messages": [{"role": "user", "content": "hello, what is a slurm job?"}],
             "max_tokens": 8,
         }
-        reply = httpx.post(f"{endpoint.url}/v1/chat/completions", json=request, timeout=60).json()
+        answer = httpx.post(
+            f"{url}/v1/chat/completions", json=request, headers={"Authorization": f"Bearer {key}"}, timeout=60
+        )
+        reply = answer.json()
         usage = reply["usage"]
         click.secho(
             f"{site}: vLLM tier s healthy at {endpoint.url} after {time.monotonic() - began:.0f} s; "
-            f"chat completion {usage['prompt_tokens']}+{usage['completion_tokens']} tokens: "
+            f"gateway {url} routed 'auto' to tier {answer.headers['X-Hpcrag-Tier']} "
+            f"({answer.headers['X-Hpcrag-Endpoint']}); chat completion "
+            f"{usage['prompt_tokens']}+{usage['completion_tokens']} tokens: "
             f"{reply['choices'][0]['message']['content']!r} (random weights) OK",
             fg="green",
         )
         return 0
     except (httpx.HTTPError, KeyError, ValueError) as exc:
-        click.secho(f"{site}: chat completion from {endpoint.url} failed: {exc}", fg="red", err=True)
+        click.secho(f"{site}: chat completion through the gateway {url} failed: {exc}", fg="red", err=True)
         return 1
     finally:
-        launcher.down(config, [endpoint])
-        click.echo(f"{site}: serve down: job {endpoint.job_id} cancelled and deregistered")
+        gateway.terminate()
+        gateway.wait(timeout=30)
+        store.revoke(name)
 
 
 def _summary(log: Path) -> str:
