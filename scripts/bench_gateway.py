@@ -122,8 +122,24 @@ async def _load(url: str, key: str, clients: int, seconds: float, rate: float | 
     }
 
 
-def run_load(url: str, key: str, clients: int, seconds: float, rate: float | None) -> dict[str, float]:
-    args = [PYTHON, __file__, "--load", url, "--key", key, "--n", str(clients), "--seconds", str(seconds)]
+def run_load(
+    url: str, key: str, clients: int, seconds: float, rate: float | None, cpus: set[int]
+) -> dict[str, float]:
+    args = [
+        "taskset",
+        "-c",
+        ",".join(map(str, sorted(cpus))),
+        PYTHON,
+        __file__,
+        "--load",
+        url,
+        "--key",
+        key,
+        "--n",
+        str(clients),
+        "--seconds",
+        str(seconds),
+    ]
     if rate:
         args += ["--pace", str(rate)]
     out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
@@ -133,9 +149,29 @@ def run_load(url: str, key: str, clients: int, seconds: float, rate: float | Non
 # ---- the targets ----
 
 
-def start(args: list[str], env: dict[str, str] | None = None, log: Path | None = None) -> subprocess.Popen:
+def start(
+    args: list[str], cpus: set[int], env: dict[str, str] | None = None, log: Path | None = None
+) -> subprocess.Popen:
     handle = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - lives as long as the process
-    return subprocess.Popen(args, env={**os.environ, **(env or {})}, stdout=handle, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        args,
+        env={**os.environ, **(env or {})},
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        preexec_fn=lambda: os.sched_setaffinity(0, cpus),
+    )
+
+
+def placement() -> tuple[set[int], set[int]]:
+    """(CPUs of the proxy under test, CPUs of the load generator and the backend).
+
+    The proxy gets a core of its own, as it would on its own node; the load generator and the backend
+    share the rest in every run, the direct one included, so only the proxy's placement differs.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return set(cpus), set(cpus)
+    return {cpus[-1]}, set(cpus[:-1])
 
 
 def register_backend(registry: Path, url: str) -> None:
@@ -186,9 +222,11 @@ def main() -> None:
     os.environ.update(env)
     backend_port, gateway_port, litellm_port = free_port(), free_port(), free_port()
     backend = f"http://127.0.0.1:{backend_port}"
+    proxy_cpus, client_cpus = placement()
     processes = [
         start(
             [PYTHON, "-m", "hpcrag.devcluster.openai_stub", "--port", str(backend_port)],
+            client_cpus,
             log=work / "stub.log",
         )
     ]
@@ -199,7 +237,7 @@ def main() -> None:
         key = subprocess.run(
             [hpcrag[0], "gateway", "keys", "add", "bench"], check=True, capture_output=True, text=True
         ).stdout.strip()
-        processes.append(start(hpcrag, log=work / "gateway.log"))
+        processes.append(start(hpcrag, proxy_cpus, log=work / "gateway.log"))
         wait_http(f"http://127.0.0.1:{gateway_port}/health")
         targets = {"direct": f"{backend}/v1/chat/completions"}
         targets["hpcrag"] = f"http://127.0.0.1:{gateway_port}/v1/chat/completions"
@@ -208,13 +246,16 @@ def main() -> None:
             config.write_text(
                 "model_list:\n  - model_name: auto\n    litellm_params:\n      model: openai/stub-model\n"
                 f"      api_base: {backend}/v1\n      api_key: none\n"
-                "litellm_settings:\n  drop_params: true\n"
+                "litellm_settings:\n  drop_params: true\n  turn_off_message_logging: true\n"
+                "general_settings:\n  disable_spend_logs: true\n"
             )
             binary = ensure_litellm()
             processes.append(
                 start(
                     [str(binary), "--config", str(config), "--port", str(litellm_port), "--num_workers", "1"],
-                    env={"LITELLM_LOG": "ERROR"},
+                    proxy_cpus,
+                    # Its quietest settings: no cost-map download, errors only.
+                    env={"LITELLM_LOG": "ERROR", "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
                     log=work / "litellm.log",
                 )
             )
@@ -224,10 +265,10 @@ def main() -> None:
         for clients in args.clients:
             for mode, rate in (("closed", None), ("paced", args.rate)):
                 for name, url in targets.items():
-                    figures = run_load(url, key, clients, args.seconds, rate)
+                    figures = run_load(url, key, clients, args.seconds, rate, client_cpus)
                     results.append({"target": name, "clients": clients, "mode": mode, **figures})
                     print(json.dumps(results[-1]), flush=True)
-        report(results, args)
+        report(results, args, proxy_cpus, client_cpus)
     finally:
         for process in processes:
             process.terminate()
@@ -235,7 +276,9 @@ def main() -> None:
             process.wait(timeout=30)
 
 
-def report(results: list[dict[str, object]], args: argparse.Namespace) -> None:
+def report(
+    results: list[dict[str, object]], args: argparse.Namespace, proxy_cpus: set[int], client_cpus: set[int]
+) -> None:
     def find(target: str, clients: int, mode: str) -> dict[str, float] | None:
         for r in results:
             if r["target"] == target and r["clients"] == clients and r["mode"] == mode:
@@ -247,7 +290,8 @@ def report(results: list[dict[str, object]], args: argparse.Namespace) -> None:
         "",
         f"- command: `.venv/bin/python scripts/bench_gateway.py {' '.join(sys.argv[1:])}`",
         f"- machine: {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-        "backend, proxy and load generator share these cores",
+        f"the proxy under test on CPU {sorted(proxy_cpus)}, load generator and backend on CPU "
+        f"{sorted(client_cpus)} in every run (direct too)",
         f"- {args.seconds:.0f} s per run after 1 s of warm-up; non-streaming chat, 8-token answers; "
         f"paced runs at {args.rate:.0f} requests/s in total",
         "",

@@ -148,3 +148,19 @@ def test_unknown_profile_and_missing_directory(tmp_path: Path, config_copy: Path
     assert "no such profile 'staging'; profiles: dev, production" in _error(config_copy, "staging").problem
     with pytest.raises(HpcragError, match="set HPCRAG_CONFIG_DIR"):
         load_config(tmp_path / "nowhere", "dev")
+
+
+def test_gateway_settings_are_checked(config_copy: Path) -> None:
+    gateway = config_copy / "gateway.yaml"
+    text = gateway.read_text()
+    gateway.write_text(text.replace("{s: 0.3, m: 0.5, l: 0.7, xl: 1.0}", "{s: 0.6, m: 0.5, l: 0.7, xl: 1.0}"))
+    err = _error(config_copy)
+    assert err.file == str(gateway)
+    assert "complexity_thresholds must rise from tier s to tier xl, got [0.6, 0.5, 0.7, 1.0]" in err.problem
+    gateway.write_text(text.replace("default_user_tier: pro", "default_user_tier: gold"))
+    assert (
+        "default_user_tier 'gold' is not one of user_tiers: free, pro, enterprise"
+        in _error(config_copy).problem
+    )
+    gateway.write_text(text.replace("attempts: 3 ", "attempts: 0 "))
+    assert _error(config_copy).key_path == "attempts"

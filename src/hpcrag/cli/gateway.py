@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import TYPE_CHECKING
 
 import click
 
 from hpcrag.cli.common import echo_json, json_option, load, table
+
+if TYPE_CHECKING:
+    from hpcrag.config import Config
+    from hpcrag.gateway.keys import KeyStore
 
 
 @click.group()
@@ -36,7 +41,7 @@ def keys() -> None:
     """API keys: user tier, compliance needs, daily budget and rate limit per key."""
 
 
-def _store(ctx: click.Context):
+def _store(ctx: click.Context) -> tuple[Config, KeyStore]:
     from hpcrag.gateway.keys import KeyStore
 
     config = load(ctx)

@@ -12,12 +12,13 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
 from hpcrag.config import Config
 from hpcrag.cost.ledger import Ledger, LedgerWriter, RequestRecord
@@ -28,7 +29,7 @@ from hpcrag.gateway.keys import ApiKey, KeyStore
 from hpcrag.gateway.proxy import Exchange, Forwarder, error_body
 from hpcrag.gateway.router import AUTO, TIER_PREFIX, Router, RouteRequest, RoutingError
 from hpcrag.metrics.gateway import GatewayMetrics
-from hpcrag.serve.load import parse_metrics
+from hpcrag.serve.load import ServerLoad, parse_metrics
 from hpcrag.serve.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -100,9 +101,9 @@ class Gateway:
             )
             self._circuit_gauge(endpoint).set(1)
 
-    def _circuit_gauge(self, endpoint: LiveEndpoint):
+    def _circuit_gauge(self, endpoint: LiveEndpoint) -> Gauge:
         row = endpoint.row
-        return self.metrics.circuit_open.labels(row.tier, row.site, row.provider, endpoint.name)
+        return self.metrics.child(self.metrics.circuit_open, row.tier, row.site, row.provider, endpoint.name)
 
 
 def create_app(config: Config) -> web.Application:
@@ -118,7 +119,7 @@ def create_app(config: Config) -> web.Application:
     return app
 
 
-async def _background(app: web.Application):
+async def _background(app: web.Application) -> AsyncIterator[None]:
     gateway = app[STATE]
     settings = gateway.config.gateway
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
@@ -140,7 +141,7 @@ async def _background(app: web.Application):
     await asyncio.to_thread(gateway.writer.flush)
 
 
-async def _every(period_s: float, job, gateway: Gateway) -> None:
+async def _every(period_s: float, job: Callable[[Gateway], Awaitable[None]], gateway: Gateway) -> None:
     while True:
         await asyncio.sleep(period_s)
         try:
@@ -161,15 +162,15 @@ async def refresh(gateway: Gateway) -> None:
         row = endpoint.row
         if load is not None:
             endpoint.waiting, endpoint.running = load.waiting, load.running
-            gateway.metrics.queue_depth.labels(row.tier, row.site, row.provider, endpoint.name).set(
-                load.waiting
-            )
+            gateway.metrics.child(
+                gateway.metrics.queue_depth, row.tier, row.site, row.provider, endpoint.name
+            ).set(load.waiting)
         gateway._circuit_gauge(endpoint).set(1 if endpoint.circuit.is_open else 0)
     for tier, count in counts.items():
-        gateway.metrics.endpoints.labels(tier).set(count)
+        gateway.metrics.child(gateway.metrics.endpoints, tier).set(count)
 
 
-async def _scrape(gateway: Gateway, endpoint: LiveEndpoint):
+async def _scrape(gateway: Gateway, endpoint: LiveEndpoint) -> ServerLoad | None:
     assert gateway.session is not None
     try:
         async with gateway.session.get(
@@ -232,9 +233,9 @@ async def handle_inference(request: web.Request) -> web.StreamResponse:
         return _finish_refusal(gateway, record, exc.status, exc.code, str(exc), ids)
     record.decision = decision.record()
     first = decision.candidates[0].endpoint
-    gateway.metrics.decisions.labels(decision.wanted_tier, first.tier).inc()
+    gateway.metrics.child(gateway.metrics.decisions, decision.wanted_tier, first.tier).inc()
     if decision.fallback:
-        gateway.metrics.fallbacks.labels("tier", first.tier).inc()
+        gateway.metrics.child(gateway.metrics.fallbacks, "tier", first.tier).inc()
     headers = {**ids, "X-Hpcrag-Tier": first.tier, "X-Hpcrag-Endpoint": first.name}
     assert gateway.forwarder is not None
     response, exchange = await gateway.forwarder.forward(
@@ -348,9 +349,9 @@ def _number(headers: Any, name: str) -> float | None:
 
 def _refuse(gateway: Gateway, record: RequestRecord, refusal: Refusal, ids: dict[str, str]) -> web.Response:
     if refusal.code == "budget_exceeded":
-        gateway.metrics.budget_rejections.labels(record.key).inc()
+        gateway.metrics.child(gateway.metrics.budget_rejections, record.key).inc()
     else:
-        gateway.metrics.access_rejections.labels(refusal.code).inc()
+        gateway.metrics.child(gateway.metrics.access_rejections, refusal.code).inc()
     headers = dict(ids)
     if refusal.retry_after_s is not None:
         headers["Retry-After"] = str(max(1, round(refusal.retry_after_s)))
@@ -361,7 +362,7 @@ def _finish_refusal(
     gateway: Gateway, record: RequestRecord, status: int, code: str, message: str, headers: dict[str, str]
 ) -> web.Response:
     record.status, record.outcome = status, code
-    gateway.metrics.requests.labels("", "", "", record.route, str(status)).inc()
+    gateway.metrics.child(gateway.metrics.requests, "", "", "", record.route, str(status)).inc()
     gateway.writer.record(record)
     return _error(status, code, message, headers)
 
@@ -374,12 +375,12 @@ def _account(gateway: Gateway, record: RequestRecord, exchange: Exchange, key: A
     record.ttft_s, record.latency_s = exchange.ttft_s, exchange.latency_s
     metrics = gateway.metrics
     if len(exchange.attempts) > 1:
-        metrics.fallbacks.labels("retry", exchange.endpoint.tier if exchange.endpoint else "").inc(
+        metrics.child(metrics.fallbacks, "retry", exchange.endpoint.tier if exchange.endpoint else "").inc(
             len(exchange.attempts) - 1
         )
     endpoint = exchange.endpoint
     if endpoint is None:
-        metrics.requests.labels("", "", "", record.route, str(exchange.status)).inc()
+        metrics.child(metrics.requests, "", "", "", record.route, str(exchange.status)).inc()
         gateway.writer.record(record)
         return
     row = endpoint.row
@@ -389,15 +390,15 @@ def _account(gateway: Gateway, record: RequestRecord, exchange: Exchange, key: A
     record.prompt_tokens, record.completion_tokens = exchange.prompt_tokens, exchange.completion_tokens
     record.usd_per_token = endpoint.usd_per_token
     record.usd = record.tokens * record.usd_per_token
-    metrics.requests.labels(*labels, record.route, str(exchange.status)).inc()
+    metrics.child(metrics.requests, *labels, record.route, str(exchange.status)).inc()
     if exchange.ttft_s is not None:
-        metrics.ttft.labels(*labels).observe(exchange.ttft_s)
+        metrics.child(metrics.ttft, *labels).observe(exchange.ttft_s)
     if exchange.latency_s is not None:
-        metrics.latency.labels(*labels).observe(exchange.latency_s)
+        metrics.child(metrics.latency, *labels).observe(exchange.latency_s)
     if record.tokens:
-        metrics.tokens.labels(*labels, "prompt").inc(record.prompt_tokens)
-        metrics.tokens.labels(*labels, "completion").inc(record.completion_tokens)
-        metrics.cost.labels(*labels, key.name).inc(record.usd)
+        metrics.child(metrics.tokens, *labels, "prompt").inc(record.prompt_tokens)
+        metrics.child(metrics.tokens, *labels, "completion").inc(record.completion_tokens)
+        metrics.child(metrics.cost, *labels, key.name).inc(record.usd)
         gateway.access.charge(key.name, record.usd)
     gateway.writer.record(record)
 

@@ -6,7 +6,10 @@ site-configs/grafana/ query; tests check that every series those files name is e
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.metrics import MetricWrapperBase
 
 # The *_created series double the output and no rule or panel reads them.
 disable_created_metrics()
@@ -18,6 +21,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 
 class GatewayMetrics:
     def __init__(self) -> None:
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -83,3 +87,11 @@ class GatewayMetrics:
         self.endpoints = Gauge(
             "hpcrag_gateway_endpoints", "Healthy endpoints the gateway routes to", ["tier"], registry=r
         )
+
+    def child(self, metric: MetricWrapperBase, *labels: str) -> Any:
+        """`metric.labels(*labels)`, looked up once: the gateway asks for the same few on every request."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
