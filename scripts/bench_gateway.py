@@ -237,10 +237,7 @@ def main() -> None:
         key = subprocess.run(
             [hpcrag[0], "gateway", "keys", "add", "bench"], check=True, capture_output=True, text=True
         ).stdout.strip()
-        processes.append(start(hpcrag, proxy_cpus, log=work / "gateway.log"))
-        wait_http(f"http://127.0.0.1:{gateway_port}/health")
-        targets = {"direct": f"{backend}/v1/chat/completions"}
-        targets["hpcrag"] = f"http://127.0.0.1:{gateway_port}/v1/chat/completions"
+        launchers = {"direct": None, "hpcrag": (hpcrag, {}, gateway_port, "/health")}
         if not args.skip_litellm:
             config = work / "litellm.yaml"
             config.write_text(
@@ -249,25 +246,35 @@ def main() -> None:
                 "litellm_settings:\n  drop_params: true\n  turn_off_message_logging: true\n"
                 "general_settings:\n  disable_spend_logs: true\n"
             )
-            binary = ensure_litellm()
-            processes.append(
-                start(
-                    [str(binary), "--config", str(config), "--port", str(litellm_port), "--num_workers", "1"],
-                    proxy_cpus,
-                    # Its quietest settings: no cost-map download, errors only.
-                    env={"LITELLM_LOG": "ERROR", "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
-                    log=work / "litellm.log",
-                )
+            litellm = [str(ensure_litellm()), "--config", str(config), "--port", str(litellm_port)]
+            # Its quietest settings: no cost-map download, errors only.
+            quiet = {"LITELLM_LOG": "ERROR", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+            launchers["litellm"] = (
+                [*litellm, "--num_workers", "1"],
+                quiet,
+                litellm_port,
+                "/health/liveliness",
             )
-            wait_http(f"http://127.0.0.1:{litellm_port}/health/liveliness", timeout=300)
-            targets["litellm"] = f"http://127.0.0.1:{litellm_port}/v1/chat/completions"
         results: list[dict[str, object]] = []
-        for clients in args.clients:
-            for mode, rate in (("closed", None), ("paced", args.rate)):
-                for name, url in targets.items():
-                    figures = run_load(url, key, clients, args.seconds, rate, client_cpus)
-                    results.append({"target": name, "clients": clients, "mode": mode, **figures})
-                    print(json.dumps(results[-1]), flush=True)
+        for name, launcher in launchers.items():
+            # One proxy runs at a time: an idle one's background work would share the measured one's core.
+            proxy = None
+            url = f"{backend}/v1/chat/completions"
+            if launcher is not None:
+                command, extra_env, port, health = launcher
+                proxy = start(command, proxy_cpus, env=extra_env, log=work / f"{name}.log")
+                wait_http(f"http://127.0.0.1:{port}{health}", timeout=300)
+                url = f"http://127.0.0.1:{port}/v1/chat/completions"
+            try:
+                for clients in args.clients:
+                    for mode, rate in (("closed", None), ("paced", args.rate)):
+                        figures = run_load(url, key, clients, args.seconds, rate, client_cpus)
+                        results.append({"target": name, "clients": clients, "mode": mode, **figures})
+                        print(json.dumps(results[-1]), flush=True)
+            finally:
+                if proxy is not None:
+                    proxy.terminate()
+                    proxy.wait(timeout=30)
         report(results, args, proxy_cpus, client_cpus)
     finally:
         for process in processes:
@@ -298,7 +305,8 @@ def report(
         "| clients | mode | target | req/s | p50 ms | p99 ms | overhead p50 ms | overhead p99 ms | errors |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in results:
+    order = ["direct", "hpcrag", "litellm"]
+    for r in sorted(results, key=lambda r: (r["clients"], r["mode"], order.index(r["target"]))):
         base = find("direct", r["clients"], r["mode"])  # type: ignore[arg-type]
         over50 = r["p50_ms"] - base["p50_ms"] if base and r["target"] != "direct" else None  # type: ignore[operator]
         over99 = r["p99_ms"] - base["p99_ms"] if base and r["target"] != "direct" else None  # type: ignore[operator]

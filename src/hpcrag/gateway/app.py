@@ -236,14 +236,15 @@ async def handle_inference(request: web.Request) -> web.StreamResponse:
     gateway.metrics.child(gateway.metrics.decisions, decision.wanted_tier, first.tier).inc()
     if decision.fallback:
         gateway.metrics.child(gateway.metrics.fallbacks, "tier", first.tier).inc()
-    headers = {**ids, "X-Hpcrag-Tier": first.tier, "X-Hpcrag-Endpoint": first.name}
     assert gateway.forwarder is not None
-    response, exchange = await gateway.forwarder.forward(
-        request, request.path, body, [c.endpoint for c in decision.candidates], headers, started
-    )
-    if exchange.endpoint is not None and exchange.endpoint is not first and exchange.status < 500:
-        response.headers["X-Hpcrag-Tier"] = exchange.endpoint.tier
-        response.headers["X-Hpcrag-Endpoint"] = exchange.endpoint.name
+    try:
+        response, exchange = await gateway.forwarder.forward(
+            request, request.path, body, [c.endpoint for c in decision.candidates], ids, started
+        )
+    except asyncio.CancelledError:
+        record.status, record.outcome = 499, "client_closed"
+        gateway.writer.record(record)
+        raise
     _account(gateway, record, exchange, key)
     return response
 

@@ -13,6 +13,7 @@ ask for it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -97,14 +98,27 @@ class Forwarder:
                     upstream["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
                 payloads[name] = json.dumps(upstream).encode()
             exchange.endpoint = endpoint
+            answer_headers = {**headers, "X-Hpcrag-Tier": endpoint.tier, "X-Hpcrag-Endpoint": endpoint.name}
             endpoint.begin()
             try:
                 if stream:
                     response = await self._stream(
-                        request, endpoint, path, payloads[name], headers, wants_usage, exchange, started
+                        request,
+                        endpoint,
+                        path,
+                        payloads[name],
+                        answer_headers,
+                        wants_usage,
+                        exchange,
+                        started,
                     )
                 else:
-                    response = await self._once(endpoint, path, payloads[name], headers, exchange, started)
+                    response = await self._once(
+                        endpoint, path, payloads[name], answer_headers, exchange, started
+                    )
+            except asyncio.CancelledError:  # the caller went away while we waited upstream
+                endpoint.end(0)
+                raise
             except _Retry as retry:
                 endpoint.end(0)
                 exchange.attempts.append({"endpoint": endpoint.name, "error": retry.reason})
@@ -192,10 +206,10 @@ class Forwarder:
                 status=200,
                 headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
             )
-            await response.prepare(request)
-            exchange.ttft_s = time.perf_counter() - started
             exchange.status, exchange.outcome = 200, "ok"
             try:
+                await response.prepare(request)
+                exchange.ttft_s = time.perf_counter() - started
                 while event is not None:
                     if b'"usage":{' in event or b'"usage": {' in event:
                         chunk = json.loads(event[5:])
@@ -212,9 +226,12 @@ class Forwarder:
                     exchange.status, exchange.outcome = 502, "upstream_failed_mid_stream"
                     message = f"endpoint {endpoint.name} failed during the stream: {_describe(exc)}"
                     error = json.dumps(error_body(502, "upstream_failed", message))
-                    await response.write(f"data: {error}\n\n".encode())
+                    with contextlib.suppress(ConnectionError):
+                        await response.write(f"data: {error}\n\n".encode())
             exchange.latency_s = time.perf_counter() - started
-            await response.write_eof()
+            if response.prepared:
+                with contextlib.suppress(ConnectionError):
+                    await response.write_eof()
             return response
         finally:
             upstream.release()
