@@ -23,6 +23,7 @@ from hpcrag.errors import HpcragError
 from hpcrag.util import sqlite
 
 log = logging.getLogger(__name__)
+DATABASE_FIX = "check 'database' in site-configs/gateway.yaml (or HPCRAG_GATEWAY_DB)"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -89,13 +90,7 @@ _COLUMNS = [f.name for f in fields(RequestRecord)]
 class Ledger:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        try:
-            sqlite.initialise(self.path, SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
-            raise HpcragError(
-                f"cannot open the gateway database {self.path}: {exc}; "
-                "check 'database' in site-configs/gateway.yaml (or HPCRAG_GATEWAY_DB)"
-            ) from None
+        sqlite.initialise(self.path, SCHEMA, "the gateway database", DATABASE_FIX)
 
     def insert(self, records: list[RequestRecord]) -> None:
         rows = [

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from hpcrag.cost.ledger import DATABASE_FIX
 from hpcrag.errors import HpcragError
 from hpcrag.util import sqlite
 
@@ -54,13 +55,7 @@ def hash_key(key: str) -> str:
 class KeyStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        try:
-            sqlite.initialise(self.path, SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
-            raise HpcragError(
-                f"cannot open the gateway database {self.path}: {exc}; "
-                "check 'database' in site-configs/gateway.yaml (or HPCRAG_GATEWAY_DB)"
-            ) from None
+        sqlite.initialise(self.path, SCHEMA, "the gateway database", DATABASE_FIX)
 
     def create(
         self,

@@ -91,13 +91,13 @@ class Registry:
     def __init__(self, path: str | Path, journal: str = "wal") -> None:
         self.path = Path(path)
         self.journal = journal
-        try:
-            sqlite.initialise(self.path, SCHEMA, journal)
-        except (OSError, sqlite3.Error) as exc:
-            raise HpcragError(
-                f"cannot open the endpoint registry {self.path}: {exc}; "
-                "check serving.registry in site-configs/serving.yaml"
-            ) from None
+        sqlite.initialise(
+            self.path,
+            SCHEMA,
+            "the endpoint registry",
+            "check serving.registry in site-configs/serving.yaml",
+            journal,
+        )
 
     def add(self, endpoint: Endpoint, *, update: Sequence[str] | None = None) -> Endpoint:
         """Insert a server; if its (provider, site, job_id) row exists, set the `update` columns

@@ -1,1 +1,1 @@
-"""Small helpers with no hpcrag dependencies."""
+"""Small helpers that depend on nothing of hpcrag's but its error type."""

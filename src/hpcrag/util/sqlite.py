@@ -12,15 +12,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from hpcrag.errors import HpcragError
+
 BUSY_TIMEOUT_S = 60.0
 
 
-def initialise(path: Path, schema: str, journal: str = "wal") -> None:
-    """Create the file's folder and tables; raises sqlite3.Error or OSError for the caller to explain."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with connect(path) as db:
-        db.execute(f"PRAGMA journal_mode={'WAL' if journal == 'wal' else 'DELETE'}")
-        db.executescript(schema)
+def initialise(path: Path, schema: str, what: str, fix: str, journal: str = "wal") -> None:
+    """Create the file's folder and tables, or raise an error naming `what` it is and the `fix`."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with connect(path) as db:
+            db.execute(f"PRAGMA journal_mode={'WAL' if journal == 'wal' else 'DELETE'}")
+            db.executescript(schema)
+    except (OSError, sqlite3.Error) as exc:
+        raise HpcragError(f"cannot open {what} {path}: {exc}; {fix}") from None
 
 
 @contextmanager
