@@ -46,7 +46,7 @@ def report(ctx: click.Context, since: str, by: str, as_json: bool) -> None:
                 _money(g.gpu_hours, 4),
                 _money(g.gpu_usd, 4),
                 _money(g.usd_per_1k_tokens, 6),
-                "-" if g.utilisation is None else f"{g.utilisation:.1%}",
+                "-" if g.utilisation is None else f"{g.utilisation:.2%}",
             ]
             for g in result.groups
         ],

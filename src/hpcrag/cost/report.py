@@ -144,7 +144,7 @@ def hints(records: list[RequestRecord], jobs: list[JobUsage]) -> list[str]:
         for group in group_by(by, records, jobs):
             if group.utilisation is not None and group.utilisation < LOW_UTILISATION:
                 found.append(
-                    f"{by} {group.name}: requests paid for {group.utilisation:.1%} of its "
+                    f"{by} {group.name}: requests paid for {group.utilisation:.2%} of its "
                     f"${group.gpu_usd:.4f} of GPU time; fewer replicas (`hpcrag serve down`) would cost less"
                 )
     return found

@@ -94,7 +94,7 @@ def test_prd_hints() -> None:
     assert "consider shifting workloads from aws to slurm (potential 3.3x savings per token)" in found
     assert "tier S cost ($0.2250/1K tokens) is high: consider smaller GPUs or spot instances" in found
     idle = hints([record("a", "s", "slurm", 10, 10, 0.001)], [job("slurm", "s", 1.0, 0.45)])
-    assert any(h.startswith("tier s: requests paid for 0.2% of its $0.4500 of GPU time") for h in idle)
+    assert any(h.startswith("tier s: requests paid for 0.22% of its $0.4500 of GPU time") for h in idle)
 
 
 def test_since_spans_and_times() -> None:
