@@ -91,7 +91,6 @@ class Gateway:
         self.access.load(keys, spend, day)
 
     def endpoint_failed(self, endpoint: LiveEndpoint, reason: str) -> None:
-        endpoint.failures_total += 1
         if endpoint.circuit.failure():
             log.warning(
                 "circuit of %s opened after %d failures (last: %s)",
@@ -99,9 +98,9 @@ class Gateway:
                 endpoint.circuit.consecutive_failures,
                 reason,
             )
-            self._circuit_gauge(endpoint).set(1)
+            self.circuit_gauge(endpoint).set(1)
 
-    def _circuit_gauge(self, endpoint: LiveEndpoint) -> Gauge:
+    def circuit_gauge(self, endpoint: LiveEndpoint) -> Gauge:
         row = endpoint.row
         return self.metrics.child(self.metrics.circuit_open, row.tier, row.site, row.provider, endpoint.name)
 
@@ -165,7 +164,7 @@ async def refresh(gateway: Gateway) -> None:
             gateway.metrics.child(
                 gateway.metrics.queue_depth, row.tier, row.site, row.provider, endpoint.name
             ).set(load.waiting)
-        gateway._circuit_gauge(endpoint).set(1 if endpoint.circuit.is_open else 0)
+        gateway.circuit_gauge(endpoint).set(1 if endpoint.circuit.is_open else 0)
     for tier, count in counts.items():
         gateway.metrics.child(gateway.metrics.endpoints, tier).set(count)
 
@@ -198,7 +197,7 @@ async def probe_open_circuits(gateway: Gateway) -> None:
             healthy = False
         if healthy:
             endpoint.circuit.close()
-            gateway._circuit_gauge(endpoint).set(0)
+            gateway.circuit_gauge(endpoint).set(0)
             log.warning("circuit of %s closed: /health answers again", endpoint.name)
 
 

@@ -13,7 +13,7 @@ Until an endpoint has been measured, its tier's PRD targets (`tiers.yaml`) stand
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from hpcrag.catalog.matrix import RATING_WEIGHT
 from hpcrag.config import Config
@@ -54,7 +54,6 @@ class LiveEndpoint:
     _busy_since: float | None = None
     _busy_s: float = 0.0
     _tokens: int = 0
-    failures_total: int = field(default=0)
 
     @property
     def name(self) -> str:
