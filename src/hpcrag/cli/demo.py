@@ -177,7 +177,6 @@ def _serve_demo(config: Config, site: str, timeout: float) -> int:
 def _chat_through_gateway(config: Config, site: str, endpoint: Endpoint, began: float) -> int:
     """Start `hpcrag gateway serve`, send one `auto` chat completion through it with a one-off key."""
     import os
-    import socket
     import subprocess
     import sys
     import time
@@ -185,10 +184,9 @@ def _chat_through_gateway(config: Config, site: str, endpoint: Endpoint, began: 
     import httpx
 
     from hpcrag.gateway.keys import KeyStore
+    from hpcrag.serve.supervisor import free_port
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     store = KeyStore(config.resolve_path(config.gateway.database))
     name = f"demo-{int(time.time())}"
     key = store.create(name, user_tier=config.gateway.default_user_tier)

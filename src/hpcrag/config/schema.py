@@ -183,6 +183,11 @@ class Serving(_Model):
     priorities: dict[Priority, dict[Literal["qos", "nice"], str | int]]
     burst: BurstPolicySettings = BurstPolicySettings()
 
+    @property
+    def stale_after_s(self) -> float:
+        """A server silent for three heartbeats is taken for dead."""
+        return 3 * self.heartbeat_s
+
 
 class CircuitSettings(_Model):
     failures: PositiveInt = 3

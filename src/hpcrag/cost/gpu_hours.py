@@ -17,9 +17,9 @@ from datetime import datetime
 from hpcrag.config import Config
 from hpcrag.errors import HpcragError
 from hpcrag.serve.registry import Endpoint
+from hpcrag.serve.supervisor import PROVIDER as ON_PREM
 from hpcrag.slurm.target import SlurmTarget
 
-ON_PREM = "slurm"
 _GPUS = re.compile(r"(?:^|,)gres/gpu=(\d+)")
 
 

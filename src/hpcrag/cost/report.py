@@ -22,7 +22,7 @@ from hpcrag.config import Config
 from hpcrag.cost.gpu_hours import JobUsage, fleet_usage
 from hpcrag.cost.ledger import Ledger, RequestRecord
 from hpcrag.errors import HpcragError
-from hpcrag.serve.registry import Registry
+from hpcrag.serve.launcher import registry_of
 
 DIMENSIONS = ("provider", "tier", "site", "key")
 LOW_UTILISATION = 0.2
@@ -124,6 +124,7 @@ def group_by(by: str, records: list[RequestRecord], jobs: list[JobUsage]) -> lis
 
 def hints(records: list[RequestRecord], jobs: list[JobUsage]) -> list[str]:
     found = []
+    by_tier = group_by("tier", records, jobs)
     providers = {g.name: g.usd_per_1k_tokens for g in group_by("provider", records, jobs)}
     priced = {name: cost for name, cost in providers.items() if cost}
     if len(priced) > 1:
@@ -134,14 +135,14 @@ def hints(records: list[RequestRecord], jobs: list[JobUsage]) -> list[str]:
                 f"consider shifting workloads from {dearest} to {cheapest} "
                 f"(potential {priced[dearest] / priced[cheapest]:.1f}x savings per token)"
             )
-    for group in group_by("tier", records, jobs):
+    for group in by_tier:
         cost = group.usd_per_1k_tokens
         if group.name == "s" and cost is not None and cost > TIER_S_LIMIT_PER_1K:
             found.append(
                 f"tier S cost (${cost:.4f}/1K tokens) is high: consider smaller GPUs or spot instances"
             )
-    for by in ("tier", "site"):
-        for group in group_by(by, records, jobs):
+    for by, groups in (("tier", by_tier), ("site", group_by("site", records, jobs))):
+        for group in groups:
             if group.utilisation is not None and group.utilisation < LOW_UTILISATION:
                 found.append(
                     f"{by} {group.name}: requests paid for {group.utilisation:.2%} of its "
@@ -155,7 +156,7 @@ def build_report(config: Config, by: str, since: float, until: float | None = No
         raise HpcragError(f"cannot group by {by!r}; one of: {', '.join(DIMENSIONS)}")
     until = time.time() if until is None else until
     records = Ledger(config.resolve_path(config.gateway.database)).since(since, until)
-    registry = Registry(config.resolve_path(config.serving.registry), config.serving.registry_journal)
+    registry = registry_of(config)
     rows = [
         row
         for row in registry.find()

@@ -29,8 +29,10 @@ from hpcrag.gateway.keys import ApiKey, KeyStore
 from hpcrag.gateway.proxy import Exchange, Forwarder, error_body
 from hpcrag.gateway.router import AUTO, TIER_PREFIX, Router, RouteRequest, RoutingError
 from hpcrag.metrics.gateway import GatewayMetrics
+from hpcrag.serve.launcher import registry_of
 from hpcrag.serve.load import ServerLoad, parse_metrics
 from hpcrag.serve.registry import Registry
+from hpcrag.serve.supervisor import PROVIDER as ON_PREM
 
 log = logging.getLogger(__name__)
 ROUTES = {
@@ -70,7 +72,7 @@ class Gateway:
         table = EndpointTable(config)
         return cls(
             config=config,
-            registry=Registry(config.resolve_path(config.serving.registry), config.serving.registry_journal),
+            registry=registry_of(config),
             keys=KeyStore(database),
             ledger=ledger,
             writer=LedgerWriter(ledger),
@@ -84,7 +86,7 @@ class Gateway:
         """Registry rows, keys and today's spend: blocking SQLite reads, run off the event loop."""
         self.writer.flush()
         day = utc_day_start()
-        rows = self.registry.find(live_only=True)
+        rows = self.registry.healthy()
         keys = self.keys.active_by_hash()
         spend = self.ledger.spend_by_key(day)
         self.table.sync(rows)
@@ -280,7 +282,7 @@ def _route_request(
     config = gateway.config
     if site is not None and site not in config.sites:
         raise BadRequest(f"unknown site {site!r} in X-Hpcrag-Site; sites: {', '.join(sorted(config.sites))}")
-    providers = ["slurm", *config.clouds.providers]
+    providers = [ON_PREM, *config.clouds.providers]
     if provider is not None and provider not in providers:
         raise BadRequest(
             f"unknown provider {provider!r} in X-Hpcrag-Provider; providers: {', '.join(providers)}"

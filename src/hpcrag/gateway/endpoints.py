@@ -19,8 +19,7 @@ from hpcrag.catalog.matrix import RATING_WEIGHT
 from hpcrag.config import Config
 from hpcrag.gateway.circuit import CircuitBreaker
 from hpcrag.serve.registry import Endpoint
-
-ON_PREM = "slurm"
+from hpcrag.serve.supervisor import PROVIDER as ON_PREM
 
 
 @dataclass
@@ -148,17 +147,16 @@ class EndpointTable:
         return list(self.by_key.values())
 
     def sync(self, rows: list[Endpoint], now: float | None = None) -> None:
-        """Take the registry's healthy rows; a server on a new URL starts with fresh measurements."""
+        """Take the registry's healthy rows (minus silent ones); a server on a new URL starts afresh."""
         now = time.time() if now is None else now
-        stale_after = 3 * self.config.serving.heartbeat_s
         current: dict[tuple[str, str, str], LiveEndpoint] = {}
         for row in rows:
-            if row.state != "healthy" or not row.url:
+            if not row.url:
                 continue
             if (
                 row.provider == ON_PREM
                 and row.heartbeat_at is not None
-                and now - row.heartbeat_at > stale_after
+                and now - row.heartbeat_at > self.config.serving.stale_after_s
             ):
                 continue
             key = (row.provider, row.site, row.job_id)

@@ -154,10 +154,24 @@ class Forwarder:
     ) -> web.Response:
         try:
             async with self.session.post(endpoint.url + path, data=payload, headers=JSON_HEADERS) as upstream:
-                data = await upstream.read()
-                status = upstream.status
+                return await self._whole(endpoint, upstream, headers, exchange, started)
         except UPSTREAM_ERRORS as exc:
             raise _Retry(_describe(exc)) from None
+
+    async def _whole(
+        self,
+        endpoint: LiveEndpoint,
+        upstream: aiohttp.ClientResponse,
+        headers: dict[str, str],
+        exchange: Exchange,
+        started: float,
+    ) -> web.Response:
+        """A complete answer (not streamed, or a refusal): a 5xx or a body cut short is a retry."""
+        try:
+            data = await upstream.read()
+        except UPSTREAM_ERRORS as exc:
+            raise _Retry(_describe(exc)) from None
+        status = upstream.status
         if status >= 500:
             raise _Retry(f"HTTP {status}", _passthrough(status, data, headers))
         exchange.latency_s = time.perf_counter() - started
@@ -187,15 +201,7 @@ class Forwarder:
             raise _Retry(_describe(exc)) from None
         try:
             if upstream.status != 200:
-                try:
-                    data = await upstream.read()
-                except UPSTREAM_ERRORS as exc:
-                    raise _Retry(_describe(exc)) from None
-                if upstream.status >= 500:
-                    raise _Retry(f"HTTP {upstream.status}", _passthrough(upstream.status, data, headers))
-                exchange.status, exchange.outcome = upstream.status, "upstream_refused"
-                exchange.latency_s = time.perf_counter() - started
-                return _passthrough(upstream.status, data, headers)
+                return await self._whole(endpoint, upstream, headers, exchange, started)
             try:
                 event = await _next_event(upstream.content)
             except UPSTREAM_ERRORS as exc:

@@ -53,6 +53,11 @@ class RouteRequest:
     provider: str | None = None
 
     @property
+    def model_tier(self) -> str | None:
+        """The tier a `tier-m` model names, else None."""
+        return self.model[len(TIER_PREFIX) :] if self.model.startswith(TIER_PREFIX) else None
+
+    @property
     def prompt_tokens(self) -> int:
         return max(1, len(self.text) // 4)  # the PRD's estimate: about 4 characters a token
 
@@ -122,7 +127,7 @@ class Router:
         self._check(request)
         endpoints = self.table.live()
         complexity = adjusted = None
-        model_tier = request.model[len(TIER_PREFIX) :] if request.model.startswith(TIER_PREFIX) else None
+        model_tier = request.model_tier
         if request.tier is not None and model_tier is not None and request.tier != model_tier:
             raise RoutingError(
                 400,
@@ -175,7 +180,7 @@ class Router:
                 "invalid_quality",
                 f"unknown quality {request.quality!r}; one of: {', '.join(self.settings.quality_boost)}",
             )
-        tier = request.tier or (request.model[5:] if request.model.startswith(TIER_PREFIX) else None)
+        tier = request.tier or request.model_tier
         if tier is not None and tier not in self.tiers:
             raise RoutingError(
                 400,

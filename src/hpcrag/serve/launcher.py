@@ -230,7 +230,7 @@ def joined_rows(config: Config, registry: Registry, endpoints: list[Endpoint]) -
                 message=message,
             )
         # Three missed heartbeats: the supervisor (or its node) has stopped answering.
-        rows.append(Row(endpoint, slurm_state, stale_after_s=3 * config.serving.heartbeat_s))
+        rows.append(Row(endpoint, slurm_state, stale_after_s=config.serving.stale_after_s))
     return rows
 
 
