@@ -65,11 +65,17 @@ def _answers(url: str) -> bool:
         return False
 
 
-def stub(port: int, model: str, delay_ms: float = 0) -> list[str]:
+def stub(port: int, model: str, *options: str) -> list[str]:
     return [
-        sys.executable, "-m", "hpcrag.devcluster.openai_stub", "--port", str(port), "--model", model,
-        "--delay-ms", str(delay_ms),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "hpcrag.devcluster.openai_stub",
+        "--port",
+        str(port),
+        "--model",
+        model,
+        *options,
+    ]
 
 
 def metric(text: str, name: str, **labels: str) -> float:

@@ -243,3 +243,28 @@ def _up(url: str) -> bool:
         return httpx.get(url + "/health", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_a_stream_cut_short_upstream_ends_with_an_error_event(world) -> None:
+    port = free_port()
+    registry = Registry(world["env"]["HPCRAG_REGISTRY"])
+    registry.add(row("sf", "301", "xl", "frontier", port, 6.80))
+    try:
+        with running(
+            stub(port, "frontier", "--cut-after", "3"),
+            world["env"],
+            f"http://127.0.0.1:{port}/health",
+            world["tmp"] / "x.log",
+        ):
+            eventually(lambda: "tier-xl" in {m.id for m in client(world).models.list()}, 15, "tier xl listed")
+            received = []
+            with pytest.raises(openai.APIError, match="slurm/sf/301 failed during the stream"):
+                for chunk in client(world).chat.completions.create(
+                    model="tier-xl", messages=[{"role": "user", "content": "hi"}], stream=True
+                ):
+                    received.append(chunk.choices[0].delta.content)
+            assert received == ["alpha ", "bravo ", "charlie "]
+            text = metrics(world)
+            assert metric(text, "hpcrag_gateway_requests_total", tier="xl", status="502") == 1
+    finally:
+        registry.update("slurm", "sf", "301", state="stopped")

@@ -241,12 +241,13 @@ def test_killing_a_backend_fails_no_request_that_had_not_started(world) -> None:
     answered = [r for r in results if not r["error"]]
     assert len(answered) >= 8
     assert all(r["tokens"] == 24 for r in answered if not r["stream"])
-    assert all(r["chunks"] >= 24 for r in answered if r["stream"])
+    assert all(r["chunks"] > 0 for r in answered if r["stream"])  # vLLM may put several tokens in one chunk
     # The ledger shows the moves: requests that the cheaper cloud endpoint had not started answering
     # when it died were retried on the on-prem one and answered there.
     records = json.loads(hpcrag(world["env"], "gateway", "log", "--last", str(len(results)), "--json"))
     moved = [r for r in records if r["attempts"] >= 2 and r["decision"]["attempts"][0]["endpoint"] == CLOUD]
     assert moved and all(r["status"] == 200 and r["site"] == "nyc" for r in moved)
+    assert {r["completion_tokens"] for r in records if r["status"] == 200} == {24}  # streams too, from usage
     assert all(r["decision"]["attempts"][0]["error"] for r in moved)
     text = metrics(world)
     assert metric(text, "hpcrag_endpoint_circuit_open", endpoint=CLOUD) == 1

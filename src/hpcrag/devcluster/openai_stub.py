@@ -2,7 +2,8 @@
 gateway without vLLM. It speaks the same wire format as vLLM (JSON bodies, `data:` events, usage,
 `/health`, a `/metrics` with vLLM's queue gauges) and nothing more.
 
-`python -m hpcrag.devcluster.openai_stub --port 9000 [--model NAME] [--delay-ms 5] [--tokens 8]`
+`python -m hpcrag.devcluster.openai_stub --port 9000 [--model NAME] [--delay-ms 5] [--tokens 8]
+[--cut-after N]` (`--cut-after`: end each stream after N events without `[DONE]`, as a dying backend does)
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from aiohttp import web
 WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]
 
 
-def create_app(model: str, delay_s: float = 0.0, tokens: int = 8) -> web.Application:
+def create_app(
+    model: str, delay_s: float = 0.0, tokens: int = 8, cut_after: int | None = None
+) -> web.Application:
     state = {"running": 0, "requests": 0}
 
     def usage(prompt: int, completion: int) -> dict[str, int]:
@@ -49,6 +52,9 @@ def create_app(model: str, delay_s: float = 0.0, tokens: int = 8) -> web.Applica
             await response.prepare(request)
             kind = "chat.completion.chunk" if chat else "text_completion"
             for i in range(count):
+                if cut_after is not None and i == cut_after:
+                    await response.write_eof()
+                    return response
                 word = WORDS[i % len(WORDS)] + " "
                 choice = (
                     {"index": 0, "delta": {"content": word}, "finish_reason": None}
@@ -113,8 +119,9 @@ def main() -> None:
     parser.add_argument("--model", default="stub-model")
     parser.add_argument("--delay-ms", type=float, default=0.0)
     parser.add_argument("--tokens", type=int, default=8)
+    parser.add_argument("--cut-after", type=int, default=None)
     args = parser.parse_args()
-    app = create_app(args.model, args.delay_ms / 1000.0, args.tokens)
+    app = create_app(args.model, args.delay_ms / 1000.0, args.tokens, args.cut_after)
     try:
         import uvloop
     except ImportError:

@@ -28,6 +28,7 @@ from hpcrag.gateway.endpoints import LiveEndpoint
 
 log = logging.getLogger(__name__)
 JSON_HEADERS = {"Content-Type": "application/json"}
+DONE = b"data: [DONE]"  # an OpenAI stream's last event; a stream without it was cut short
 # What ends an attempt before anything reached the caller: connection trouble and time-outs.
 UPSTREAM_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
 
@@ -216,7 +217,9 @@ class Forwarder:
             try:
                 await response.prepare(request)
                 exchange.ttft_s = time.perf_counter() - started
+                done = False
                 while event is not None:
+                    done = event.startswith(DONE)
                     if b'"usage":{' in event or b'"usage": {' in event:
                         chunk = json.loads(event[5:])
                         exchange.take_usage(chunk.get("usage"))
@@ -225,6 +228,8 @@ class Forwarder:
                             continue
                     await response.write(event)
                     event = await _next_event(upstream.content)
+                if not done:  # the connection closed cleanly, but the answer is cut short
+                    raise aiohttp.ClientPayloadError("the stream ended without data: [DONE]")
             except UPSTREAM_ERRORS as exc:
                 if request.transport is None or request.transport.is_closing():
                     exchange.status, exchange.outcome = 499, "client_closed"
