@@ -24,6 +24,8 @@ from tests.integration.gateway_helpers import (
 from tests.integration.helpers import REPO, eventually, job_state
 from tests.unit.gateway.test_complexity import ANALYTICAL
 
+METRICS_TOKEN = "metrics-token-for-tests"
+
 
 def row(site: str, job_id: str, tier: str, served: str, port: int, usd: float) -> Endpoint:
     return Endpoint(
@@ -47,6 +49,7 @@ def world(tmp_path_factory):
         "HPCRAG_CONFIG_DIR": str(config_dir),
         "HPCRAG_REGISTRY": str(tmp / "registry.sqlite"),
         "HPCRAG_GATEWAY_DB": str(tmp / "gateway.sqlite"),
+        "HPCRAG_METRICS_TOKEN": METRICS_TOKEN,
     }
     ports = {"s": free_port(), "m": free_port(), "dead": free_port(), "gateway": free_port()}
     registry = Registry(env["HPCRAG_REGISTRY"])
@@ -78,7 +81,9 @@ def client(world, key: str = "alice") -> openai.OpenAI:
 
 
 def metrics(world) -> str:
-    return httpx.get(world["url"] + "/metrics").text
+    answer = httpx.get(world["url"] + "/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+    assert answer.status_code == 200, answer.text
+    return answer.text
 
 
 def test_a_dead_endpoint_is_retried_then_circuited_then_probed_back(world) -> None:
@@ -238,6 +243,10 @@ def test_gateway_sbatch_template_serves_as_a_slurm_job(world, nyc, tmp_path) -> 
     assert any(r["request_id"] == request_id for r in records)  # written before the job ended
 
 
+def ledger_rows(world) -> list[dict]:
+    return json.loads(hpcrag(world["env"], "gateway", "log", "--last", "1000", "--json"))
+
+
 def _up(url: str) -> bool:
     try:
         return httpx.get(url + "/health", timeout=1).status_code == 200
@@ -266,5 +275,7 @@ def test_a_stream_cut_short_upstream_ends_with_an_error_event(world) -> None:
             assert received == ["alpha ", "bravo ", "charlie "]
             text = metrics(world)
             assert metric(text, "hpcrag_gateway_requests_total", tier="xl", status="502") == 1
+            (cut,) = [r for r in ledger_rows(world) if r["tier"] == "xl"]
+            assert cut["completion_tokens"] == 3  # what was delivered, from the per-chunk usage
     finally:
         registry.update("slurm", "sf", "301", state="stopped")

@@ -91,6 +91,7 @@ def world(tmp_path_factory, dev_cluster):
         "HPCRAG_PROFILE": "dev",
         "HPCRAG_REGISTRY": str(tmp / "serving.sqlite"),
         "HPCRAG_GATEWAY_DB": str(tmp / "gateway.sqlite"),
+        "HPCRAG_METRICS_TOKEN": METRICS_TOKEN,
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -139,6 +140,9 @@ def world(tmp_path_factory, dev_cluster):
                 os.environ[key] = value
 
 
+METRICS_TOKEN = "metrics-token-for-tests"
+
+
 def client(world, key: str = "alice") -> openai.OpenAI:
     return openai.OpenAI(
         base_url=world["url"] + "/v1", api_key=world["keys"].get(key, key), max_retries=0, timeout=120
@@ -146,7 +150,7 @@ def client(world, key: str = "alice") -> openai.OpenAI:
 
 
 def metrics(world) -> str:
-    return httpx.get(world["url"] + "/metrics").text
+    return httpx.get(world["url"] + "/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}).text
 
 
 def test_openai_client_through_the_gateway(world) -> None:

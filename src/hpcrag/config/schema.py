@@ -140,8 +140,17 @@ class ContainerRuntime(_Model):
     engine: Literal["apptainer", "singularity"] = "apptainer"
 
 
+class ServerTls(_Model):
+    """The certificate (PEM chain) and unencrypted key a site's vLLM servers present over HTTPS."""
+
+    certfile: str
+    keyfile: str
+
+
 class VllmRuntime(_Model):
-    """Where a site's vLLM lives: a Python interpreter (optionally after `module load`) or a container.
+    """Where a site's vLLM lives: a Python interpreter (optionally after `module load`) or a container,
+    and where it listens: `bind` (unset: the node's advertised address; "0.0.0.0" for every interface)
+    and, with `tls`, HTTPS.
 
     Relative paths are taken from the folder that holds `site-configs/`.
     """
@@ -155,6 +164,31 @@ class VllmRuntime(_Model):
     tier_models: dict[ModelTier, str] = {}
     args: list[str] = []
     env: dict[str, str] = {}
+    bind: str | None = None
+    tls: ServerTls | None = None
+
+    @field_validator("bind")
+    @classmethod
+    def _bind_address(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or any(c in value for c in "/[] \t")):
+            raise ValueError(
+                f"bind {value!r} is not an address or host name; give one such as 10.0.0.5, "
+                "node1.example.org or 0.0.0.0, or leave it out for the node's advertised address"
+            )
+        return value
+
+    @field_validator("args")
+    @classmethod
+    def _no_reserved_args(cls, value: list[str]) -> list[str]:
+        # Each of these is set by the supervisor from the settings above, or must stay out of `ps`.
+        reserved = ("--host", "--port", "--api-key", "--ssl-certfile", "--ssl-keyfile")
+        given = sorted({a.split("=", 1)[0] for a in value} & set(reserved))
+        if given:
+            raise ValueError(
+                f"args must not set {', '.join(given)}: the supervisor sets the port and the per-job API "
+                "key itself; use vllm.bind and vllm.tls for the address and the certificate"
+            )
+        return value
 
     @model_validator(mode="after")
     def _one_runtime(self) -> VllmRuntime:
@@ -182,6 +216,8 @@ class Serving(_Model):
     signal_delay_s: PositiveInt = 120
     priorities: dict[Priority, dict[Literal["qos", "nice"], str | int]]
     burst: BurstPolicySettings = BurstPolicySettings()
+    # The CA file that signed the vLLM servers' certificates (sites with vllm.tls); unset: the system's.
+    backend_ca: str | None = None
 
     @property
     def stale_after_s(self) -> float:
@@ -199,6 +235,36 @@ class UserTierWeights(_Model):
     cost: float = Field(ge=0)
     latency: float = Field(ge=0)
     quality: float = Field(ge=0)
+
+
+class RequestLimits(_Model):
+    """Bounds on what one request may send; beyond them the gateway refuses early with 413 or 400."""
+
+    max_body_bytes: PositiveInt = Field(
+        default=8 * 1024 * 1024, description="Largest request body in bytes (413 beyond it)."
+    )
+    max_model_chars: PositiveInt = Field(default=256, description="Longest 'model' name in characters.")
+    max_messages: PositiveInt = Field(default=1024, description="Most messages in one chat request.")
+    max_text_chars: PositiveInt = Field(
+        default=2_000_000,
+        description="Most characters over all strings of one body, token ids counting 4 each (413 beyond).",
+    )
+    max_json_depth: PositiveInt = Field(default=32, description="Deepest nesting of JSON arrays and objects.")
+    max_header_bytes: PositiveInt = Field(
+        default=1024, description="Longest value of a header the gateway reads (X-Hpcrag-*), in bytes."
+    )
+    max_input_items: PositiveInt = Field(
+        default=2048, description="Most items in an 'input' or 'prompt' list (embeddings, completions)."
+    )
+
+
+class ListenerTls(_Model):
+    """HTTPS for a listener: its certificate chain and key (PEM files), and optionally the CA whose
+    client certificates it requires. Relative paths are taken from the folder that holds `site-configs/`."""
+
+    cert: str
+    key: str
+    client_ca: str | None = None
 
 
 class Gateway(_Model):
@@ -221,6 +287,18 @@ class Gateway(_Model):
     default_output_tokens: PositiveInt = 256
     network_latency_ms: dict[str, float] = {}
     ewma_alpha: float = Field(default=0.2, gt=0, le=1)
+    limits: RequestLimits = RequestLimits()
+    tls: ListenerTls | None = None
+    metrics_listen: str | None = Field(
+        default=None,
+        description="HOST:PORT of a listener of its own that serves /metrics without a key, for Prometheus",
+        pattern=r"^[^\s/]+:[0-9]{1,5}$",
+    )
+    metrics_token_file: str | None = Field(
+        default=None,
+        description="File with the bearer token that /metrics on the API port asks for "
+        "(else $HPCRAG_METRICS_TOKEN; with neither, /metrics is only on metrics_listen)",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Gateway:

@@ -3,18 +3,22 @@
 A row carries who asked (key, user tier), where it went (tier, site, provider, endpoint, job), what it
 used (tokens from vLLM's `usage`), what it cost (tokens times the endpoint's dollars per token at that
 moment, kept in the row so that reports add up exactly) and why it went there (the routing decision).
-The gateway hands rows to a `LedgerWriter`, which inserts them in batches from its own thread so that
-no request waits on the disk.
+The gateway hands rows to a `LedgerWriter`, which commits them in groups from its own thread; the
+gateway sends a request's last byte only after its row is committed, so an answered request is never
+missing from the ledger, even when the gateway is killed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import queue
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,7 @@ from hpcrag.errors import HpcragError
 from hpcrag.util import sqlite
 
 log = logging.getLogger(__name__)
+MAX_TEXT_CHARS = 512  # a text column (model name, outcome) is for reading, not for storing payloads
 DATABASE_FIX = "check 'database' in site-configs/gateway.yaml (or HPCRAG_GATEWAY_DB)"
 
 SCHEMA = """
@@ -93,10 +98,7 @@ class Ledger:
         sqlite.initialise(self.path, SCHEMA, "the gateway database", DATABASE_FIX)
 
     def insert(self, records: list[RequestRecord]) -> None:
-        rows = [
-            [json.dumps(v, sort_keys=True) if k == "decision" else v for k, v in asdict(r).items()]
-            for r in records
-        ]
+        rows = [[_column(k, v) for k, v in asdict(r).items()] for r in records]
         with sqlite.transaction(self.path) as db:
             db.executemany(
                 f"INSERT INTO requests ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})",
@@ -128,6 +130,21 @@ class Ledger:
         return {key: total or 0.0 for key, total in rows}
 
 
+def _column(name: str, value: Any) -> Any:
+    if name == "decision":
+        return json.dumps(value, sort_keys=True, default=str)  # ASCII: escapes lone surrogates too
+    if isinstance(value, str):
+        return storable_text(value)
+    return value
+
+
+def storable_text(text: str, limit: int = MAX_TEXT_CHARS) -> str:
+    """`text` as SQLite can store it: lone surrogates escaped (they are not UTF-8), at most `limit` chars."""
+    if len(text) > limit:
+        text = text[:limit] + "…"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _decode(row: sqlite3.Row) -> RequestRecord:
     data = dict(row)
     data["decision"] = json.loads(data["decision"] or "{}")
@@ -135,51 +152,97 @@ def _decode(row: sqlite3.Row) -> RequestRecord:
 
 
 class LedgerWriter:
-    """Inserts recorded rows in batches from a daemon thread; `flush()` waits until all are written."""
+    """Writes rows from a thread of its own, with group commit.
 
-    def __init__(self, ledger: Ledger, batch: int = 4096, linger_s: float = 0.25) -> None:
+    `commit()` returns once the row is in the database: rows that arrive while one transaction is
+    committing go together into the next, so a busy gateway pays one fsync per batch, not per row.
+    `record()` hands a row over without waiting (for a request whose caller is gone). The thread
+    survives any one bad row: a batch that fails for a reason other than a busy or full disk is
+    written row by row, and a row that still cannot be written is dropped, counted and logged.
+    """
+
+    def __init__(self, ledger: Ledger, batch: int = 4096) -> None:
         self.ledger = ledger
         self.batch = batch
-        self.linger_s = linger_s
-        self._queue: queue.Queue[RequestRecord | threading.Event] = queue.Queue()
+        self.rows_written = 0
+        self.rows_dropped = 0
+        self._queue: queue.Queue[_Item] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
         self._thread.start()
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def record(self, record: RequestRecord) -> None:
-        self._queue.put(record)
+        self._queue.put(_Item(record))
+
+    async def commit(self, record: RequestRecord) -> None:
+        """Return when the row is committed (or, if it cannot be written at all, dropped and logged)."""
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        self._queue.put(_Item(record, lambda: loop.call_soon_threadsafe(_resolve, done)))
+        await done
 
     def flush(self, timeout: float = 30.0) -> None:
-        done = threading.Event()
-        self._queue.put(done)
-        if not done.wait(timeout):
+        """Wait until every row handed over so far is written."""
+        if not self.alive:
+            raise HpcragError(
+                f"the usage ledger writer for {self.ledger.path} has stopped; restart the gateway"
+            )
+        flushed = threading.Event()
+        self._queue.put(_Item(None, flushed.set))
+        if not flushed.wait(timeout):
             raise HpcragError(f"the usage ledger {self.ledger.path} did not take its rows in {timeout:.0f} s")
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
-            if not isinstance(item, threading.Event):
-                # Let rows gather: one wake-up per request would take the GIL from the event loop
-                # hundreds of times a second, which shows in the gateway's tail latency.
-                time.sleep(self.linger_s)
-            pending: list[RequestRecord] = []
-            markers: list[threading.Event] = []
-            while True:
-                if isinstance(item, threading.Event):
-                    markers.append(item)
-                else:
-                    pending.append(item)
-                if len(pending) >= self.batch:
-                    break
+            items = [self._queue.get()]
+            while len(items) < self.batch:
                 try:
-                    item = self._queue.get_nowait()
+                    items.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            while pending:
-                try:
-                    self.ledger.insert(pending)
-                    break
-                except sqlite3.Error as exc:  # a full or locked disk: keep the rows and try again
-                    log.error("usage ledger %s: %s; retrying in 1 s", self.ledger.path, exc)
-                    time.sleep(1.0)
-            for marker in markers:
-                marker.set()
+            try:
+                self._write([item.record for item in items if item.record is not None])
+            except Exception:  # never let one batch end the thread: its rows are logged as lost
+                lost = sum(item.record is not None for item in items)
+                self.rows_dropped += lost
+                log.exception("usage ledger %s: %d rows lost", self.ledger.path, lost)
+            for item in items:
+                if item.done is not None:
+                    with contextlib.suppress(RuntimeError):  # the waiter's event loop has closed
+                        item.done()
+
+    def _write(self, records: list[RequestRecord]) -> None:
+        if not records:
+            return
+        while True:
+            try:
+                self.ledger.insert(records)
+                self.rows_written += len(records)
+                return
+            except sqlite3.OperationalError as exc:  # busy, locked or full: keep the rows, try again
+                log.error("usage ledger %s: %s; retrying in 1 s", self.ledger.path, exc)
+                time.sleep(1.0)
+            except Exception:
+                if len(records) == 1:
+                    raise
+                break
+        for record in records:  # one row spoiled the batch: write the others one at a time
+            try:
+                self._write([record])
+            except Exception:
+                self.rows_dropped += 1
+                log.exception("usage ledger %s: row of request %s lost", self.ledger.path, record.request_id)
+
+
+@dataclass
+class _Item:
+    record: RequestRecord | None
+    done: Callable[[], object] | None = None
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -1,6 +1,6 @@
 """A minimal OpenAI-compatible server: fixed answers at once, for measuring proxies and testing the
-gateway without vLLM. It speaks the same wire format as vLLM (JSON bodies, `data:` events, usage,
-`/health`, a `/metrics` with vLLM's queue gauges) and nothing more.
+gateway without vLLM. It speaks the same wire format as vLLM (JSON bodies, `data:` events, usage, per-chunk
+usage with `continuous_usage_stats`, `/health`, a `/metrics` with vLLM's queue gauges) and nothing more.
 
 `python -m hpcrag.devcluster.openai_stub --port 9000 [--model NAME] [--delay-ms 5] [--tokens 8]
 [--cut-after N]` (`--cut-after`: end each stream after N events without `[DONE]`, as a dying backend does)
@@ -51,6 +51,8 @@ def create_app(
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await response.prepare(request)
             kind = "chat.completion.chunk" if chat else "text_completion"
+            options = body.get("stream_options") or {}
+            continuous = bool(options.get("include_usage") and options.get("continuous_usage_stats"))
             for i in range(count):
                 if cut_after is not None and i == cut_after:
                     await response.write_eof()
@@ -62,8 +64,10 @@ def create_app(
                     else {"index": 0, "text": word, "finish_reason": None}
                 )
                 chunk = {**base, "object": kind, "choices": [choice]}
+                if continuous:
+                    chunk["usage"] = usage(prompt_tokens, i + 1)
                 await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
-            if (body.get("stream_options") or {}).get("include_usage"):
+            if options.get("include_usage"):
                 chunk = {**base, "object": kind, "choices": [], "usage": usage(prompt_tokens, count)}
                 await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
             await response.write(b"data: [DONE]\n\n")

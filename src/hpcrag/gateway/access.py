@@ -48,14 +48,17 @@ class Access:
         self.day_start = day_start
 
     def authenticate(self, authorization: str | None) -> ApiKey | Refusal:
-        if not authorization or not authorization.startswith("Bearer "):
+        scheme, _, token = (authorization or "").strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:  # RFC 9110: the scheme is case-insensitive
             return Refusal(
                 401,
                 "missing_api_key",
                 "no API key: send 'Authorization: Bearer <key>' (the openai client's api_key); "
                 "an administrator makes one with `hpcrag gateway keys add NAME`",
             )
-        key = self.keys.get(hash_key(authorization[7:].strip()))
+        # hpcrag keys are ASCII; anything else (even bytes that are not UTF-8) is simply not a key.
+        key = self.keys.get(hash_key(token)) if token.isascii() else None
         if key is None:
             return Refusal(
                 401,

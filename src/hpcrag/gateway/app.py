@@ -8,8 +8,11 @@ forwarder (retries before the first byte) → usage, dollars, metrics and the le
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hmac
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,11 +25,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
 from hpcrag.config import Config
 from hpcrag.cost.ledger import Ledger, LedgerWriter, RequestRecord
+from hpcrag.errors import HpcragError
 from hpcrag.gateway.access import Access, Refusal, utc_day_start
 from hpcrag.gateway.complexity import load_scorer
 from hpcrag.gateway.endpoints import EndpointTable, LiveEndpoint
 from hpcrag.gateway.keys import ApiKey, KeyStore
-from hpcrag.gateway.proxy import Exchange, Forwarder, error_body
+from hpcrag.gateway.proxy import Exchange, Forwarder, error_body, sse_event
 from hpcrag.gateway.router import AUTO, TIER_PREFIX, Router, RouteRequest, RoutingError
 from hpcrag.metrics.gateway import GatewayMetrics
 from hpcrag.serve.launcher import registry_of
@@ -41,6 +45,10 @@ ROUTES = {
     "/v1/embeddings": "embeddings",
 }
 STATE: web.AppKey[Gateway] = web.AppKey("gateway")
+LEDGER_DOWN = (
+    "the usage ledger has stopped writing, and the gateway answers no request it cannot account for; "
+    "see the gateway log and restart it"
+)
 
 
 class BadRequest(Exception):
@@ -62,6 +70,7 @@ class Gateway:
     router: Router
     access: Access
     metrics: GatewayMetrics
+    metrics_token: str | None = None
     session: aiohttp.ClientSession | None = None
     forwarder: Forwarder | None = None
 
@@ -69,22 +78,28 @@ class Gateway:
     def create(cls, config: Config) -> Gateway:
         database = config.resolve_path(config.gateway.database)
         ledger = Ledger(database)
+        writer = LedgerWriter(ledger)
         table = EndpointTable(config)
+        metrics = GatewayMetrics()
+        metrics.ledger_writer_up.set_function(lambda: float(writer.alive))
+        metrics.ledger_rows_dropped.set_function(lambda: float(writer.rows_dropped))
         return cls(
             config=config,
             registry=registry_of(config),
             keys=KeyStore(database),
             ledger=ledger,
-            writer=LedgerWriter(ledger),
+            writer=writer,
             table=table,
             router=Router(config, table, load_scorer(config.gateway)),
             access=Access(),
-            metrics=GatewayMetrics(),
+            metrics=metrics,
+            metrics_token=_metrics_token(config),
         )
 
     def read_sources(self) -> None:
         """Registry rows, keys and today's spend: blocking SQLite reads, run off the event loop."""
-        self.writer.flush()
+        if self.writer.alive:  # today's spend includes the rows still on their way
+            self.writer.flush()
         day = utc_day_start()
         rows = self.registry.healthy()
         keys = self.keys.active_by_hash()
@@ -107,6 +122,31 @@ class Gateway:
         return self.metrics.child(self.metrics.circuit_open, row.tier, row.site, row.provider, endpoint.name)
 
 
+def _metrics_token(config: Config) -> str | None:
+    name = config.gateway.metrics_token_file
+    if name is None:
+        return os.environ.get("HPCRAG_METRICS_TOKEN") or None
+    path = config.resolve_path(name)
+    try:
+        token = path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise HpcragError(
+            f"cannot read metrics_token_file {path}: {exc}; write the token there (mode 0600) "
+            "or remove metrics_token_file from gateway.yaml"
+        ) from None
+    if not token:
+        raise HpcragError(f"metrics_token_file {path} is empty; write the token that Prometheus sends")
+    return token
+
+
+def create_metrics_app(gateway: Gateway) -> web.Application:
+    """/metrics alone, without a key: for the separate listener `metrics_listen`."""
+    app = web.Application()
+    app[STATE] = gateway
+    app.router.add_get("/metrics", _metrics_answer)
+    return app
+
+
 def create_app(config: Config) -> web.Application:
     gateway = Gateway.create(config)
     app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -114,6 +154,7 @@ def create_app(config: Config) -> web.Application:
     for path in ROUTES:
         app.router.add_post(path, handle_inference)
     app.router.add_get("/v1/models", handle_models)
+    app.router.add_get("/v1/models/{model:.+}", handle_model)
     app.router.add_get("/health", handle_health)
     app.router.add_get("/metrics", handle_metrics)
     app.cleanup_ctx.append(_background)
@@ -139,7 +180,8 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     await gateway.session.close()
-    await asyncio.to_thread(gateway.writer.flush)
+    if gateway.writer.alive:
+        await asyncio.to_thread(gateway.writer.flush)
 
 
 async def _every(period_s: float, job: Callable[[Gateway], Awaitable[None]], gateway: Gateway) -> None:
@@ -217,37 +259,57 @@ async def handle_inference(request: web.Request) -> web.StreamResponse:
     ids = {"X-Hpcrag-Request-Id": record.request_id}
     key = gateway.access.authenticate(request.headers.get("Authorization"))
     if isinstance(key, Refusal):
-        return _refuse(gateway, record, key, ids)
+        return await _refuse(gateway, record, key, ids)
     record.key, record.user_tier = key.name, key.user_tier
     refusal = gateway.access.admit(key)
     if refusal is not None:
-        return _refuse(gateway, record, refusal, ids)
+        return await _refuse(gateway, record, refusal, ids)
     try:
         body = await _json_body(request)
         route_request = _route_request(gateway, request, body, route, key)
         record.model = route_request.model
         decision = gateway.router.route(route_request)
     except BadRequest as exc:
-        return _finish_refusal(gateway, record, 400, str(exc.code), str(exc), ids)
+        return await _finish_refusal(gateway, record, 400, str(exc.code), str(exc), ids)
     except RoutingError as exc:
         record.decision = exc.decision
-        return _finish_refusal(gateway, record, exc.status, exc.code, str(exc), ids)
+        return await _finish_refusal(gateway, record, exc.status, exc.code, str(exc), ids)
     record.decision = decision.record()
     first = decision.candidates[0].endpoint
     gateway.metrics.child(gateway.metrics.decisions, decision.wanted_tier, first.tier).inc()
     if decision.fallback:
         gateway.metrics.child(gateway.metrics.fallbacks, "tier", first.tier).inc()
     assert gateway.forwarder is not None
+    exchange = Exchange()
+    candidates = [c.endpoint for c in decision.candidates]
     try:
-        response, exchange = await gateway.forwarder.forward(
-            request, request.path, body, [c.endpoint for c in decision.candidates], ids, started
+        response = await gateway.forwarder.forward(
+            request, request.path, body, candidates, ids, started, exchange
         )
     except asyncio.CancelledError:
-        record.status, record.outcome = 499, "client_closed"
-        gateway.writer.record(record)
+        exchange.status, exchange.outcome = 499, "client_closed"
+        exchange.settle_delivered()
+        gateway.writer.record(_account(gateway, record, exchange, key))
         raise
-    _account(gateway, record, exchange, key)
+    committed = await _commit(gateway, _account(gateway, record, exchange, key))
+    if not response.prepared:
+        return response if committed else _error(503, "ledger_down", LEDGER_DOWN, ids)
+    # A stream: its last event goes out only now that its row is in.
+    tail = exchange.tail if committed else sse_event(error_body(503, "ledger_down", LEDGER_DOWN))
+    with contextlib.suppress(ConnectionError):
+        if tail:
+            await response.write(tail)
+        await response.write_eof()
     return response
+
+
+async def _commit(gateway: Gateway, record: RequestRecord) -> bool:
+    """Wait until the request's ledger row is committed; False when the ledger writer has stopped."""
+    if not gateway.writer.alive:
+        log.error("usage ledger writer has stopped: request %s is answered 503", record.request_id)
+        return False
+    await gateway.writer.commit(record)
+    return True
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
@@ -349,7 +411,9 @@ def _number(headers: Any, name: str) -> float | None:
     return number
 
 
-def _refuse(gateway: Gateway, record: RequestRecord, refusal: Refusal, ids: dict[str, str]) -> web.Response:
+async def _refuse(
+    gateway: Gateway, record: RequestRecord, refusal: Refusal, ids: dict[str, str]
+) -> web.Response:
     if refusal.code == "budget_exceeded":
         gateway.metrics.child(gateway.metrics.budget_rejections, record.key).inc()
     else:
@@ -357,20 +421,21 @@ def _refuse(gateway: Gateway, record: RequestRecord, refusal: Refusal, ids: dict
     headers = dict(ids)
     if refusal.retry_after_s is not None:
         headers["Retry-After"] = str(max(1, round(refusal.retry_after_s)))
-    return _finish_refusal(gateway, record, refusal.status, refusal.code, refusal.message, headers)
+    return await _finish_refusal(gateway, record, refusal.status, refusal.code, refusal.message, headers)
 
 
-def _finish_refusal(
+async def _finish_refusal(
     gateway: Gateway, record: RequestRecord, status: int, code: str, message: str, headers: dict[str, str]
 ) -> web.Response:
     record.status, record.outcome = status, code
     gateway.metrics.child(gateway.metrics.requests, "", "", "", record.route, str(status)).inc()
-    gateway.writer.record(record)
+    if not await _commit(gateway, record):
+        return _error(503, "ledger_down", LEDGER_DOWN, headers)
     return _error(status, code, message, headers)
 
 
-def _account(gateway: Gateway, record: RequestRecord, exchange: Exchange, key: ApiKey) -> None:
-    """Dollars, metrics and the ledger row for a request that reached an endpoint."""
+def _account(gateway: Gateway, record: RequestRecord, exchange: Exchange, key: ApiKey) -> RequestRecord:
+    """Dollars and metrics for a request that reached an endpoint; returns its ledger row."""
     record.status, record.outcome = exchange.status, exchange.outcome
     record.attempts = len(exchange.attempts)
     record.decision["attempts"] = exchange.attempts
@@ -383,8 +448,7 @@ def _account(gateway: Gateway, record: RequestRecord, exchange: Exchange, key: A
     endpoint = exchange.endpoint
     if endpoint is None:
         metrics.child(metrics.requests, "", "", "", record.route, str(exchange.status)).inc()
-        gateway.writer.record(record)
-        return
+        return record
     row = endpoint.row
     labels = (row.tier, row.site, row.provider)
     record.tier, record.site, record.provider = labels
@@ -402,7 +466,7 @@ def _account(gateway: Gateway, record: RequestRecord, exchange: Exchange, key: A
         metrics.child(metrics.tokens, *labels, "completion").inc(record.completion_tokens)
         metrics.child(metrics.cost, *labels, key.name).inc(record.usd)
         gateway.access.charge(key.name, record.usd)
-    gateway.writer.record(record)
+    return record
 
 
 async def handle_models(request: web.Request) -> web.Response:
@@ -410,23 +474,72 @@ async def handle_models(request: web.Request) -> web.Response:
     key = gateway.access.authenticate(request.headers.get("Authorization"))
     if isinstance(key, Refusal):
         return _error(key.status, key.code, key.message)
+    return web.json_response({"object": "list", "data": _model_objects(gateway)})
+
+
+async def handle_model(request: web.Request) -> web.Response:
+    """GET /v1/models/{model}: one model object (the openai client's `models.retrieve`)."""
+    gateway = request.app[STATE]
+    key = gateway.access.authenticate(request.headers.get("Authorization"))
+    if isinstance(key, Refusal):
+        return _error(key.status, key.code, key.message)
+    wanted = request.match_info["model"]
+    models = _model_objects(gateway)
+    for model in models:
+        if model["id"] == wanted:
+            return web.json_response(model)
+    shown = wanted if len(wanted) <= 64 else wanted[:64] + "…"
+    return _error(
+        404,
+        "model_not_found",
+        f"no model {shown!r} is served now; served: {', '.join(m['id'] for m in models)}",
+    )
+
+
+def _model_objects(gateway: Gateway) -> list[dict[str, Any]]:
     created = int(time.time())
     live = gateway.table.live()
     names = sorted({e.row.served_name for e in live})
     tiers = [t for t in gateway.config.tiers if any(e.tier == t for e in live)]
     ids = [*names, *(TIER_PREFIX + t for t in tiers), AUTO]
-    data = [{"id": i, "object": "model", "created": created, "owned_by": "hpcrag"} for i in ids]
-    return web.json_response({"object": "list", "data": data})
+    return [{"id": i, "object": "model", "created": created, "owned_by": "hpcrag"} for i in ids]
 
 
 async def handle_health(request: web.Request) -> web.Response:
     gateway = request.app[STATE]
     live = gateway.table.live()
     usable = [e for e in live if e.circuit.allows()]
-    return web.json_response({"status": "ok", "endpoints": len(live), "usable": len(usable)})
+    answer: dict[str, Any] = {"status": "ok", "endpoints": len(live), "usable": len(usable)}
+    if not gateway.writer.alive:
+        answer.update(status="ledger_down", message=LEDGER_DOWN)
+        return web.json_response(answer, status=503)
+    return web.json_response(answer)
 
 
 async def handle_metrics(request: web.Request) -> web.Response:
+    """Key names and spend are in these series: on the API port they need the metrics token."""
+    gateway = request.app[STATE]
+    if gateway.metrics_token is None:
+        return _error(
+            404,
+            "metrics_elsewhere",
+            "/metrics is not served on the API port: scrape the gateway's metrics_listen address, or set "
+            "metrics_token_file in gateway.yaml (or $HPCRAG_METRICS_TOKEN) and send that token",
+        )
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        token.strip().encode("utf-8", "surrogateescape"), gateway.metrics_token.encode()
+    ):
+        return _error(
+            401,
+            "invalid_metrics_token",
+            "/metrics needs 'Authorization: Bearer <metrics token>' (gateway.yaml metrics_token_file "
+            "or $HPCRAG_METRICS_TOKEN); API keys do not open it",
+        )
+    return await _metrics_answer(request)
+
+
+async def _metrics_answer(request: web.Request) -> web.Response:
     gateway = request.app[STATE]
     body = generate_latest(gateway.metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -67,6 +67,11 @@ class LiveEndpoint:
         return self.row.tier
 
     @property
+    def upstream_headers(self) -> dict[str, str]:
+        """Headers of every request the gateway sends this endpoint."""
+        return {"Content-Type": "application/json"}
+
+    @property
     def usd_per_token(self) -> float:
         return self.row.usd_per_hour / 3600.0 / max(self.throughput_tps.value, 1e-9)
 

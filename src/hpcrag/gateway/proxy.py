@@ -5,15 +5,16 @@ a reset before the first byte or a 5xx answer moves the request to the next cand
 `attempts`) and counts against that endpoint's circuit. Once the first event of a stream has been
 written the request is committed: a later failure ends the stream with an error event.
 
-Streams pass through event by event, never buffered. The gateway asks vLLM for the usage chunk
-(`stream_options.include_usage`) to count tokens, and drops that chunk again when the caller did not
-ask for it.
+Streams pass through event by event, never buffered. The gateway asks vLLM for usage on every chunk
+(`stream_options.include_usage` and `continuous_usage_stats`), so a stream cut short is charged for
+the tokens it delivered, and strips what the caller did not ask for. The answer's last bytes (the
+`[DONE]` event of a stream, the whole body of a plain answer) are left to the caller of `forward`,
+which sends them only after the request's ledger row is committed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -45,6 +46,9 @@ class Exchange:
     ttft_s: float | None = None
     latency_s: float | None = None
     attempts: list[dict[str, str]] = field(default_factory=list)
+    tail: bytes = b""  # a stream's last event, written by the caller once the ledger row is in
+    usage_seen: bool = False
+    content_chunks: int = 0  # streamed chunks that carried text: the token count if usage never came
 
     @property
     def tokens(self) -> int:
@@ -52,8 +56,22 @@ class Exchange:
 
     def take_usage(self, usage: Any) -> None:
         if isinstance(usage, dict):
-            self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-            self.completion_tokens = int(usage.get("completion_tokens") or 0)
+            self.usage_seen = True
+            self.prompt_tokens = _count(usage.get("prompt_tokens"))
+            self.completion_tokens = _count(usage.get("completion_tokens"))
+
+    def settle_delivered(self) -> None:
+        """A stream that never reported usage is charged at least one token per text chunk delivered."""
+        if not self.usage_seen:
+            self.completion_tokens = max(self.completion_tokens, self.content_chunks)
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def sse_event(body: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(body)}\n\n".encode()
 
 
 def error_body(status: int, code: str, message: str) -> dict[str, Any]:
@@ -81,10 +99,14 @@ class Forwarder:
         candidates: list[LiveEndpoint],
         headers: dict[str, str],
         started: float,
-    ) -> tuple[web.StreamResponse, Exchange]:
-        exchange = Exchange()
-        stream = bool(body.get("stream"))
-        wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        exchange: Exchange,
+    ) -> web.StreamResponse:
+        """The answer of the first endpoint that gives one; `exchange` records what happened.
+
+        A streamed answer comes back prepared but unfinished: its last event is `exchange.tail`."""
+        stream = body.get("stream") is True
+        options = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
+        wants = _UsageWish(bool(options.get("include_usage")), bool(options.get("continuous_usage_stats")))
         payloads: dict[str, bytes] = {}
         last_error: web.Response | None = None
         for endpoint in candidates:
@@ -95,8 +117,12 @@ class Forwarder:
             name = endpoint.row.served_name
             if name not in payloads:
                 upstream = {**body, "model": name}
-                if stream and not wants_usage:
-                    upstream["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+                if stream:
+                    upstream["stream_options"] = {
+                        **options,
+                        "include_usage": True,
+                        "continuous_usage_stats": True,
+                    }
                 payloads[name] = json.dumps(upstream).encode()
             exchange.endpoint = endpoint
             answer_headers = {**headers, "X-Hpcrag-Tier": endpoint.tier, "X-Hpcrag-Endpoint": endpoint.name}
@@ -109,7 +135,7 @@ class Forwarder:
                         path,
                         payloads[name],
                         answer_headers,
-                        wants_usage,
+                        wants,
                         exchange,
                         started,
                     )
@@ -135,14 +161,14 @@ class Forwarder:
             else:
                 endpoint.circuit.success()
             exchange.attempts.append({"endpoint": endpoint.name, "error": ""})
-            return response, exchange
+            return response
         tried = "; ".join(f"{a['endpoint']}: {a['error']}" for a in exchange.attempts) or "none open"
         if last_error is not None:
             exchange.status = last_error.status
-            return last_error, exchange
+            return last_error
         exchange.status, exchange.outcome = 502, "upstream_failed"
         message = f"every endpoint tried failed before answering ({tried}); see `hpcrag serve status`"
-        return web.json_response(error_body(502, "upstream_failed", message), status=502), exchange
+        return web.json_response(error_body(502, "upstream_failed", message), status=502)
 
     async def _once(
         self,
@@ -154,14 +180,17 @@ class Forwarder:
         started: float,
     ) -> web.Response:
         try:
-            async with self.session.post(endpoint.url + path, data=payload, headers=JSON_HEADERS) as upstream:
-                return await self._whole(endpoint, upstream, headers, exchange, started)
+            async with self.session.post(
+                endpoint.url + path, data=payload, headers=endpoint.upstream_headers
+            ) as upstream:
+                return await self._whole(endpoint, path, upstream, headers, exchange, started)
         except UPSTREAM_ERRORS as exc:
             raise _Retry(_describe(exc)) from None
 
     async def _whole(
         self,
         endpoint: LiveEndpoint,
+        path: str,
         upstream: aiohttp.ClientResponse,
         headers: dict[str, str],
         exchange: Exchange,
@@ -178,11 +207,12 @@ class Forwarder:
         exchange.latency_s = time.perf_counter() - started
         exchange.status = status
         exchange.outcome = "ok" if status == 200 else "upstream_refused"
-        if status == 200:
-            try:
-                exchange.take_usage(json.loads(data).get("usage"))
-            except (ValueError, AttributeError):
-                log.warning("endpoint %s answered 200 without a JSON body", endpoint.name)
+        if status != 200:
+            return _passthrough(status, _openai_error(endpoint, path, status, data), headers)
+        try:
+            exchange.take_usage(json.loads(data).get("usage"))
+        except (ValueError, AttributeError):
+            log.warning("endpoint %s answered 200 without a JSON body", endpoint.name)
         return _passthrough(status, data, headers)
 
     async def _stream(
@@ -192,17 +222,19 @@ class Forwarder:
         path: str,
         payload: bytes,
         headers: dict[str, str],
-        wants_usage: bool,
+        wants: _UsageWish,
         exchange: Exchange,
         started: float,
     ) -> web.StreamResponse:
         try:
-            upstream = await self.session.post(endpoint.url + path, data=payload, headers=JSON_HEADERS)
+            upstream = await self.session.post(
+                endpoint.url + path, data=payload, headers=endpoint.upstream_headers
+            )
         except UPSTREAM_ERRORS as exc:
             raise _Retry(_describe(exc)) from None
         try:
             if upstream.status != 200:
-                return await self._whole(endpoint, upstream, headers, exchange, started)
+                return await self._whole(endpoint, path, upstream, headers, exchange, started)
             try:
                 event = await _next_event(upstream.content)
             except UPSTREAM_ERRORS as exc:
@@ -217,35 +249,86 @@ class Forwarder:
             try:
                 await response.prepare(request)
                 exchange.ttft_s = time.perf_counter() - started
-                done = False
-                while event is not None:
-                    done = event.startswith(DONE)
-                    if b'"usage":{' in event or b'"usage": {' in event:
-                        chunk = json.loads(event[5:])
-                        exchange.take_usage(chunk.get("usage"))
-                        if not wants_usage and not chunk.get("choices"):
-                            event = await _next_event(upstream.content)
-                            continue
-                    await response.write(event)
+                while event is not None and not event.startswith(DONE):
+                    event = _relay(event, wants, exchange)
+                    if event:
+                        await response.write(event)
                     event = await _next_event(upstream.content)
-                if not done:  # the connection closed cleanly, but the answer is cut short
+                if event is None:  # the connection closed cleanly, but the answer is cut short
                     raise aiohttp.ClientPayloadError("the stream ended without data: [DONE]")
+                exchange.tail = event
             except UPSTREAM_ERRORS as exc:
                 if request.transport is None or request.transport.is_closing():
                     exchange.status, exchange.outcome = 499, "client_closed"
                 else:
                     exchange.status, exchange.outcome = 502, "upstream_failed_mid_stream"
                     message = f"endpoint {endpoint.name} failed during the stream: {_describe(exc)}"
-                    error = json.dumps(error_body(502, "upstream_failed", message))
-                    with contextlib.suppress(ConnectionError):
-                        await response.write(f"data: {error}\n\n".encode())
+                    exchange.tail = (
+                        f"data: {json.dumps(error_body(502, 'upstream_failed', message))}\n\n".encode()
+                    )
+            exchange.settle_delivered()
             exchange.latency_s = time.perf_counter() - started
-            if response.prepared:
-                with contextlib.suppress(ConnectionError):
-                    await response.write_eof()
             return response
         finally:
             upstream.release()
+
+
+@dataclass(frozen=True)
+class _UsageWish:
+    """What the caller asked for in `stream_options`; the gateway always asks vLLM for both."""
+
+    final: bool
+    continuous: bool
+
+
+def _relay(event: bytes, wants: _UsageWish, exchange: Exchange) -> bytes:
+    """Take the usage out of one event; return the event as the caller asked for it (b"": drop it)."""
+    if not event.startswith(b"data: {"):
+        return event
+    try:
+        chunk = json.loads(event[6:])
+    except ValueError:
+        return event
+    if not isinstance(chunk, dict):
+        return event
+    if chunk.get("choices"):
+        exchange.content_chunks += any(_has_text(c) for c in chunk["choices"] if isinstance(c, dict))
+    if "usage" not in chunk:
+        return event
+    exchange.take_usage(chunk["usage"])
+    if not chunk.get("choices"):  # the final usage chunk
+        return event if wants.final else b""
+    if wants.continuous:
+        return event
+    if wants.final:
+        chunk["usage"] = None
+    else:
+        del chunk["usage"]
+    return f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n".encode()
+
+
+def _has_text(choice: dict[str, Any]) -> bool:
+    delta = choice.get("delta")
+    return bool(choice.get("text") or (isinstance(delta, dict) and delta.get("content")))
+
+
+def _openai_error(endpoint: LiveEndpoint, path: str, status: int, data: bytes) -> bytes:
+    """A backend's refusal in the OpenAI error shape (vLLM answers an unknown route with {"detail": ...})."""
+    try:
+        body = json.loads(data)
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return data
+    if status == 404:
+        message = (
+            f"endpoint {endpoint.name} (model {endpoint.row.served_name}) does not serve {path}; "
+            "ask for a model that does (GET /v1/models lists them)"
+        )
+        return json.dumps(error_body(404, "route_not_served", message)).encode()
+    detail = body.get("detail") if isinstance(body, dict) else data[:200].decode("utf-8", "replace")
+    message = f"endpoint {endpoint.name} refused the request (HTTP {status}): {detail}"
+    return json.dumps(error_body(status, "upstream_refused", message)).encode()
 
 
 class _Retry(Exception):

@@ -87,6 +87,14 @@ class GatewayMetrics:
         self.endpoints = Gauge(
             "hpcrag_gateway_endpoints", "Healthy endpoints the gateway routes to", ["tier"], registry=r
         )
+        self.ledger_writer_up = Gauge(
+            "hpcrag_ledger_writer_up", "1 while the usage ledger's writer thread runs", registry=r
+        )
+        self.ledger_rows_dropped = Gauge(
+            "hpcrag_ledger_rows_dropped",
+            "Ledger rows that could not be written at all since the gateway started (logged)",
+            registry=r,
+        )
 
     def child(self, metric: MetricWrapperBase, *labels: str) -> Any:
         """`metric.labels(*labels)`, looked up once: the gateway asks for the same few on every request."""
