@@ -19,6 +19,7 @@ from hpcrag.cli.common import echo_json
 if TYPE_CHECKING:
     from hpcrag.search.comm import Communicator
     from hpcrag.search.index import SearchResult
+    from hpcrag.search.service import ServiceOptions
 
 comm_option = click.option(
     "--comm",
@@ -192,12 +193,58 @@ def search(
 
 @index.command()
 @click.argument("index_dir", type=click.Path(path_type=Path))
-@click.option("--port", type=int, default=8470, show_default=True, help="0 picks a free port.")
-@click.option("--host", default="0.0.0.0", show_default=True)
-@click.option("--max-batch", type=int, default=256, show_default=True, help="Queries per collective search.")
-@click.option("--max-wait-ms", type=float, default=2.0, show_default=True, help="Longest batch wait.")
-@click.option("--max-k", type=int, default=1024, show_default=True)
-@click.option("--endpoint-file", type=click.Path(path_type=Path), help="Write the URL here once serving.")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=8470, show_default=True, help="0 picks a free port."
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on; 0.0.0.0 opens the service to the network (use TLS there).",
+)
+@click.option(
+    "--max-batch",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Queries per collective search.",
+)
+@click.option(
+    "--max-wait-ms",
+    type=click.FloatRange(0, 1000),
+    default=2.0,
+    show_default=True,
+    help="Longest batch wait.",
+)
+@click.option("--max-k", type=click.IntRange(min=1), default=1024, show_default=True)
+@click.option(
+    "--max-queries", type=click.IntRange(min=1), default=4096, show_default=True, help="Queries per request."
+)
+@click.option(
+    "--max-body-mb",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Request body size limit.",
+)
+@click.option(
+    "--endpoint-file",
+    type=click.Path(path_type=Path),
+    help="Write the URL and the token here (mode 0600) once serving.",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(path_type=Path),
+    help="Read the bearer token from this file (default: $HPCRAG_SEARCH_TOKEN, else a new one).",
+)
+@click.option(
+    "--tls-cert", type=click.Path(path_type=Path), help="Serve HTTPS with this PEM certificate chain."
+)
+@click.option("--tls-key", type=click.Path(path_type=Path), help="The private key of --tls-cert.")
+@click.option(
+    "--tls-client-ca", type=click.Path(path_type=Path), help="Require client certificates from this CA."
+)
+@click.option("--public-metrics", is_flag=True, help="Serve /metrics without the token.")
 @device_option
 @verify_option
 @scan_backend_option
@@ -209,31 +256,68 @@ def serve(
     max_batch: int,
     max_wait_ms: float,
     max_k: int,
+    max_queries: int,
+    max_body_mb: int,
     endpoint_file: Path | None,
+    token_file: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_client_ca: Path | None,
+    public_metrics: bool,
     device: str,
     verify: bool,
     scan_backend: str,
     comm_kind: str,
 ) -> None:
-    """Serve the index over HTTP from rank 0 (JSON and .npy), with dynamic batching."""
+    """Serve the index over HTTP(S) from rank 0 (JSON and .npy), with dynamic batching.
 
-    def body(comm: Communicator) -> None:
-        from hpcrag.search.comm import agree
-        from hpcrag.search.index import DistributedIndex
-        from hpcrag.search.service import SearchService, ServiceOptions
+    /search needs the service's bearer token: given (--token-file, $HPCRAG_SEARCH_TOKEN) or made at
+    start and written with the URL to --endpoint-file, readable by you only.
+    """
 
-        opened = DistributedIndex.open(
-            index_dir, comm, device=device, verify=verify, scan_backend=scan_backend
-        )
-        options = ServiceOptions(
+    def options() -> ServiceOptions:
+        from hpcrag.errors import HpcragError
+        from hpcrag.search.service import MIB, ServiceOptions, service_token
+
+        token = service_token(token_file)
+        if token is None and endpoint_file is None:
+            raise HpcragError(
+                "nobody could read the generated token: give --endpoint-file F (the URL and token are "
+                "written there, mode 0600), or a token with --token-file or $HPCRAG_SEARCH_TOKEN"
+            )
+        tls = None
+        if (tls_cert is None) != (tls_key is None):
+            raise HpcragError("--tls-cert and --tls-key go together: give both, or neither for plain HTTP")
+        if tls_client_ca is not None and tls_cert is None:
+            raise HpcragError("--tls-client-ca needs --tls-cert and --tls-key (client certificates need TLS)")
+        if tls_cert is not None and tls_key is not None:
+            from hpcrag.util.tls import server_context
+
+            tls = server_context(tls_cert, tls_key, tls_client_ca)
+        return ServiceOptions(
             host=host,
             port=port,
             max_batch=max_batch,
             max_wait_s=max_wait_ms / 1000.0,
             max_k=max_k,
+            max_queries=max_queries,
+            max_body_bytes=max_body_mb * MIB,
             endpoint_file=endpoint_file,
+            token=token,
+            tls=tls,
+            public_metrics=public_metrics,
         )
-        service = agree(comm, lambda: SearchService(opened, options) if comm.rank == 0 else None)
+
+    def body(comm: Communicator) -> None:
+        from hpcrag.search.comm import agree
+        from hpcrag.search.index import DistributedIndex
+        from hpcrag.search.service import SearchService
+
+        checked = agree(comm, lambda: options() if comm.rank == 0 else None)
+        opened = DistributedIndex.open(
+            index_dir, comm, device=device, verify=verify, scan_backend=scan_backend
+        )
+        service = agree(comm, lambda: SearchService(opened, checked) if comm.rank == 0 else None)
         if comm.rank != 0:
             opened.follow()
             return

@@ -1,9 +1,16 @@
-"""A Python client for `hpcrag index serve`: NumPy in, NumPy out, over the service's binary form."""
+"""A Python client for `hpcrag index serve`: NumPy in, NumPy out, over the service's binary form.
+
+It sends the service's bearer token (given, else $HPCRAG_SEARCH_TOKEN, or read with the URL from the
+service's endpoint file) and speaks HTTPS with a CA file (and a client certificate) when asked.
+"""
 
 from __future__ import annotations
 
 import io
+import json
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,15 +22,47 @@ from hpcrag.search.index import SearchResult
 class SearchClient:
     """One keep-alive HTTP connection pool to a search service.
 
-    with SearchClient("http://node1:8470") as client:
+    with SearchClient.from_endpoint_file("hpcrag-index-serve-42.endpoint.json") as client:
         result = client.search(queries, k=10, nprobe=16)
+    with SearchClient("https://node1:8470", token=TOKEN, ca=Path("ca.pem")) as client: ...
     """
 
-    def __init__(self, url: str, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout: float = 60.0,
+        token: str | None = None,
+        ca: Path | None = None,
+        cert: Path | None = None,
+        key: Path | None = None,
+    ) -> None:
         import httpx
 
+        from hpcrag.search.service import TOKEN_ENV
+
         self.url = url.rstrip("/")
-        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+        token = token if token is not None else os.environ.get(TOKEN_ENV, "").strip()
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        verify: Any = True
+        if ca is not None or cert is not None:
+            from hpcrag.util.tls import client_context
+
+            verify = client_context(ca, cert, key)
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, headers=headers, verify=verify)
+
+    @classmethod
+    def from_endpoint_file(cls, path: Path | str, **options: Any) -> SearchClient:
+        """A client of the service that wrote `path` (its --endpoint-file): URL and token from there."""
+        try:
+            endpoint = json.loads(Path(path).read_text())
+            url, token = endpoint["url"], endpoint["token"]
+        except OSError as exc:
+            raise HpcragError(f"endpoint file {path} cannot be read ({exc.strerror})") from None
+        except (ValueError, KeyError, TypeError):
+            raise HpcragError(
+                f"endpoint file {path} is not one a search service wrote (JSON with url and token)"
+            ) from None
+        return cls(url, token=token, **options)
 
     def __enter__(self) -> SearchClient:
         return self

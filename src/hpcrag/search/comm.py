@@ -6,13 +6,16 @@
   control messages and to broadcast NCCL's unique id; the GPU path keeps arrays on the device.
 
 Arrays move with `bcast_array`/`send_array`/`recv_array`; small Python objects (headers, plans,
-error messages) with the `*_obj` methods. `agree` turns an error on any rank into the same error on
-every rank, so a collective never hangs on one rank's bad input.
+error messages) with the `*_obj` methods. `announce` is the broadcast a rank may wait in for a long
+time (a service's idle followers): it waits without burning a core. `agree` turns an error on any
+rank into the same error on every rank, so a collective never hangs on one rank's bad input.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
+import time
 from collections.abc import Callable
 from typing import Any, ClassVar, Protocol, TypeVar
 
@@ -22,6 +25,11 @@ from hpcrag.errors import HpcragError
 
 T = TypeVar("T")
 MPI_LAUNCH_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE")
+# How an `announce` waits: spin this long (a busy service's next header is usually this close), then
+# sleep between polls, the sleep doubling up to the cap (the cap is the wake-up delay after idling).
+ANNOUNCE_SPIN_S = 0.0005
+ANNOUNCE_MAX_SLEEP_S = 0.002
+ANNOUNCE_BYTES = 512  # a search header fits; a longer object sends its rest in a second broadcast
 
 
 class Communicator(Protocol):
@@ -31,6 +39,7 @@ class Communicator(Protocol):
     xp: Any  # numpy or cupy: where this communicator's arrays live
 
     def bcast_obj(self, obj: Any) -> Any: ...
+    def announce(self, obj: Any) -> Any: ...
     def gather_obj(self, obj: Any) -> list[Any] | None: ...
     def allgather_obj(self, obj: Any) -> list[Any]: ...
     def bcast_array(self, array: Any, shape: tuple[int, ...], dtype: Any) -> Any: ...
@@ -52,6 +61,9 @@ class LocalComm:
         self.xp = xp
 
     def bcast_obj(self, obj: Any) -> Any:
+        return obj
+
+    def announce(self, obj: Any) -> Any:
         return obj
 
     def gather_obj(self, obj: Any) -> list[Any]:
@@ -96,6 +108,34 @@ class MpiComm:
 
     def bcast_obj(self, obj: Any) -> Any:
         return self.comm.bcast(obj, root=0)
+
+    def announce(self, obj: Any) -> Any:
+        """Rank 0's `obj` on every rank; the others may wait long for it, so they poll and sleep.
+
+        MPI's blocking calls spin (Open MPI polls at 100% of a core), so the object goes out in a
+        nonblocking Ibcast of a fixed-size buffer that waiting ranks test and sleep on; an object
+        larger than the buffer (a long error message) sends its rest in a plain Bcast.
+        """
+        room = ANNOUNCE_BYTES - 8
+        buffer = np.zeros(ANNOUNCE_BYTES, dtype=np.uint8)
+        payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL) if self.rank == 0 else b""
+        if self.rank == 0:
+            head = len(payload).to_bytes(8, "little") + payload[:room]
+            buffer[: len(head)] = np.frombuffer(head, dtype=np.uint8)
+        request = self.comm.Ibcast(buffer, root=0)
+        if self.rank == 0:
+            request.Wait()
+            if len(payload) > room:
+                self.comm.Bcast(np.frombuffer(payload[room:], dtype=np.uint8).copy(), root=0)
+            return obj
+        _wait_idly(request)
+        length = int.from_bytes(buffer[:8].tobytes(), "little")
+        data = buffer[8 : 8 + min(length, room)].tobytes()
+        if length > room:
+            tail = np.empty(length - room, dtype=np.uint8)
+            self.comm.Bcast(tail, root=0)
+            data += tail.tobytes()
+        return pickle.loads(data)
 
     def gather_obj(self, obj: Any) -> list[Any] | None:
         return self.comm.gather(obj, root=0)
@@ -196,6 +236,18 @@ class NcclComm(MpiComm):
         self._nccl.recv(buffer.data.ptr, buffer.size, self._dtype(dtype), source, self._stream.ptr)
         self._stream.synchronize()
         return buffer
+
+
+def _wait_idly(request: Any) -> None:
+    """Complete an MPI request, spinning briefly and then sleeping between tests."""
+    spin_until = time.perf_counter() + ANNOUNCE_SPIN_S
+    while time.perf_counter() < spin_until:
+        if request.Test():
+            return
+    sleep = 0.00005
+    while not request.Test():
+        time.sleep(sleep)
+        sleep = min(sleep * 2, ANNOUNCE_MAX_SLEEP_S)
 
 
 def launched_by_mpi() -> bool:

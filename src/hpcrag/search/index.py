@@ -103,7 +103,7 @@ class DistributedIndex:
     def search(self, queries: Any = None, k: int = 10, nprobe: int = 1) -> SearchResult | None:
         """Collective on the ranks that call it: the result on rank 0, None elsewhere."""
         if self.comm.rank != 0:
-            header = self.comm.bcast_obj(None)
+            header = self.comm.announce(None)
             if header["op"] == "error":
                 raise HpcragError(header["message"])
             if header["op"] == "stop":
@@ -115,14 +115,14 @@ class DistributedIndex:
             batch = check_queries(self.comm.xp.asarray(queries), self.dim)
             batch = prepare(batch, self.metric, "queries")
         except HpcragError as exc:
-            self.comm.bcast_obj({"op": "error", "message": str(exc)})
+            self.comm.announce({"op": "error", "message": str(exc)})
             raise
         return self._root_search(batch, k, nprobe)
 
     def follow(self) -> None:
-        """Non-root ranks: serve rank 0's searches until it calls `close()`."""
+        """Non-root ranks: serve rank 0's searches until it calls `close()`; idle, they sleep."""
         while True:
-            header = self.comm.bcast_obj(None)
+            header = self.comm.announce(None)
             if header["op"] == "stop":
                 return
             if header["op"] == "search":
@@ -131,13 +131,13 @@ class DistributedIndex:
     def close(self) -> None:
         """Rank 0: release the ranks waiting in `follow()`."""
         if self.comm.rank == 0 and self.comm.size > 1:
-            self.comm.bcast_obj({"op": "stop"})
+            self.comm.announce({"op": "stop"})
 
     def _root_search(self, batch: Any, k: int, nprobe: int) -> SearchResult:
         started = time.perf_counter()
         nq = batch.shape[0]
         probes = self._router.probe(batch, nprobe)
-        self.comm.bcast_obj({"op": "search", "k": k, "nprobe": nprobe, "nq": nq})
+        self.comm.announce({"op": "search", "k": k, "nprobe": nprobe, "nq": nq})
         batch = self.comm.bcast_array(batch, batch.shape, batch.dtype)
         probes = self.comm.bcast_array(probes, probes.shape, probes.dtype)
         scores, ids = reduce_topk(self.comm, *self._scan_owned(batch, probes, k), k, self.metric)

@@ -1,11 +1,19 @@
-"""Reading and checking what users hand in: vectors (.npy float32/float16 or .fvecs), ids, queries.
+"""Reading and checking what users hand in: vectors (.npy float32/float16 or .fvecs), ids, queries,
+and the bodies and parameters of search requests.
 
 Vectors are opened memory-mapped so a build reads only the rows it needs; every problem is an
-HpcragError naming the file and the fix (shape, dtype, dimension, NaN/inf with the row number).
+HpcragError naming the file (or the request field) and the fix (shape, dtype, dimension, NaN/inf with
+the row number). Request bodies are checked strictly and within stated limits: an integer field takes
+only an integer (not a boolean, a float or a string), a .npy body is sized from its header before it
+is loaded, and a request beyond a limit is a `RequestTooLarge` naming the limit.
 """
 
 from __future__ import annotations
 
+import io
+import json
+import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -111,3 +119,139 @@ def check_search_params(k: int, nprobe: int, nlist: int) -> None:
         raise HpcragError(f"k must be >= 1, got {k}")
     if not 1 <= nprobe <= nlist:
         raise HpcragError(f"nprobe must be between 1 and nlist ({nlist}), got {nprobe}")
+
+
+SEARCH_FIELDS = ("queries", "k", "nprobe")
+_DECIMAL = re.compile(r"[0-9]{1,9}")
+
+
+class RequestTooLarge(HpcragError):
+    """A request beyond one of the service's limits (answered with 413)."""
+
+
+def _shown(value: Any) -> str:
+    """A value as a message may quote it: short, whatever the caller sent."""
+    text = (
+        json.dumps(value)
+        if isinstance(value, (str, int, float, bool)) or value is None
+        else type(value).__name__
+    )
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _refuse_constant(name: str) -> Any:
+    raise HpcragError(
+        f"the request body is not valid JSON ({name} is not a JSON number); send finite numbers"
+    )
+
+
+def parse_search_json(raw: bytes, max_queries: int) -> tuple[np.ndarray, int, int]:
+    """(queries, k, nprobe) from a JSON body {"queries": [[...], ...], "k": 10, "nprobe": 1}."""
+    try:
+        body = json.loads(raw, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise HpcragError('the request body nests JSON too deeply; send {"queries": [[...]], ...}') from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer with too many digits
+        raise HpcragError(f"the request body is not valid JSON ({_first_line(exc)})") from None
+    if not isinstance(body, dict) or "queries" not in body:
+        raise HpcragError('expected a JSON object {"queries": [[...]], "k": 10, "nprobe": 8}')
+    unknown = sorted(set(body) - set(SEARCH_FIELDS))
+    if unknown:
+        raise HpcragError(f"unknown field {_shown(unknown[0])}; valid fields: {', '.join(SEARCH_FIELDS)}")
+    return (
+        _json_queries(body["queries"], max_queries),
+        _json_int(body, "k", 10),
+        _json_int(body, "nprobe", 1),
+    )
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+
+
+def _json_int(body: Mapping[str, Any], name: str, default: int) -> int:
+    value = body.get(name, default)
+    if type(value) is not int:  # bool is an int to Python, not to a caller
+        raise HpcragError(f'"{name}" must be an integer (like 10), got {_shown(value)}')
+    return value
+
+
+def _json_queries(queries: Any, max_queries: int) -> np.ndarray:
+    if not isinstance(queries, list) or not queries:
+        raise HpcragError(
+            f'"queries" must be a non-empty list of vectors (lists of numbers), got {_shown(queries)}'
+        )
+    rows = queries if isinstance(queries[0], list) else [queries]
+    if len(rows) > max_queries:
+        raise RequestTooLarge(
+            f'"queries" holds {len(rows)} vectors, more than the limit of {max_queries} per request '
+            "(--max-queries); split them over several requests"
+        )
+    for number, row in enumerate(rows):
+        if type(row) is not list:
+            raise HpcragError(f'"queries" row {number} must be a list of numbers, got {_shown(row)}')
+        if not set(map(type, row)) <= {int, float}:  # bool is an int to Python: it fails here too
+            bad = next(x for x in row if type(x) not in (int, float))
+            raise HpcragError(
+                f'"queries" row {number} holds {_shown(bad)}: vectors hold numbers only '
+                "(not strings, booleans or null)"
+            )
+    try:
+        array = np.array(rows, dtype=np.float64)
+    except OverflowError:
+        raise HpcragError('"queries" holds an integer beyond the float range; send finite numbers') from None
+    except ValueError:
+        raise HpcragError('"queries" rows differ in length: every vector needs the index dimension') from None
+    with np.errstate(over="ignore"):  # beyond float32 becomes inf, which check_queries names by row
+        return array.astype(np.float32)
+
+
+def parse_search_npy(raw: bytes, max_queries: int) -> np.ndarray:
+    """The queries of a .npy body, sized from its header before any array is allocated."""
+    from numpy.lib import format as npy
+
+    stream = io.BytesIO(raw)
+    try:
+        version = npy.read_magic(stream)
+        if version == (1, 0):
+            shape, _, dtype = npy.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, _, dtype = npy.read_array_header_2_0(stream)
+        else:
+            raise ValueError(f".npy format version {version} is not read here; save with numpy.save")
+    except ValueError as exc:
+        raise HpcragError(f"the request body is not a .npy array ({_first_line(exc)})") from None
+    if dtype.hasobject or dtype.kind not in "fiu":
+        raise HpcragError(f"queries: expected numbers (float32 best), found {dtype}")
+    if len(shape) not in (1, 2):
+        raise HpcragError(f"queries: expected a (nq, dim) array, found shape {shape}")
+    rows = shape[0] if len(shape) == 2 else 1
+    if rows > max_queries:
+        raise RequestTooLarge(
+            f"the body holds {rows} queries, more than the limit of {max_queries} per request "
+            "(--max-queries); split them over several requests"
+        )
+    expected = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if len(raw) - stream.tell() != expected:
+        raise HpcragError(
+            f"the .npy body is damaged: its header says shape {shape} of {dtype} ({expected} bytes) "
+            f"but {len(raw) - stream.tell()} bytes follow"
+        )
+    return np.load(io.BytesIO(raw), allow_pickle=False)
+
+
+def parse_query_params(pairs: Iterable[tuple[str, str]], defaults: Mapping[str, int]) -> dict[str, int]:
+    """Integer query parameters (?k=10&nprobe=4): known names only, decimal digits only, each once."""
+    values, seen = dict(defaults), set()
+    for name, text in pairs:
+        if name not in defaults:
+            raise HpcragError(f"unknown query parameter {_shown(name)}; valid: {', '.join(defaults)}")
+        if name in seen:
+            raise HpcragError(f"query parameter {name} is given more than once; give it once")
+        if not _DECIMAL.fullmatch(text):
+            raise HpcragError(
+                f"query parameter {name} must be a positive integer (like {name}=10), got {_shown(text)}"
+            )
+        seen.add(name)
+        values[name] = int(text)
+    return values

@@ -1,31 +1,43 @@
 """The online search service: rank 0 answers HTTP, every rank scans, batches form on the fly.
 
-Rank 0 runs an aiohttp server in a background thread; requests are validated there (a bad one is a
-400 that names the problem and never reaches the other ranks) and queued. The main thread, which
-owns every MPI/NCCL call, drains the queue into batches of up to `max_batch` queries, waiting at most
-`max_wait` for more to arrive, and runs one collective search per batch. The other ranks sit in
-`DistributedIndex.follow()`.
+Rank 0 runs an aiohttp server in a background thread; requests are authenticated, bounded and
+validated there (a bad one is a 400/401/413 that names the problem and never reaches the other ranks)
+and queued. The main thread, which owns every MPI/NCCL call, forms batches of up to `max_batch`
+queries, waiting at most `max_wait` for more to arrive, and runs one collective search per batch. A
+large request is cut into chunks that share each batch fairly with the other waiting requests, so a
+one-query request is answered within a batch or two, whatever else is queued. The other ranks sit in
+`DistributedIndex.follow()`, asleep while no work comes.
 
-    POST /search   JSON {"queries": [[...], ...], "k": 10, "nprobe": 8}
-                   -> {"ids": [[...]], "distances": [[...]], "shards_touched": [...]}
-                   or a .npy body (Content-Type: application/x-npy) with ?k=&nprobe=
-                   -> an .npz with ids, distances, shards_touched (for NumPy clients)
-    GET  /health   status and the index's shape
-    GET  /metrics  Prometheus text format
+    POST /search        JSON {"queries": [[...], ...], "k": 10, "nprobe": 8}
+                        -> {"ids": [[...]], "distances": [[...]], "shards_touched": [...]}
+                        or a .npy body (Content-Type: application/x-npy) with ?k=&nprobe=
+                        -> an .npz with ids, distances, shards_touched (for NumPy clients)
+    GET  /health        {"status": "ok"}; with the token also the index's shape
+    GET  /metrics       Prometheus text format (token required unless `public_metrics`)
+    GET  /openapi.json  the OpenAPI 3 description of these routes
+
+/search needs `Authorization: Bearer TOKEN`: a per-service secret, given or generated at start and
+written with the URL to the endpoint file (mode 0600), where `SearchClient.from_endpoint_file` and
+the CLI read it. With a TLS context the service speaks HTTPS only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import io
 import json
+import os
 import queue
+import secrets
 import signal
 import socket
+import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,21 +46,71 @@ import numpy as np
 
 from hpcrag.errors import HpcragError
 from hpcrag.search.index import DistributedIndex, SearchResult
-from hpcrag.search.inputs import check_queries, check_search_params
+from hpcrag.search.inputs import (
+    RequestTooLarge,
+    check_queries,
+    check_search_params,
+    parse_query_params,
+    parse_search_json,
+    parse_search_npy,
+)
 
 NPY = "application/x-npy"
 NPZ = "application/x-npz"
-MAX_BODY_BYTES = 256 * 1024 * 1024
+TOKEN_ENV = "HPCRAG_SEARCH_TOKEN"
+MIN_TOKEN_CHARS = 16
+MIB = 1024 * 1024
+HOW_TO_AUTHENTICATE = (
+    "send 'Authorization: Bearer TOKEN'; the token is in the service's endpoint file (--endpoint-file, "
+    f"readable by its owner only), or is the one the service was given (--token-file or ${TOKEN_ENV})"
+)
 
 
 @dataclass(frozen=True)
 class ServiceOptions:
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"
     port: int = 8470
     max_batch: int = 256
     max_wait_s: float = 0.002
     max_k: int = 1024
+    max_queries: int = 4096  # per request; more is a 413
+    max_body_bytes: int = 64 * MIB  # per request body, checked before and while reading; more is a 413
     endpoint_file: Path | None = None
+    token: str | None = None  # None: generate one (written to the endpoint file)
+    tls: ssl.SSLContext | None = None
+    public_metrics: bool = False  # /metrics without the token (a Prometheus on a trusted network)
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch", "max_k", "max_queries", "max_body_bytes"):
+            if getattr(self, name) < 1:
+                raise HpcragError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.port <= 65535:
+            raise HpcragError(f"port {self.port} is not a TCP port; choose 1-65535, or 0 for a free one")
+        if self.token is not None:
+            check_token(self.token, "the token")
+
+
+def check_token(token: str, origin: str) -> str:
+    if len(token) < MIN_TOKEN_CHARS or not token.isascii() or not token.isprintable() or " " in token:
+        raise HpcragError(
+            f"{origin} must be at least {MIN_TOKEN_CHARS} printable ASCII characters without spaces; "
+            "make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+    return token
+
+
+def service_token(token_file: Path | None = None) -> str | None:
+    """The token a service was given (--token-file, else $HPCRAG_SEARCH_TOKEN), or None to generate one."""
+    if token_file is not None:
+        try:
+            text = Path(token_file).read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or "not text"
+            raise HpcragError(f"--token-file {token_file} cannot be read ({reason})") from None
+        return check_token(text, f"--token-file {token_file}")
+    if os.environ.get(TOKEN_ENV):
+        return check_token(os.environ[TOKEN_ENV].strip(), f"${TOKEN_ENV}")
+    return None
 
 
 @dataclass
@@ -57,7 +119,69 @@ class _Pending:
     k: int
     nprobe: int
     future: Future = field(default_factory=Future)
-    enqueued: float = field(default_factory=time.perf_counter)
+    assigned: int = 0  # rows handed to batches so far
+    parts: list[SearchResult] = field(default_factory=list)
+    abandoned: bool = False  # the caller went away: its remaining rows are not searched
+
+    @property
+    def unassigned(self) -> int:
+        return len(self.queries) - self.assigned
+
+
+class FairBatches:
+    """Requests waiting for the ranks, cut into batches that share their room fairly.
+
+    Each batch serves the (k, nprobe) of the request at the head of the line; its room of `max_batch`
+    rows is shared by water-filling among the waiting requests of that kind (each gets an equal share,
+    what a small one leaves goes to the others), and the line turns by one after every batch. A
+    request of 50,000 queries thus runs in chunks between other requests instead of before them.
+    """
+
+    def __init__(self) -> None:
+        self._line: deque[_Pending] = deque()
+
+    def __len__(self) -> int:
+        return len(self._line)
+
+    def add(self, pending: _Pending) -> None:
+        self._line.append(pending)
+
+    def rows(self) -> int:
+        return sum(p.unassigned for p in self._line)
+
+    def take(self, max_rows: int) -> list[tuple[_Pending, int, int]]:
+        """The next batch as (request, first row, end row) chunks, one per request; [] when idle."""
+        self._line = deque(p for p in self._line if not p.abandoned and _started(p.future))
+        if not self._line:
+            return []
+        head = self._line[0]
+        members = [p for p in self._line if (p.k, p.nprobe) == (head.k, head.nprobe)]
+        share = dict.fromkeys(map(id, members), 0)
+        room = max_rows
+        while room:
+            hungry = [p for p in members if p.unassigned > share[id(p)]]
+            if not hungry:
+                break
+            each = max(1, room // len(hungry))
+            for pending in hungry:
+                extra = min(each, pending.unassigned - share[id(pending)], room)
+                share[id(pending)] += extra
+                room -= extra
+                if not room:
+                    break
+        chunks = []
+        for pending in members:
+            if share[id(pending)]:
+                chunks.append((pending, pending.assigned, pending.assigned + share[id(pending)]))
+                pending.assigned += share[id(pending)]
+        self._line = deque(p for p in self._line if p.unassigned)
+        if self._line and self._line[0] is head:
+            self._line.rotate(-1)
+        return chunks
+
+    def drop(self, pendings: list[_Pending]) -> None:
+        gone = set(map(id, pendings))
+        self._line = deque(p for p in self._line if id(p) not in gone)
 
 
 class _Metrics:
@@ -105,23 +229,34 @@ class _Metrics:
         Gauge("hpcrag_search_ranks", "Ranks serving the index", registry=registry).set(index.comm.size)
 
 
+def _started(future: Future) -> bool:
+    """Mark a request's future as running (it can no longer be cancelled); False if it was cancelled."""
+    return future.running() or future.set_running_or_notify_cancel()
+
+
 class SearchService:
     """Rank 0's side of `hpcrag index serve`; `run()` blocks until SIGTERM/SIGINT or `stop()`."""
 
     def __init__(self, index: DistributedIndex, options: ServiceOptions) -> None:
         self.index = index
         self.options = options
+        self.token = options.token or secrets.token_urlsafe(32)
         self.metrics = _Metrics(index)
         self._queue: queue.Queue[_Pending] = queue.Queue()
+        self._batches = FairBatches()
         self._stopping = threading.Event()
         self._ready = threading.Event()
+        # JSON parsing and encoding hold the GIL for long: off the event loop, two at a time at most.
+        self._workers = ThreadPoolExecutor(2, thread_name_prefix="hpcrag-parse")
         self._socket = _listen(options.host, options.port)
         self.port = self._socket.getsockname()[1]
 
     @property
     def url(self) -> str:
         host = self.options.host if self.options.host not in ("0.0.0.0", "::") else socket.gethostname()
-        return f"http://{host}:{self.port}"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{'https' if self.options.tls else 'http'}://{host}:{self.port}"
 
     def stop(self) -> None:
         self._stopping.set()
@@ -137,66 +272,74 @@ class SearchService:
         if self.options.endpoint_file:
             from hpcrag.util.files import write_atomic
 
-            write_atomic(self.options.endpoint_file, json.dumps({"url": self.url}) + "\n")
+            endpoint = {"url": self.url, "token": self.token}
+            write_atomic(self.options.endpoint_file, json.dumps(endpoint) + "\n", mode=0o600)
         if on_ready:
             on_ready(self.url)
         try:
             self._batch_loop()
         finally:
             self.index.close()
+            self._workers.shutdown(wait=False, cancel_futures=True)
 
     # -- the main thread: batches and collective searches ------------------------------------------
 
     def _batch_loop(self) -> None:
-        deferred: list[_Pending] = []
         while not self._stopping.is_set():
-            first = deferred.pop(0) if deferred else self._next(timeout=0.2)
-            if first is None:
+            self._collect(timeout=0.0 if len(self._batches) else 0.2)
+            if not len(self._batches):
                 continue
-            batch, rows = [first], len(first.queries)
             deadline = time.perf_counter() + self.options.max_wait_s
-            while rows < self.options.max_batch:
-                item = self._next(timeout=max(0.0, deadline - time.perf_counter()))
-                if item is None:
+            while self._batches.rows() < self.options.max_batch:
+                left = deadline - time.perf_counter()
+                if left <= 0 or not self._collect(timeout=left):
                     break
-                if (item.k, item.nprobe) == (first.k, first.nprobe):
-                    batch.append(item)
-                    rows += len(item.queries)
-                else:
-                    deferred.append(item)
-            self.metrics.queue_depth.set(self._queue.qsize() + len(deferred))
-            self._run_batch(batch)
+            chunks = self._batches.take(self.options.max_batch)
+            self.metrics.queue_depth.set(len(self._batches) + self._queue.qsize())
+            if chunks:
+                self._run_batch(chunks)
 
-    def _next(self, timeout: float) -> _Pending | None:
+    def _collect(self, timeout: float) -> bool:
+        """Move arrived requests into the line, waiting up to `timeout` for the first; True if any came."""
         try:
-            return self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
+            first = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
         except queue.Empty:
-            return None
+            return False
+        self._batches.add(first)
+        while True:
+            try:
+                self._batches.add(self._queue.get_nowait())
+            except queue.Empty:
+                return True
 
-    def _run_batch(self, batch: list[_Pending]) -> None:
-        queries = np.concatenate([p.queries for p in batch])
+    def _run_batch(self, chunks: list[tuple[_Pending, int, int]]) -> None:
+        first = chunks[0][0]
+        queries = np.concatenate([p.queries[start:end] for p, start, end in chunks])
         try:
-            result = self.index.search(queries, batch[0].k, batch[0].nprobe)
-        except HpcragError as exc:
-            for pending in batch:
+            result = self.index.search(queries, first.k, first.nprobe)
+        except Exception as exc:
+            failed = [p for p, _, _ in chunks]
+            self._batches.drop(failed)
+            for pending in failed:
                 pending.future.set_exception(exc)
-            return
+            if isinstance(exc, HpcragError):
+                return
+            raise  # a bug: the service ends (and every rank with it) rather than answer wrongly
         self.metrics.batch_size.observe(len(queries))
         self.metrics.batch_seconds.observe(result.seconds)
         self.metrics.queries.inc(len(queries))
         self.metrics.shard_visits.inc(int(result.shards_touched.sum()))
-        start = 0
-        for pending in batch:
-            stop = start + len(pending.queries)
-            pending.future.set_result(
+        offset = 0
+        for pending, start, end in chunks:
+            rows = slice(offset, offset + end - start)
+            offset += end - start
+            pending.parts.append(
                 SearchResult(
-                    ids=result.ids[start:stop],
-                    distances=result.distances[start:stop],
-                    shards_touched=result.shards_touched[start:stop],
-                    seconds=result.seconds,
+                    result.ids[rows], result.distances[rows], result.shards_touched[rows], result.seconds
                 )
             )
-            start = stop
+            if end == len(pending.queries):
+                pending.future.set_result(_joined(pending.parts))
 
     # -- the HTTP thread -----------------------------------------------------------------------------
 
@@ -206,21 +349,40 @@ class SearchService:
     async def _http_main(self) -> None:
         from aiohttp import web
 
-        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        # Bodies are read by _read_body under our own limit; this one only backs it up.
+        app = web.Application(client_max_size=self.options.max_body_bytes)
         app.router.add_post("/search", self._handle_search)
         app.router.add_get("/health", self._handle_health)
         app.router.add_get("/metrics", self._handle_metrics)
+        app.router.add_get("/openapi.json", self._handle_openapi)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        await web.SockSite(runner, self._socket).start()
+        await web.SockSite(runner, self._socket, ssl_context=self.options.tls).start()
         self._ready.set()
         while not self._stopping.is_set():
             await asyncio.sleep(0.1)
         await runner.cleanup()
 
+    def _authorized(self, request: Any) -> bool:
+        scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+        given = credentials.strip().encode("utf-8", "backslashreplace")
+        # Constant time: how much of a guess matched must not show in the answer's timing.
+        return scheme.lower() == "bearer" and hmac.compare_digest(given, self.token.encode())
+
+    def _unauthorized(self) -> Any:
+        from aiohttp import web
+
+        return web.json_response(
+            {"error": f"missing or wrong bearer token: {HOW_TO_AUTHENTICATE}"},
+            status=401,
+            headers={"WWW-Authenticate": 'Bearer realm="hpcrag-search"'},
+        )
+
     async def _handle_health(self, request: Any) -> Any:
         from aiohttp import web
 
+        if not self._authorized(request):
+            return web.json_response({"status": "ok"})
         manifest = self.index.manifest
         return web.json_response(
             {
@@ -238,9 +400,18 @@ class SearchService:
         from aiohttp import web
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+        if not (self.options.public_metrics or self._authorized(request)):
+            return self._unauthorized()
         return web.Response(
             body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
+
+    async def _handle_openapi(self, request: Any) -> Any:
+        from aiohttp import web
+
+        from hpcrag.search.openapi import openapi_document
+
+        return web.json_response(openapi_document(self.options, self.index.manifest.nlist))
 
     async def _handle_search(self, request: Any) -> Any:
         from aiohttp import web
@@ -248,12 +419,19 @@ class SearchService:
         started = time.perf_counter()
         binary = request.content_type == NPY
         fmt = "npy" if binary else "json"
+        if not self._authorized(request):
+            self.metrics.requests.labels(fmt, "401").inc()
+            return self._unauthorized()
+        loop = asyncio.get_running_loop()
         try:
-            queries, k, nprobe = await (_parse_npy(request) if binary else _parse_json(request))
-            if k > self.options.max_k:
-                raise HpcragError(f"k {k} exceeds this service's limit of {self.options.max_k}")
-            check_search_params(k, nprobe, self.index.manifest.nlist)
-            queries = check_queries(queries, self.index.dim)
+            raw = await self._read_body(request)
+            parse = self._parse_npy if binary else self._parse_json
+            queries, k, nprobe = await loop.run_in_executor(
+                self._workers, parse, raw, list(request.query.items())
+            )
+        except RequestTooLarge as exc:
+            self.metrics.requests.labels(fmt, "413").inc()
+            return web.json_response({"error": str(exc)}, status=413)
         except HpcragError as exc:
             self.metrics.requests.labels(fmt, "400").inc()
             return web.json_response({"error": str(exc)}, status=400)
@@ -261,6 +439,9 @@ class SearchService:
         self._queue.put(pending)
         try:
             result: SearchResult = await asyncio.wrap_future(pending.future)
+        except asyncio.CancelledError:
+            pending.abandoned = True
+            raise
         except HpcragError as exc:
             self.metrics.requests.labels(fmt, "500").inc()
             return web.json_response({"error": str(exc)}, status=500)
@@ -268,45 +449,68 @@ class SearchService:
         self.metrics.latency.observe(time.perf_counter() - started)
         if binary:
             return web.Response(body=_npz(result), content_type=NPZ)
-        missing = result.ids < 0
-        distances = np.where(missing, np.nan, result.distances)
-        return web.json_response(
-            {
-                "ids": result.ids.tolist(),
-                "distances": [[None if np.isnan(d) else float(d) for d in row] for row in distances],
-                "shards_touched": result.shards_touched.tolist(),
-            }
+        body = await loop.run_in_executor(self._workers, _json_answer, result)
+        return web.Response(body=body, content_type="application/json")
+
+    async def _read_body(self, request: Any) -> bytes:
+        """The body, refused before reading when its declared length is too large, and while reading
+        when it grows too large (a chunked body declares none)."""
+        limit = self.options.max_body_bytes
+        too_large = RequestTooLarge(
+            f"the request body exceeds this service's limit of {limit} bytes (--max-body-mb); "
+            "send fewer queries per request"
         )
+        if request.content_length is not None and request.content_length > limit:
+            raise too_large
+        chunks, size = [], 0
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _parse_json(self, raw: bytes, params: list[tuple[str, str]]) -> tuple[np.ndarray, int, int]:
+        if params:
+            raise HpcragError(
+                f"query parameter {params[0][0]!r} is for .npy bodies; put k and nprobe in the JSON body"
+            )
+        queries, k, nprobe = parse_search_json(raw, self.options.max_queries)
+        return self._checked(queries, k, nprobe)
+
+    def _parse_npy(self, raw: bytes, params: list[tuple[str, str]]) -> tuple[np.ndarray, int, int]:
+        values = parse_query_params(params, {"k": 10, "nprobe": 1})
+        queries = parse_search_npy(raw, self.options.max_queries)
+        return self._checked(queries, values["k"], values["nprobe"])
+
+    def _checked(self, queries: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, int, int]:
+        if k > self.options.max_k:
+            raise HpcragError(f"k {k} exceeds this service's limit of {self.options.max_k} (--max-k)")
+        check_search_params(k, nprobe, self.index.manifest.nlist)
+        return check_queries(queries, self.index.dim), k, nprobe
 
 
-async def _parse_json(request: Any) -> tuple[Any, int, int]:
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise HpcragError(f"the request body is not valid JSON ({exc})") from None
-    if not isinstance(body, dict) or "queries" not in body:
-        raise HpcragError('expected a JSON object {"queries": [[...]], "k": 10, "nprobe": 8}')
-    try:
-        queries = np.asarray(body["queries"], dtype=np.float32)
-    except (TypeError, ValueError):
-        raise HpcragError('"queries" must be a list of equally long lists of numbers') from None
-    return queries, _int(body.get("k", 10), "k"), _int(body.get("nprobe", 1), "nprobe")
+def _joined(parts: list[SearchResult]) -> SearchResult:
+    if len(parts) == 1:
+        return parts[0]
+    return SearchResult(
+        ids=np.concatenate([p.ids for p in parts]),
+        distances=np.concatenate([p.distances for p in parts]),
+        shards_touched=np.concatenate([p.shards_touched for p in parts]),
+        seconds=sum(p.seconds for p in parts),
+    )
 
 
-async def _parse_npy(request: Any) -> tuple[Any, int, int]:
-    raw = await request.read()
-    try:
-        queries = np.load(io.BytesIO(raw), allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise HpcragError(f"the request body is not a .npy array ({exc})") from None
-    return queries, _int(request.query.get("k", 10), "k"), _int(request.query.get("nprobe", 1), "nprobe")
-
-
-def _int(value: Any, name: str) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise HpcragError(f"{name} must be an integer, got {value!r}") from None
+def _json_answer(result: SearchResult) -> bytes:
+    """JSON with null where a neighbour is missing (or its distance overflowed float32)."""
+    distances = np.where((result.ids < 0) | ~np.isfinite(result.distances), np.nan, result.distances)
+    return json.dumps(
+        {
+            "ids": result.ids.tolist(),
+            "distances": [[None if d != d else d for d in row] for row in distances.tolist()],
+            "shards_touched": result.shards_touched.tolist(),
+        }
+    ).encode()
 
 
 def _npz(result: SearchResult) -> bytes:
@@ -323,6 +527,9 @@ def _listen(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise HpcragError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port") from None
+        reason = exc.strerror or str(exc)
+        raise HpcragError(
+            f"cannot listen on {host}:{port} ({reason}); choose another --host or --port"
+        ) from None
     sock.listen(1024)
     return sock
