@@ -82,7 +82,8 @@ def test_sigkill_under_load_loses_no_answered_request(tmp_path) -> None:
             stored = {r for (r,) in db.execute("SELECT request_id FROM requests")}
         missing = [r for r in answered if r not in stored]
         print(
-            f"SIGKILL under {CLIENTS} clients: {len(answered)} answered, {len(stored)} rows, {len(missing)} missing"
+            f"SIGKILL under {CLIENTS} clients: {len(answered)} answered, "
+            f"{len(stored)} rows, {len(missing)} missing"
         )
         assert missing == [], f"{len(missing)} of {len(answered)} answered requests have no ledger row"
         with running(gateway, env, f"{url}/health", tmp_path / "gw-again.log"):
