@@ -186,17 +186,20 @@ def _prompt_shape(value: Any) -> str | None:
     return "<strings>"  # the list-of-strings member names the bad item
 
 
-CONTENT_TYPES = ("text", "image_url", "input_audio", "video_url", "audio_url", "file", "refusal")
+MEDIA_TYPES = ("input_audio", "video_url", "audio_url", "file")
+CONTENT_TYPES = ("text", "image_url", "refusal", *MEDIA_TYPES)
 
 
 def _part_type(value: Any) -> str | None:
     kind = value.get("type") if isinstance(value, dict) else None
-    return f"<{kind}>" if isinstance(kind, str) and kind in CONTENT_TYPES else None
+    if not isinstance(kind, str) or kind not in CONTENT_TYPES:
+        return None
+    return "<media>" if kind in MEDIA_TYPES else f"<{kind}>"
 
 
 _TAGS = frozenset(
     {"<string>", "<list>", "<object>", "<strings>", "<token ids>", "<token id lists>"}
-    | {f"<{t}>" for t in CONTENT_TYPES}
+    | {"<text>", "<image_url>", "<refusal>", "<media>"}
 )
 
 TokenId = Annotated[int, Field(strict=True, ge=0, lt=2**31)]
@@ -261,10 +264,7 @@ ContentPart = Annotated[
     Annotated[TextPart, Tag("<text>")]
     | Annotated[ImagePart, Tag("<image_url>")]
     | Annotated[RefusalPart, Tag("<refusal>")]
-    | Annotated[MediaPart, Tag("<input_audio>")]
-    | Annotated[MediaPart, Tag("<video_url>")]
-    | Annotated[MediaPart, Tag("<audio_url>")]
-    | Annotated[MediaPart, Tag("<file>")],
+    | Annotated[MediaPart, Tag("<media>")],
     Discriminator(
         _part_type,
         custom_error_type="content_part_type",

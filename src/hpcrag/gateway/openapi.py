@@ -1,0 +1,295 @@
+"""The OpenAPI 3.1 description of the gateway, served at GET /openapi.json.
+
+Request bodies come from the same pydantic models that validate them (`gateway.requests`), with the
+configured bounds written in, so the description cannot drift from what is accepted; the answers
+follow the OpenAI API, and every refusal has the OpenAI error shape. The test suite validates the
+document with openapi-spec-validator and loads it with Schemathesis.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic.json_schema import models_json_schema
+
+from hpcrag.config.schema import RequestLimits
+from hpcrag.gateway.requests import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    OpenAIRequest,
+)
+
+_REF = "#/components/schemas/{model}"
+_BEARER = [{"bearer": []}]
+
+_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "code"],
+            "properties": {
+                "message": {"type": "string", "description": "What was wrong, where, and what to send"},
+                "type": {
+                    "type": "string",
+                    "examples": ["invalid_request_error", "authentication_error", "rate_limit_error"],
+                },
+                "code": {"type": ["string", "null"], "examples": ["invalid_request", "body_too_large"]},
+            },
+        }
+    },
+}
+_ERRORS = {
+    "400": "A malformed body, a field of the wrong type or out of range, or a bad X-Hpcrag-* header",
+    "401": "A missing, unknown or revoked API key",
+    "404": "No such model, tier or route",
+    "413": "The body or its text beyond the gateway's limits",
+    "429": "The key's rate limit or budget is spent (see Retry-After)",
+    "502": "The backend failed or answered malformed",
+    "503": "No usable endpoint for the request now (all circuits open or none serving)",
+}
+_OBJECT = {"type": "object", "additionalProperties": True}
+_USAGE = {
+    "type": "object",
+    "properties": {
+        "prompt_tokens": {"type": "integer"},
+        "completion_tokens": {"type": "integer"},
+        "total_tokens": {"type": "integer"},
+    },
+}
+_ANSWERS = {
+    "ChatCompletion": {
+        "type": "object",
+        "required": ["id", "object", "choices"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"const": "chat.completion"},
+            "model": {"type": "string"},
+            "choices": {"type": "array", "items": _OBJECT},
+            "usage": _USAGE,
+        },
+    },
+    "Completion": {
+        "type": "object",
+        "required": ["id", "object", "choices"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"const": "text_completion"},
+            "model": {"type": "string"},
+            "choices": {"type": "array", "items": _OBJECT},
+            "usage": _USAGE,
+        },
+    },
+    "EmbeddingList": {
+        "type": "object",
+        "required": ["object", "data"],
+        "properties": {
+            "object": {"const": "list"},
+            "model": {"type": "string"},
+            "data": {"type": "array", "items": _OBJECT},
+            "usage": _USAGE,
+        },
+    },
+    "Model": {
+        "type": "object",
+        "required": ["id", "object", "created", "owned_by"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"const": "model"},
+            "created": {"type": "integer"},
+            "owned_by": {"type": "string"},
+        },
+    },
+    "ModelList": {
+        "type": "object",
+        "required": ["object", "data"],
+        "properties": {
+            "object": {"const": "list"},
+            "data": {"type": "array", "items": {"$ref": "#/components/schemas/Model"}},
+        },
+    },
+    "Health": {
+        "type": "object",
+        "required": ["status", "endpoints", "usable"],
+        "properties": {
+            "status": {"type": "string", "examples": ["ok", "ledger_down"]},
+            "endpoints": {"type": "integer", "description": "Endpoints registered and live"},
+            "usable": {"type": "integer", "description": "Live endpoints whose circuit is closed"},
+            "message": {"type": "string"},
+        },
+    },
+}
+_ROUTES: list[tuple[str, type[OpenAIRequest], str, str]] = [
+    ("/v1/chat/completions", ChatCompletionRequest, "ChatCompletion", "A chat completion, routed to a tier"),
+    ("/v1/completions", CompletionRequest, "Completion", "A text completion, routed to a tier"),
+    ("/v1/embeddings", EmbeddingRequest, "EmbeddingList", "Embeddings of the input, from an embedding tier"),
+]
+_RESPONSE_HEADERS = {
+    "X-Hpcrag-Request-Id": "The request's id in the ledger",
+    "X-Hpcrag-Tier": "The tier that answered",
+    "X-Hpcrag-Endpoint": "The endpoint that answered",
+}
+
+
+def openapi_document(limits: RequestLimits | None = None) -> dict[str, Any]:
+    """The gateway's routes as an OpenAPI 3.1 document, its bounds taken from `limits`."""
+    limits = limits or RequestLimits()
+    _, definitions = models_json_schema([(m, "validation") for _, m, _, _ in _ROUTES], ref_template=_REF)
+    schemas: dict[str, Any] = definitions["$defs"]
+    _bound(schemas, limits)
+    schemas.update(_ANSWERS)
+    schemas["Error"] = _ERROR
+    paths: dict[str, Any] = {
+        path: {"post": _inference(path, m, answer, summary, limits)} for path, m, answer, summary in _ROUTES
+    }
+    paths["/v1/models"] = {"get": _get("The models, tiers and 'auto' served now", "ModelList")}
+    paths["/v1/models/{model}"] = {
+        "get": {
+            **_get("One served model (the openai client's models.retrieve)", "Model"),
+            "parameters": [
+                {
+                    "name": "model",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "minLength": 1, "maxLength": limits.max_model_chars},
+                    "description": "A model id as GET /v1/models lists it (it may contain '/')",
+                }
+            ],
+        }
+    }
+    paths["/health"] = {
+        "get": {
+            "summary": "Whether the gateway can answer and record: 503 when its ledger writer stopped",
+            "operationId": "health",
+            "responses": {
+                "200": _json("Serving", "Health"),
+                "503": _json("The ledger writer stopped: answers would go unrecorded", "Health"),
+            },
+        }
+    }
+    paths["/metrics"] = {
+        "get": {
+            "summary": "Prometheus metrics; on the API port only with the metrics token as bearer",
+            "operationId": "metrics",
+            "security": _BEARER,
+            "responses": {
+                "200": {
+                    "description": "Prometheus text exposition",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                },
+                "401": _json("A missing or wrong metrics token", "Error"),
+                "404": _json("Metrics are served on the separate metrics listener", "Error"),
+            },
+        }
+    }
+    paths["/openapi.json"] = {
+        "get": {
+            "summary": "This document",
+            "operationId": "openapi",
+            "responses": {
+                "200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": _OBJECT}}}
+            },
+        }
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "hpcrag gateway",
+            "version": "1",
+            "description": (
+                "An OpenAI-compatible gateway that routes each request to a model tier. Limits: "
+                f"{limits.max_body_bytes} body bytes, {limits.max_text_chars} characters of text, "
+                f"{limits.max_messages} messages, {limits.max_input_items} inputs, JSON nesting "
+                f"{limits.max_json_depth} deep, model names of {limits.max_model_chars} characters, "
+                f"X-Hpcrag-* header values of {limits.max_header_bytes} bytes. Fields the OpenAI API does "
+                "not define are passed to vLLM untouched."
+            ),
+        },
+        "components": {
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "An hpcrag API key"}
+            },
+            "schemas": schemas,
+        },
+        "paths": paths,
+    }
+
+
+def _bound(schemas: dict[str, Any], limits: RequestLimits) -> None:
+    """Write the configured bounds, which the models check at run time, into their schemas."""
+    for name in ("ChatCompletionRequest", "CompletionRequest", "EmbeddingRequest"):
+        properties = schemas[name]["properties"]
+        properties["model"].update(minLength=1, maxLength=limits.max_model_chars)
+    schemas["ChatCompletionRequest"]["properties"]["messages"]["maxItems"] = limits.max_messages
+    for name, field in (("CompletionRequest", "prompt"), ("EmbeddingRequest", "input")):
+        schemas[name]["properties"][field]["description"] = (
+            f"A string, up to {limits.max_input_items} strings, token ids, or up to "
+            f"{limits.max_input_items} lists of token ids"
+        )
+
+
+def _inference(
+    path: str, model: type[OpenAIRequest], answer: str, summary: str, limits: RequestLimits
+) -> dict[str, Any]:
+    ok: dict[str, Any] = {"application/json": {"schema": {"$ref": _REF.format(model=answer)}}}
+    if model is not EmbeddingRequest:
+        ok["text/event-stream"] = {
+            "schema": {"type": "string", "description": "Server-sent chunks ending with data: [DONE]"}
+        }
+    header = {"type": "string", "maxLength": limits.max_header_bytes}
+    number = {"type": "number", "exclusiveMinimum": 0}
+    return {
+        "summary": summary,
+        "operationId": path.removeprefix("/v1/").replace("/", "_"),
+        "security": _BEARER,
+        "parameters": [
+            _header("X-Hpcrag-Tier", header, "Pin a tier (s, m, l, xl)"),
+            _header("X-Hpcrag-Quality", header, "low, medium or high: how much quality weighs"),
+            _header("X-Hpcrag-Compliance", header, "Comma-separated compliance tags the endpoint must hold"),
+            _header("X-Hpcrag-Site", header, "Only endpoints at this site"),
+            _header("X-Hpcrag-Provider", header, "Only endpoints of this provider (slurm or a cloud)"),
+            _header("X-Hpcrag-Max-Ttft-Ms", number, "The longest time to first token accepted, in ms"),
+            _header("X-Hpcrag-Max-Cost-Usd", number, "The most the request may cost, in US dollars"),
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": _REF.format(model=model.__name__)}}},
+        },
+        "responses": {
+            "200": {
+                "description": "The backend's answer",
+                "headers": {
+                    name: {"description": text, "schema": {"type": "string"}}
+                    for name, text in _RESPONSE_HEADERS.items()
+                },
+                "content": ok,
+            },
+            **{status: _json(text, "Error") for status, text in _ERRORS.items()},
+        },
+    }
+
+
+def _header(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "header", "required": False, "schema": schema, "description": description}
+
+
+def _get(summary: str, answer: str) -> dict[str, Any]:
+    return {
+        "summary": summary,
+        "operationId": answer[0].lower() + answer[1:],
+        "security": _BEARER,
+        "responses": {
+            "200": _json("OK", answer),
+            "401": _json(_ERRORS["401"], "Error"),
+            "404": _json(_ERRORS["404"], "Error"),
+        },
+    }
+
+
+def _json(description: str, schema: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": _REF.format(model=schema)}}},
+    }
