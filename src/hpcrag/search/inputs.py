@@ -219,7 +219,7 @@ def parse_search_npy(raw: bytes, max_queries: int) -> np.ndarray:
             shape, _, dtype = npy.read_array_header_2_0(stream)
         else:
             raise ValueError(f".npy format version {version} is not read here; save with numpy.save")
-    except ValueError as exc:
+    except Exception as exc:  # numpy's header parser lets tokenize and syntax errors through too
         raise HpcragError(f"the request body is not a .npy array ({_first_line(exc)})") from None
     if dtype.hasobject or dtype.kind not in "fiu":
         raise HpcragError(f"queries: expected numbers (float32 best), found {dtype}")
