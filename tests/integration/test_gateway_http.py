@@ -182,7 +182,9 @@ def test_refusals_say_why(world) -> None:
             messages=[{"role": "user", "content": "hi"}],
             extra_headers={"X-Hpcrag-Site": "paris"},
         )
-    with pytest.raises(openai.BadRequestError, match="max_tokens must be a positive integer, got 0"):
+    with pytest.raises(
+        openai.BadRequestError, match=r"'max_tokens' should be greater than or equal to 1 \(got 0\)"
+    ):
         c.chat.completions.create(model="auto", messages=[{"role": "user", "content": "hi"}], max_tokens=0)
     bad = httpx.post(
         world["url"] + "/v1/chat/completions", content=b"{not json",

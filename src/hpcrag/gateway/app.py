@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
 import logging
 import os
 import time
@@ -24,13 +23,16 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
 from hpcrag.config import Config
+from hpcrag.config.schema import RequestLimits
 from hpcrag.cost.ledger import Ledger, LedgerWriter, RequestRecord
 from hpcrag.errors import HpcragError
 from hpcrag.gateway.access import Access, Refusal, utc_day_start
 from hpcrag.gateway.complexity import load_scorer
 from hpcrag.gateway.endpoints import EndpointTable, LiveEndpoint
 from hpcrag.gateway.keys import ApiKey, KeyStore
+from hpcrag.gateway.openapi import openapi_document
 from hpcrag.gateway.proxy import Exchange, Forwarder, error_body, sse_event
+from hpcrag.gateway.requests import InvalidRequest, check_header, number_header, parse_body, quote, validate
 from hpcrag.gateway.router import AUTO, TIER_PREFIX, Router, RouteRequest, RoutingError
 from hpcrag.metrics.gateway import GatewayMetrics
 from hpcrag.serve.launcher import registry_of
@@ -49,12 +51,6 @@ LEDGER_DOWN = (
     "the usage ledger has stopped writing, and the gateway answers no request it cannot account for; "
     "see the gateway log and restart it"
 )
-
-
-class BadRequest(Exception):
-    def __init__(self, message: str, code: str = "invalid_request") -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass
@@ -149,13 +145,14 @@ def create_metrics_app(gateway: Gateway) -> web.Application:
 
 def create_app(config: Config) -> web.Application:
     gateway = Gateway.create(config)
-    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app = web.Application(client_max_size=config.gateway.limits.max_body_bytes)
     app[STATE] = gateway
     for path in ROUTES:
         app.router.add_post(path, handle_inference)
     app.router.add_get("/v1/models", handle_models)
     app.router.add_get("/v1/models/{model:.+}", handle_model)
     app.router.add_get("/health", handle_health)
+    app.router.add_get("/openapi.json", handle_openapi)
     app.router.add_get("/metrics", handle_metrics)
     app.cleanup_ctx.append(_background)
     return app
@@ -265,12 +262,12 @@ async def handle_inference(request: web.Request) -> web.StreamResponse:
     if refusal is not None:
         return await _refuse(gateway, record, refusal, ids)
     try:
-        body = await _json_body(request)
+        body = await _json_body(request, gateway.config.gateway.limits)
         route_request = _route_request(gateway, request, body, route, key)
         record.model = route_request.model
         decision = gateway.router.route(route_request)
-    except BadRequest as exc:
-        return await _finish_refusal(gateway, record, 400, str(exc.code), str(exc), ids)
+    except InvalidRequest as exc:
+        return await _finish_refusal(gateway, record, exc.status, exc.code, exc.message, ids)
     except RoutingError as exc:
         record.decision = exc.decision
         return await _finish_refusal(gateway, record, exc.status, exc.code, str(exc), ids)
@@ -312,103 +309,66 @@ async def _commit(gateway: Gateway, record: RequestRecord) -> bool:
     return True
 
 
-async def _json_body(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
+async def _json_body(request: web.Request, limits: RequestLimits) -> dict[str, Any]:
+    """The body as a JSON object; a body over the limit is refused from its Content-Length, unread."""
+    length = request.content_length
+    if length is not None and length > limits.max_body_bytes:
+        raise InvalidRequest(
+            f"the request body has {length} bytes, more than the {limits.max_body_bytes} allowed; "
+            "send a smaller request (fewer or shorter messages or inputs)",
+            status=413,
+            code="body_too_large",
+        )
     try:
-        body = json.loads(raw)
-    except ValueError as exc:
-        raise BadRequest(
-            f"the request body is not valid JSON ({exc}); send an OpenAI request object"
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:  # chunked: no Content-Length, stopped at the limit
+        raise InvalidRequest(
+            f"the request body is larger than the {limits.max_body_bytes} bytes allowed; "
+            "send a smaller request",
+            status=413,
+            code="body_too_large",
         ) from None
-    if not isinstance(body, dict):
-        raise BadRequest("the request body must be a JSON object")
-    return body
+    return parse_body(raw, limits)
 
 
 def _route_request(
     gateway: Gateway, request: web.Request, body: dict[str, Any], route: str, key: ApiKey
 ) -> RouteRequest:
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise BadRequest(
-            f"'model' is required: a served model name, {TIER_PREFIX}s … {TIER_PREFIX}xl, or {AUTO!r}",
-            "missing_model",
-        )
-    text = _request_text(body, route)
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens <= 0):
-        raise BadRequest(f"max_tokens must be a positive integer, got {max_tokens!r}", "invalid_max_tokens")
-    headers = request.headers
-    extra = {c.strip().lower() for c in headers.get("X-Hpcrag-Compliance", "").split(",") if c.strip()}
-    site, provider = headers.get("X-Hpcrag-Site"), headers.get("X-Hpcrag-Provider")
     config = gateway.config
+    limits = config.gateway.limits
+    typed = validate(route, body, limits)
+    headers = request.headers
+
+    def header(name: str) -> str | None:
+        return check_header(name, headers.get(name), limits)
+
+    extra = {c.strip().lower() for c in (header("X-Hpcrag-Compliance") or "").split(",") if c.strip()}
+    site, provider = header("X-Hpcrag-Site"), header("X-Hpcrag-Provider")
     if site is not None and site not in config.sites:
-        raise BadRequest(f"unknown site {site!r} in X-Hpcrag-Site; sites: {', '.join(sorted(config.sites))}")
+        raise InvalidRequest(
+            f"unknown site {quote(site)} in X-Hpcrag-Site; sites: {', '.join(sorted(config.sites))}",
+            field="X-Hpcrag-Site",
+        )
     providers = [ON_PREM, *config.clouds.providers]
     if provider is not None and provider not in providers:
-        raise BadRequest(
-            f"unknown provider {provider!r} in X-Hpcrag-Provider; providers: {', '.join(providers)}"
+        raise InvalidRequest(
+            f"unknown provider {quote(provider)} in X-Hpcrag-Provider; providers: {', '.join(providers)}",
+            field="X-Hpcrag-Provider",
         )
+    max_tokens = typed.max_output_tokens()
     return RouteRequest(
-        model=model,
-        text=text,
+        model=typed.model,
+        text=typed.text(),
         output_tokens=0 if route == "embeddings" else (max_tokens or config.gateway.default_output_tokens),
         user_tier=key.user_tier,
         compliance=frozenset(key.compliance) | extra,
-        quality=headers.get("X-Hpcrag-Quality", "medium"),
-        max_ttft_ms=_number(headers, "X-Hpcrag-Max-Ttft-Ms"),
-        max_cost_usd=_number(headers, "X-Hpcrag-Max-Cost-Usd"),
-        tier=headers.get("X-Hpcrag-Tier", "").lower() or None,
+        quality=header("X-Hpcrag-Quality") or "medium",
+        max_ttft_ms=number_header("X-Hpcrag-Max-Ttft-Ms", headers.get("X-Hpcrag-Max-Ttft-Ms"), limits),
+        max_cost_usd=number_header("X-Hpcrag-Max-Cost-Usd", headers.get("X-Hpcrag-Max-Cost-Usd"), limits),
+        tier=(header("X-Hpcrag-Tier") or "").lower() or None,
         site=site,
         provider=provider,
     )
-
-
-def _request_text(body: dict[str, Any], route: str) -> str:
-    """The text the router scores: the user's messages, the prompt, or the input to embed."""
-    if route == "chat":
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise BadRequest(
-                "'messages' must be a non-empty list of {role, content} objects", "invalid_messages"
-            )
-        parts = []
-        for message in messages:
-            if not isinstance(message, dict):
-                raise BadRequest(
-                    "each message must be an object with 'role' and 'content'", "invalid_messages"
-                )
-            if message.get("role") == "user":
-                content = message.get("content")
-                if isinstance(content, list):
-                    parts.extend(p.get("text", "") for p in content if isinstance(p, dict))
-                elif isinstance(content, str):
-                    parts.append(content)
-        return "\n".join(parts)
-    field_name = "prompt" if route == "completions" else "input"
-    value = body.get(field_name)
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-        return "\n".join(value)
-    if isinstance(value, list) and value and all(isinstance(v, int) for v in value):
-        return " " * (4 * len(value))  # token ids: only their count matters to the estimates
-    raise BadRequest(
-        f"'{field_name}' must be a string or a non-empty list of strings", f"invalid_{field_name}"
-    )
-
-
-def _number(headers: Any, name: str) -> float | None:
-    value = headers.get(name)
-    if value is None:
-        return None
-    try:
-        number = float(value)
-    except ValueError:
-        raise BadRequest(f"{name} must be a number, got {value!r}") from None
-    if number <= 0:
-        raise BadRequest(f"{name} must be above 0, got {value!r}")
-    return number
 
 
 async def _refuse(
@@ -503,6 +463,10 @@ def _model_objects(gateway: Gateway) -> list[dict[str, Any]]:
     tiers = [t for t in gateway.config.tiers if any(e.tier == t for e in live)]
     ids = [*names, *(TIER_PREFIX + t for t in tiers), AUTO]
     return [{"id": i, "object": "model", "created": created, "owned_by": "hpcrag"} for i in ids]
+
+
+async def handle_openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document(request.app[STATE].config.gateway.limits))
 
 
 async def handle_health(request: web.Request) -> web.Response:
