@@ -7,15 +7,19 @@ once, so the proxies are all that is measured) serves three targets in turn:
             metrics and the usage ledger all on)
   litellm   `litellm --config` (PyPI litellm[proxy], in .venv-litellm, made by this script) with the
             backend as its one model, one worker
+  hpcrag@REF with `--baseline REF`: the gateway as it was at git revision REF (a worktree of it, run
+            on this virtualenv), e.g. to price a change such as the durable ledger commit
 Each proxy runs as one process with one event loop. The load generator is its own process (aiohttp,
 uvloop), non-streaming chat requests:
   closed    N clients each send the next request when the last is answered: maximum requests/s
   paced     N clients together send RATE requests/s (each at a fixed interval, random phase): latency
             when the proxy is not saturated, i.e. what it adds to one request
-Overhead = proxy's latency minus direct latency at the same N and mode.
+Overhead = proxy's latency minus direct latency at the same N and mode. With `--rounds R` every target
+runs R times, the targets taking turns (direct, hpcrag, ..., direct, hpcrag, ...); the table gives the
+median of the rounds, so every ratio comes from one run with the methods interleaved and repeated.
 
 Usage: .venv/bin/python scripts/bench_gateway.py [--clients 1 10 100] [--seconds 10] [--rate 200]
-       [--out benchmarks/gateway-overhead.md] [--skip-litellm]
+       [--rounds 1] [--baseline REF] [--out benchmarks/gateway-overhead.md] [--skip-litellm]
 """
 
 from __future__ import annotations
@@ -203,6 +207,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200.0, help="Total requests/s of the paced runs.")
     parser.add_argument("--out", default=None)
     parser.add_argument("--skip-litellm", action="store_true")
+    parser.add_argument("--rounds", type=int, default=1, help="Times each target runs, taking turns.")
+    parser.add_argument("--baseline", default=None, help="Also run the gateway of this git revision.")
     parser.add_argument("--load", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--key", default="none", help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, default=1, help=argparse.SUPPRESS)
@@ -238,6 +244,19 @@ def main() -> None:
             [hpcrag[0], "gateway", "keys", "add", "bench"], check=True, capture_output=True, text=True
         ).stdout.strip()
         launchers = {"direct": None, "hpcrag": (hpcrag, {}, gateway_port, "/health")}
+        if args.baseline:
+            tree = work / "baseline"
+            subprocess.run(
+                ["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), args.baseline],
+                check=True,
+                capture_output=True,
+            )
+            launchers[f"hpcrag@{args.baseline}"] = (
+                hpcrag,
+                {"PYTHONPATH": str(tree / "src")},
+                gateway_port,
+                "/health",
+            )
         if not args.skip_litellm:
             config = work / "litellm.yaml"
             config.write_text(
@@ -256,7 +275,7 @@ def main() -> None:
                 "/health/liveliness",
             )
         results: list[dict[str, object]] = []
-        for name, launcher in launchers.items():
+        for _, (name, launcher) in ((r, item) for r in range(args.rounds) for item in launchers.items()):
             # One proxy runs at a time: an idle one's background work would share the measured one's core.
             proxy = None
             url = f"{backend}/v1/chat/completions"
@@ -275,16 +294,46 @@ def main() -> None:
                 if proxy is not None:
                     proxy.terminate()
                     proxy.wait(timeout=30)
-        report(results, args, proxy_cpus, client_cpus)
+        report(median_of_rounds(results), args, proxy_cpus, client_cpus, list(launchers))
     finally:
         for process in processes:
             process.terminate()
         for process in processes:
             process.wait(timeout=30)
+        if args.baseline:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(work / "baseline")])
+
+
+def median_of_rounds(results: list[dict[str, object]]) -> list[dict[str, object]]:
+    groups: dict[tuple[object, ...], list[dict[str, object]]] = {}
+    for r in results:
+        groups.setdefault((r["target"], r["clients"], r["mode"]), []).append(r)
+    merged = []
+    for (target, clients, mode), runs in groups.items():
+        figures = {
+            k: statistics.median(float(r[k]) for r in runs)  # type: ignore[arg-type]
+            for k in ("rps", "p50_ms", "p99_ms")
+        }
+        errors = sum(int(r["errors"]) for r in runs)  # type: ignore[call-overload]
+        merged.append(
+            {
+                "target": target,
+                "clients": clients,
+                "mode": mode,
+                "rounds": len(runs),
+                **figures,
+                "errors": errors,
+            }
+        )
+    return merged
 
 
 def report(
-    results: list[dict[str, object]], args: argparse.Namespace, proxy_cpus: set[int], client_cpus: set[int]
+    results: list[dict[str, object]],
+    args: argparse.Namespace,
+    proxy_cpus: set[int],
+    client_cpus: set[int],
+    order: list[str],
 ) -> None:
     def find(target: str, clients: int, mode: str) -> dict[str, float] | None:
         for r in results:
@@ -300,12 +349,12 @@ def report(
         f"the proxy under test on CPU {sorted(proxy_cpus)}, load generator and backend on CPU "
         f"{sorted(client_cpus)} in every run (direct too)",
         f"- {args.seconds:.0f} s per run after 1 s of warm-up; non-streaming chat, 8-token answers; "
-        f"paced runs at {args.rate:.0f} requests/s in total",
+        f"paced runs at {args.rate:.0f} requests/s in total; {args.rounds} round(s), targets taking "
+        "turns, medians of the rounds (errors summed)",
         "",
         "| clients | mode | target | req/s | p50 ms | p99 ms | overhead p50 ms | overhead p99 ms | errors |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    order = ["direct", "hpcrag", "litellm"]
     for r in sorted(results, key=lambda r: (r["clients"], r["mode"], order.index(r["target"]))):
         base = find("direct", r["clients"], r["mode"])  # type: ignore[arg-type]
         over50 = r["p50_ms"] - base["p50_ms"] if base and r["target"] != "direct" else None  # type: ignore[operator]
@@ -322,6 +371,17 @@ def report(
             ratios.append(f"{clients} clients: {ours['rps'] / theirs['rps']:.2f}x")
     if ratios:
         lines += ["", f"hpcrag / LiteLLM maximum requests/s: {', '.join(ratios)}"]
+    if args.baseline:
+        costs = []
+        for clients in args.clients:
+            for mode in ("closed", "paced"):
+                now, then = find("hpcrag", clients, mode), find(f"hpcrag@{args.baseline}", clients, mode)
+                if now and then:
+                    costs.append(
+                        f"{clients} clients {mode}: p50 {now['p50_ms'] - then['p50_ms']:+.2f} ms, "
+                        f"p99 {now['p99_ms'] - then['p99_ms']:+.2f} ms, req/s {now['rps'] / then['rps']:.2f}x"
+                    )
+        lines += ["", f"hpcrag now vs hpcrag@{args.baseline}:", *(f"- {c}" for c in costs)]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
