@@ -40,6 +40,7 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 _JSON_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+(?:"|\Z)', re.DOTALL)
 _NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
 _HEADER_NUMBER = re.compile(r"^\+?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+_DEPTH_CHUNK = 1 << 20
 _TOKEN_CHARS = 4  # a token id stands for about four characters in the router's estimates
 
 
@@ -93,11 +94,16 @@ def parse_body(raw: bytes, limits: RequestLimits) -> dict[str, Any]:
             code="too_deep",
         )
     try:
-        body = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite, parse_int=_integer)
+        body = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite)
     except json.JSONDecodeError as exc:
         raise InvalidRequest(
             f"the request body is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
             "send an OpenAI request object",
+            code="invalid_json",
+        ) from None
+    except ValueError:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        raise InvalidRequest(
+            "an integer in the request body has thousands of digits; send integers of at most 20 digits",
             code="invalid_json",
         ) from None
     except RecursionError:  # only if max_json_depth is set beyond what the parser can nest
@@ -105,9 +111,10 @@ def parse_body(raw: bytes, limits: RequestLimits) -> dict[str, Any]:
             "the request body nests too deep to parse; send a flatter JSON object", code="too_deep"
         ) from None
     if not isinstance(body, dict):
+        kind = "an array" if isinstance(body, list) else "a string" if isinstance(body, str) else "a scalar"
         raise InvalidRequest(
-            f"the request body is JSON {type(body).__name__ if body is not None else 'null'}, not an "
-            'object; send an OpenAI request object such as {"model": ..., "messages": [...]}',
+            f"the request body is {kind} in JSON, not an object; send an OpenAI request object "
+            'such as {"model": ..., "messages": [...]}',
             code="invalid_json",
         )
     return body
@@ -116,12 +123,14 @@ def parse_body(raw: bytes, limits: RequestLimits) -> dict[str, Any]:
 def _json_depth(raw: bytes) -> int:
     """The deepest nesting of brackets outside JSON strings, without parsing (so without recursion)."""
     brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKET)
-    if len(brackets) <= 1:
-        return len(brackets)
-    codes = np.frombuffer(brackets, dtype=np.uint8)
-    # '[' 0x5B and '{' 0x7B have bit 2 clear; ']' 0x5D and '}' 0x7D have it set.
-    steps = 1 - 2 * ((codes >> 2) & 1).astype(np.int32)
-    return int(np.cumsum(steps, dtype=np.int32).max())
+    level = deepest = 0
+    for start in range(0, len(brackets), _DEPTH_CHUNK):  # chunks bound the memory of the sums
+        size = min(_DEPTH_CHUNK, len(brackets) - start)
+        codes = np.frombuffer(brackets, dtype=np.uint8, count=size, offset=start)
+        # '[' 0x5B and '{' 0x7B have bit 2 clear; ']' 0x5D and '}' 0x7D have it set.
+        levels = level + np.cumsum(1 - 2 * ((codes >> 2) & 1).astype(np.int32))
+        deepest, level = max(deepest, int(levels.max())), int(levels[-1])
+    return deepest
 
 
 def _refuse_constant(name: str) -> Any:
@@ -139,16 +148,6 @@ def _finite(text: str) -> float:
             code="invalid_json",
         )
     return number
-
-
-def _integer(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
-        raise InvalidRequest(
-            f"an integer in the request body has {len(text)} digits; send integers of at most 20 digits",
-            code="invalid_json",
-        ) from None
 
 
 # --------------------------------------------------------------------------------------------- models
@@ -571,35 +570,51 @@ def format_path(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif part not in _TAGS:
+        elif part in _TAGS:
+            continue
+        elif not part.isidentifier() or len(part) > QUOTE_CHARS:  # a key as sent: escaped and cut
+            path += f"[{quote(part)}]"
+        else:
             path += f".{part}" if path else part
     return path
 
 
-def _check_strings(body: Any) -> int:
+def _check_strings(body: dict[str, Any]) -> int:
     """The characters of all strings in `body`; refuses a lone surrogate anywhere, keys included (it
-    cannot reach the backend or the ledger as UTF-8). Iterative, so any depth is safe."""
+    cannot reach the backend or the ledger as UTF-8). Iterative, so any depth is safe; only non-empty
+    containers are stacked, each with a link to its parent, so a body of millions of items stays cheap."""
     total = 0
-    stack: list[tuple[Any, tuple[int | str, ...]]] = [(body, ())]
+    stack: list[tuple[dict[str, Any] | list[Any], _Where]] = [(body, None)]
     while stack:
-        value, loc = stack.pop()
-        if isinstance(value, str):
-            total += len(value)
-            if _SURROGATE.search(value):
-                _surrogate(loc)
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                if _SURROGATE.search(key):
-                    _surrogate(loc, in_key=True)
+        value, where = stack.pop()
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            if isinstance(key, str):
                 total += len(key)
-                stack.append((item, (*loc, key)))
-        elif isinstance(value, list):
-            stack.extend((item, (*loc, i)) for i, item in enumerate(value))
+                if _SURROGATE.search(key):
+                    _surrogate(where, in_key=True)
+            if isinstance(item, str):
+                total += len(item)
+                if _SURROGATE.search(item):
+                    _surrogate((where, key))
+            elif item and isinstance(item, dict | list):
+                stack.append((item, (where, key)))
     return total
 
 
-def _surrogate(loc: tuple[int | str, ...], in_key: bool = False) -> None:
-    field = format_path(loc)
+_Where = tuple[Any, int | str] | None  # (parent, key): a JSON path built only when it is reported
+
+
+def _loc(where: _Where) -> tuple[int | str, ...]:
+    parts: list[int | str] = []
+    while where is not None:
+        where, key = where
+        parts.append(key)
+    return tuple(reversed(parts))
+
+
+def _surrogate(where: _Where, in_key: bool = False) -> None:
+    field = format_path(_loc(where))
     where = f"'{field}'" if field else "the request"
     if in_key:
         where = f"a key of {where if field else 'the request object'}"

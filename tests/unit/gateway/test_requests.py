@@ -195,6 +195,21 @@ def test_long_values_are_quoted_short() -> None:
     assert "9" * 41 not in str(error) and len(str(error)) < 300
 
 
+def test_keys_in_an_error_path_are_escaped_and_cut() -> None:
+    key = "\x1b[2J" + "k" * 100_000
+    error = refused("chat", chat(logit_bias={key: "x"}))
+    assert error.field.startswith("logit_bias[") and "\x1b" not in error.field and len(error.field) < 80
+    assert "\x1b" not in str(error) and len(str(error)) < 300
+    error = refused("chat", chat(extra={"a": ["\udc00"]}, **{"x" * 100_000: {"\ud800": 1}}))
+    assert "surrogate" in str(error) and len(str(error)) < 300
+
+
+def test_huge_integers_are_refused_while_parsing() -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        parse_body(b'{"model": "m", "seed": ' + b"9" * 5000 + b"}", LIMITS)
+    assert caught.value.code == "invalid_json" and "9" * 41 not in str(caught.value)
+
+
 def test_body_over_the_limit_is_413_before_parsing() -> None:
     limits = RequestLimits(max_body_bytes=1000)
     with pytest.raises(InvalidRequest) as caught:
