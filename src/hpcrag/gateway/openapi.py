@@ -8,6 +8,8 @@ document with openapi-spec-validator and loads it with Schemathesis.
 
 from __future__ import annotations
 
+import copy
+import functools
 from typing import Any
 
 from pydantic.json_schema import models_json_schema
@@ -136,8 +138,7 @@ _RESPONSE_HEADERS = {
 def openapi_document(limits: RequestLimits | None = None) -> dict[str, Any]:
     """The gateway's routes as an OpenAPI 3.1 document, its bounds taken from `limits`."""
     limits = limits or RequestLimits()
-    _, definitions = models_json_schema([(m, "validation") for _, m, _, _ in _ROUTES], ref_template=_REF)
-    schemas: dict[str, Any] = definitions["$defs"]
+    schemas = copy.deepcopy(_model_schemas())
     _bound(schemas, limits)
     schemas.update(_ANSWERS)
     schemas["Error"] = _ERROR
@@ -215,6 +216,13 @@ def openapi_document(limits: RequestLimits | None = None) -> dict[str, Any]:
         },
         "paths": paths,
     }
+
+
+@functools.cache
+def _model_schemas() -> dict[str, Any]:
+    """The request models' JSON schemas: built once, as pydantic takes milliseconds for them."""
+    _, definitions = models_json_schema([(m, "validation") for _, m, _, _ in _ROUTES], ref_template=_REF)
+    return definitions["$defs"]
 
 
 def _bound(schemas: dict[str, Any], limits: RequestLimits) -> None:
