@@ -1,8 +1,15 @@
-"""Helpers shared by the command groups: the loaded config and output for people or scripts."""
+"""Helpers shared by the command groups: the loaded config, option types, and output for people or scripts.
+
+What is printed for people is safe for a terminal (control and format characters are shown escaped,
+never sent raw), never cut so that two rows look alike, and shows small dollar amounts with their
+significant digits.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import unicodedata
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +19,24 @@ if TYPE_CHECKING:
     from hpcrag.config import Config
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+class Port(click.ParamType):
+    """A TCP port to listen on: 1-65535, or 0 for a free port the system picks (the server prints it)."""
+
+    name = "port"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        try:
+            port = int(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a port number: give 1-65535, or 0 for a free port", param, ctx)
+        if not 0 <= port <= 65535:
+            self.fail(f"{port} is out of range: ports are 1-65535, or 0 for a free port", param, ctx)
+        return port
+
+
+PORT = Port()
 
 
 def load(ctx: click.Context) -> Config:
@@ -25,13 +50,59 @@ def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
-def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+def shown(text: str) -> str:
+    """`text` as a terminal can show it: control, format and separator characters and lone surrogates
+    (from a name that was not UTF-8) escaped as `\\x1b`, `\\u202e`, `\\udcff`."""
+    return "".join(
+        char.encode("unicode_escape").decode("ascii") if unicodedata.category(char) in _UNSAFE else char
+        for char in text
+    )
+
+
+# Cc control (ESC, newline), Cf format (bidi overrides), Cs surrogates, Co private use, Cn unassigned,
+# Zl/Zp line and paragraph separators.
+_UNSAFE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
+def money(usd: float | None) -> str:
+    """Dollars with at least two decimals and four significant digits: 20.00, 0.0123, 0.000001."""
+    if usd is None:
+        return "-"
+    if usd == 0 or not math.isfinite(usd):
+        return f"{usd:.2f}"
+    if abs(usd) < 1e-9:
+        return f"{usd:.3g}"
+    decimals = max(2, 3 - math.floor(math.log10(abs(usd))))
+    text = f"{usd:.{decimals}f}".rstrip("0")
+    whole, _, fraction = text.partition(".")
+    return f"{whole}.{fraction.ljust(2, '0')}"
+
+
+def table(
+    title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], whole: str | None = None
+) -> None:
+    """Print a table; column `whole` (default: the first, a row's name) gets the width it needs, up to
+    half the terminal.
+
+    Every column folds a value too long for it onto more lines rather than ending it in an ellipsis,
+    so that each value is shown in full at any terminal width and two rows never look alike.
+    """
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    out = Table(title=title, title_justify="left")
-    for column in columns:
-        out.add_column(column)
-    for row in rows:
-        out.add_row(*(str(v) for v in row))
-    Console().print(out)
+    console = Console()
+    whole = columns[0] if whole is None else whole
+    cells = [[shown(str(v)) for v in row] for row in rows]
+    out = Table(title=Text(shown(title)), title_justify="left")
+    for i, column in enumerate(columns):
+        width = None
+        if column == whole:
+            # A fixed width: rich's own sizing squeezes a long unbroken name to a few characters.
+            longest = max([len(column), *(len(row[i]) for row in cells)])
+            width = min(longest, max(len(column), console.width // 2))
+        out.add_column(column, overflow="fold", width=width)
+    for row in cells:
+        # Text, not str: a value is never read as rich markup ("[red]" stays as it is).
+        out.add_row(*(Text(v) for v in row))
+    console.print(out)

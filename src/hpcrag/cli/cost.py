@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import click
 
-from hpcrag.cli.common import echo_json, json_option, load, table
+from hpcrag.cli.common import echo_json, json_option, load, money, table
 
 
 @click.group()
 def cost() -> None:
     """Cost accounting from the gateway's usage ledger and Slurm's accounting."""
-
-
-def _money(value: float | None, digits: int = 4) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
 
 
 @cost.command("report")
@@ -42,10 +38,10 @@ def report(ctx: click.Context, since: str, by: str, as_json: bool) -> None:
                 g.name or "-",
                 g.requests,
                 g.tokens,
-                _money(g.charged_usd, 6),
-                _money(g.gpu_hours, 4),
-                _money(g.gpu_usd, 4),
-                _money(g.usd_per_1k_tokens, 6),
+                money(g.charged_usd),
+                "-" if g.gpu_hours is None else f"{g.gpu_hours:.4f}",
+                money(g.gpu_usd),
+                money(g.usd_per_1k_tokens),
                 "-" if g.utilisation is None else f"{g.utilisation:.2%}",
             ]
             for g in result.groups

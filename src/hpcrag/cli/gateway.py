@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from hpcrag.cli.common import echo_json, json_option, load, table
+from hpcrag.cli.common import PORT, echo_json, json_option, load, money, shown, table
 
 if TYPE_CHECKING:
     from hpcrag.config import Config
@@ -21,7 +21,7 @@ def gateway() -> None:
 
 @gateway.command("serve")
 @click.option("--host", default=None, help="Address to listen on [gateway.yaml].")
-@click.option("--port", type=int, default=None, help="Port [gateway.yaml].")
+@click.option("--port", type=PORT, default=None, help="Port, 0 for a free one [gateway.yaml].")
 @click.pass_context
 def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     """Serve /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models, /health, /metrics."""
@@ -33,7 +33,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     def ready(url: str) -> None:
         click.echo(f"hpcrag gateway listening on {url} (database {config.resolve_path(settings.database)})")
 
-    run(config, host or settings.host, port or settings.port, ready)
+    run(config, host or settings.host, settings.port if port is None else port, ready)
 
 
 @gateway.group()
@@ -67,7 +67,10 @@ def add(
     rate_per_s: float | None,
     burst: int | None,
 ) -> None:
-    """Make a key NAME and print it (it is shown only this once)."""
+    """Make a key NAME and print it (it is shown only this once).
+
+    NAME is 1-64 characters: ASCII letters, digits, '.', '_', '-' and '@', starting with a letter or digit.
+    """
     from hpcrag.catalog.select import eligible_levels
     from hpcrag.errors import HpcragError
 
@@ -122,8 +125,8 @@ def list_keys(ctx: click.Context, as_json: bool) -> None:
                 r["name"],
                 r["user_tier"],
                 ",".join(r["compliance"]) or "-",
-                "-" if r["daily_budget_usd"] is None else f"{r['daily_budget_usd']:.4f}",
-                f"{r['spent_today_usd']:.6f}",
+                money(r["daily_budget_usd"]),
+                money(r["spent_today_usd"]),
                 r["rate_per_s"] or "-",
                 "yes" if r["revoked"] else "",
             ]
@@ -139,7 +142,7 @@ def revoke(ctx: click.Context, name: str) -> None:
     """Refuse key NAME from the gateways' next refresh on."""
     _, store = _store(ctx)
     store.revoke(name)
-    click.echo(f"revoked {name}")
+    click.echo(f"revoked {shown(name)}")
 
 
 @keys.command("budget")
@@ -150,7 +153,7 @@ def budget(ctx: click.Context, name: str, usd: float) -> None:
     """Set key NAME's daily budget to USD dollars."""
     _, store = _store(ctx)
     store.set_budget(name, usd)
-    click.echo(f"{name}: daily budget ${usd:.4f}")
+    click.echo(f"{shown(name)}: daily budget ${money(usd)}")
 
 
 @gateway.command("log")
@@ -178,9 +181,10 @@ def request_log(ctx: click.Context, last: int, as_json: bool) -> None:
                 r.tier or "-",
                 f"{r.provider}/{r.site}/{r.job_id}" if r.endpoint else "-",
                 r.tokens,
-                f"{r.usd:.6f}",
+                money(r.usd),
                 r.decision.get("reason", r.outcome),
             ]
             for r in records
         ],
+        whole="key",
     )

@@ -7,7 +7,7 @@ import time
 
 import click
 
-from hpcrag.cli.common import echo_json, json_option, load, table
+from hpcrag.cli.common import echo_json, json_option, load, money, table
 
 PRIORITY = click.Choice(["production-critical", "production-standard", "batch-processing", "development"])
 
@@ -75,7 +75,7 @@ def up(
             return
         click.echo(
             f"{spec.site}/{spec.partition}: {spec.model} {spec.precision} on {spec.gpus} x {spec.gpu_type} "
-            f"(TP={spec.tp}, {spec.per_gpu_gb:.1f} GB per GPU), ${spec.usd_per_hour:.2f}/h"
+            f"(TP={spec.tp}, {spec.per_gpu_gb:.1f} GB per GPU), ${money(spec.usd_per_hour)}/h"
         )
         click.echo(f"  command: {' '.join(spec.argv)}")
         for key, value in spec.env.items():
@@ -151,6 +151,14 @@ def status(ctx: click.Context, everything: bool, site: str | None, as_json: bool
     if as_json:
         echo_json([{**vars(r.endpoint), "slurm_state": r.slurm_state, "problem": r.problem} for r in rows])
         return
+    if not rows:
+        where = f" at {site}" if site else ""
+        click.echo(
+            f"no servers registered{where}"
+            if everything
+            else f"no live servers{where}; `hpcrag serve status --all` also shows servers that have ended"
+        )
+        return
     table(
         "Servers",
         ["id", "site", "tier", "model", "provider", "job", "state", "slurm", "url", "$/h", "since"],
@@ -165,7 +173,7 @@ def status(ctx: click.Context, everything: bool, site: str | None, as_json: bool
                 e.state,
                 r.slurm_state or "-",
                 e.url or "-",
-                f"{e.usd_per_hour:.2f}",
+                money(e.usd_per_hour),
                 _since(e.healthy_at or e.started_at or e.submitted_at),
             ]
             for r in rows

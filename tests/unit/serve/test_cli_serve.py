@@ -138,3 +138,11 @@ def test_status_with_an_unreachable_site_still_shows_the_registry(config_copy: P
     assert [(r["job_id"], r["state"], r["slurm_state"]) for r in rows] == [
         ("100001", "healthy", "UNREACHABLE")
     ]
+
+
+def test_plain_status_with_no_live_server_says_that_all_shows_ended_ones(run, tmp_path: Path) -> None:
+    plain = run("serve", "status")
+    assert plain.exit_code == 0, plain.output
+    assert plain.output == "no live servers; `hpcrag serve status --all` also shows servers that have ended\n"
+    assert run("serve", "status", "--all").output == "no servers registered\n"
+    assert run("serve", "status", "--site", "sf").output.startswith("no live servers at sf; ")
