@@ -1,4 +1,8 @@
-"""Run the gateway until SIGTERM or SIGINT, on uvloop where it is installed."""
+"""Run the gateway until SIGTERM or SIGINT, on uvloop where it is installed.
+
+It reports the address it really listens on (port 0 asks the system for a free one), and no log line
+it writes holds a credential (`hpcrag.util.redact`).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from aiohttp import web
 
 from hpcrag.config import Config
 from hpcrag.gateway.app import create_app
+from hpcrag.util import redact
 
 
 async def _serve(config: Config, host: str, port: int, ready: Callable[[str], None]) -> None:
@@ -32,13 +37,15 @@ async def _serve(config: Config, host: str, port: int, ready: Callable[[str], No
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    ready(f"http://{host}:{port}")
+    bound = runner.addresses[0][1]
+    ready(f"http://{f'[{host}]' if ':' in host else host}:{bound}")
     await stop.wait()
     await runner.cleanup()
 
 
 def serve(config: Config, host: str, port: int, ready: Callable[[str], None]) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    redact.install()
     try:
         import uvloop
     except ImportError:
