@@ -8,10 +8,13 @@ every answered request into moving averages:
 - throughput: the tokens an endpoint produced per second while the gateway had requests in flight to
   it, which turns the endpoint's $/hour into dollars per token.
 Until an endpoint has been measured, its tier's PRD targets (`tiers.yaml`) stand in, marked "prior".
+Each on-prem server takes only its own per-job key (the registry row's `secret`), which the gateway sends
+with every request; an https:// server is verified against `serving.backend_ca` (`backend_ssl_context`).
 """
 
 from __future__ import annotations
 
+import ssl
 import time
 from dataclasses import dataclass
 
@@ -20,6 +23,7 @@ from hpcrag.config import Config
 from hpcrag.gateway.circuit import CircuitBreaker
 from hpcrag.serve.registry import Endpoint
 from hpcrag.serve.supervisor import PROVIDER as ON_PREM
+from hpcrag.util.tls import client_context
 
 
 @dataclass
@@ -68,8 +72,11 @@ class LiveEndpoint:
 
     @property
     def upstream_headers(self) -> dict[str, str]:
-        """Headers of every request the gateway sends this endpoint."""
-        return {"Content-Type": "application/json"}
+        """Headers of every request the gateway sends this endpoint: its key, when it has one."""
+        headers = {"Content-Type": "application/json"}
+        if self.row.secret:
+            headers["Authorization"] = f"Bearer {self.row.secret}"
+        return headers
 
     @property
     def usd_per_token(self) -> float:
@@ -112,6 +119,13 @@ class LiveEndpoint:
         self._busy_s = 0.0
         if self._busy_since is not None:
             self._busy_since = now
+
+
+def backend_ssl_context(config: Config) -> ssl.SSLContext:
+    """How the gateway verifies https:// servers: against `serving.backend_ca`, else the system's CAs.
+    For the connector of the session that reaches the backends (plain http:// URLs ignore it)."""
+    ca = config.serving.backend_ca
+    return client_context(config.resolve_path(ca) if ca else None)
 
 
 def certifications(config: Config, row: Endpoint) -> frozenset[str]:

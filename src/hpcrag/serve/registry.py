@@ -6,11 +6,16 @@ at once. WAL needs every writer on one host (its index is shared memory); across
 file system the rollback journal (`journal="delete"`) relies on the file system's POSIX locks.
 Each row is one server (a Slurm job or a cloud instance), keyed by (provider, site, job_id). Times are
 Unix seconds.
+
+A row holds its server's API key (`secret`), so the file is the one place the gateway learns it: a new
+registry is created readable by its owner only (0600, in a 0700 folder when hpcrag makes the folder),
+and an existing one that others can read is narrowed to that. An older registry gains the column.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -46,6 +51,7 @@ CREATE TABLE IF NOT EXISTS endpoints (
     restarts INTEGER NOT NULL DEFAULT 0,
     message TEXT NOT NULL DEFAULT '',
     details TEXT NOT NULL DEFAULT '{}',
+    secret TEXT,
     UNIQUE (provider, site, job_id)
 );
 CREATE INDEX IF NOT EXISTS endpoints_by_tier ON endpoints (tier, state);
@@ -74,16 +80,32 @@ class Endpoint:
     restarts: int = 0
     message: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+    # The server's API key: only the gateway sends it; never shown (see `public`).
+    secret: str | None = field(default=None, repr=False)
     id: int | None = None
 
     @property
     def live(self) -> bool:
         return self.state in LIVE_STATES
 
+    def public(self) -> dict[str, Any]:
+        """Every column but the secret: what may be printed or logged."""
+        return {k: v for k, v in vars(self).items() if k != "secret"}
+
 
 _COLUMNS = [f.name for f in fields(Endpoint) if f.name != "id"]
 # What a running server reports about itself; the rest is what its submitter knows.
-PROGRESS = ("state", "url", "started_at", "healthy_at", "heartbeat_at", "stopped_at", "restarts", "message")
+PROGRESS = (
+    "state",
+    "url",
+    "secret",
+    "started_at",
+    "healthy_at",
+    "heartbeat_at",
+    "stopped_at",
+    "restarts",
+    "message",
+)
 SUBMISSION = tuple(c for c in _COLUMNS if c not in PROGRESS)
 
 
@@ -91,13 +113,10 @@ class Registry:
     def __init__(self, path: str | Path, journal: str = "wal") -> None:
         self.path = Path(path)
         self.journal = journal
-        sqlite.initialise(
-            self.path,
-            SCHEMA,
-            "the endpoint registry",
-            "check serving.registry in site-configs/serving.yaml",
-            journal,
-        )
+        fix = "check serving.registry in site-configs/serving.yaml"
+        _private(self.path, fix)
+        sqlite.initialise(self.path, SCHEMA, "the endpoint registry", fix, journal)
+        _migrate(self.path)
 
     def add(self, endpoint: Endpoint, *, update: Sequence[str] | None = None) -> Endpoint:
         """Insert a server; if its (provider, site, job_id) row exists, set the `update` columns
@@ -183,6 +202,36 @@ class Registry:
 
     def healthy(self, tier: str | None = None) -> list[Endpoint]:
         return [e for e in self.find(tier=tier, live_only=True) if e.state == "healthy"]
+
+
+def _private(path: Path, fix: str) -> None:
+    """Create the registry file (and a missing folder) for its owner only; narrow one others can read."""
+    try:
+        if not path.parent.exists():
+            path.parent.mkdir(mode=0o700, parents=True)
+        if not path.exists():
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        # SQLite gives its -wal and -shm files the database's mode; older ones keep theirs.
+        for item in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            if item.exists() and item.stat().st_uid == os.geteuid() and item.stat().st_mode & 0o077:
+                item.chmod(0o600)
+    except OSError as exc:
+        raise HpcragError(f"cannot open the endpoint registry {path}: {exc}; {fix}") from None
+
+
+def _migrate(path: Path) -> None:
+    """Add the column a registry made by an older hpcrag lacks (checked again under the write lock:
+    two processes may open an old registry at once)."""
+    with sqlite.connect(path) as db:
+        if "secret" in _columns(db):
+            return
+    with sqlite.transaction(path) as db:
+        if "secret" not in _columns(db):
+            db.execute("ALTER TABLE endpoints ADD COLUMN secret TEXT")
+
+
+def _columns(db: sqlite3.Connection) -> set[str]:
+    return {row["name"] for row in db.execute("PRAGMA table_info(endpoints)")}
 
 
 def _encode(name: str, value: Any) -> Any:

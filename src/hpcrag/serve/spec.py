@@ -4,7 +4,8 @@ From (site, tier, model, precision), sized by the catalogue's memory planner: th
 partition's best-rated one (PRD on-prem matrix) that holds the model, tensor parallelism the smallest
 power of two that fits with headroom, and the arguments follow the PRD's deployment section
 (--tensor-parallel-size, --quantization, --max-model-len, --gpu-memory-utilization, prefix caching,
-chunked prefill) plus the NCCL environment that tensor parallelism needs inside one node.
+chunked prefill) plus the NCCL environment that tensor parallelism needs inside one node. Where the
+server listens (`bind`) and its certificate, when it speaks HTTPS, come from the site's `vllm:` block.
 """
 
 from __future__ import annotations
@@ -49,13 +50,23 @@ class LaunchSpec:
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    bind: str | None = None  # None: the node's advertised address
+    certfile: str | None = None
+    keyfile: str | None = None
 
     @property
     def gpus(self) -> int:
         return self.tp
 
+    @property
+    def scheme(self) -> str:
+        return "https" if self.certfile else "http"
+
     def argv_with_port(self, host: str, port: int) -> list[str]:
-        return [*self.argv, "--host", host, "--port", str(port)]
+        argv = [*self.argv, "--host", host, "--port", str(port)]
+        if self.certfile and self.keyfile:
+            argv += ["--ssl-certfile", self.certfile, "--ssl-keyfile", self.keyfile]
+        return argv
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -180,6 +191,7 @@ def _spec(config: Config, site: str, tier: str, size: ReplicaSize, runtime: Any)
     if layout.tp > 1:
         env = {**TP_ENV, **env}
     price = config.site(site).gpu_price_usd_per_hour.get(layout.gpu, 0.0) * layout.gpus
+    tls = runtime.tls
     return LaunchSpec(
         site=site,
         tier=tier,
@@ -195,4 +207,7 @@ def _spec(config: Config, site: str, tier: str, size: ReplicaSize, runtime: Any)
         argv=command(config, runtime, args),
         env=env,
         notes=notes,
+        bind=runtime.bind,
+        certfile=str(config.resolve_path(tls.certfile)) if tls else None,
+        keyfile=str(config.resolve_path(tls.keyfile)) if tls else None,
     )

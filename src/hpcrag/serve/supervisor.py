@@ -2,25 +2,35 @@
 
 It runs inside the Slurm job, either as a submitit callable (`hpcrag serve up`) or in the foreground
 (`hpcrag serve run`, from `slurm/vllm-tier.sbatch`). vLLM is a child process whose output goes to the
-job's log. The supervisor picks a free port, advertises http://HOST:PORT in the registry, refreshes a
-heartbeat, and records how the server ended:
+job's log. The supervisor picks a free port, starts vLLM where the site's `vllm.bind` says (by default
+the node's advertised address, never every interface unless the site asks for 0.0.0.0), advertises
+http(s)://HOST:PORT in the registry with a fresh per-start API key, refreshes a heartbeat, and records
+how the server ended:
 
 - vLLM exits on its own: state `failed` with its exit code, and the job fails, so Slurm shows it;
 - `scancel` (SIGTERM): vLLM is stopped and the row becomes `stopped`;
 - time limit or preemption (SIGUSR2, `--signal`): vLLM is stopped, the row becomes `requeued`, and the
-  job is requeued (by submitit through `checkpoint()`, or with `scontrol requeue` in the foreground).
+  job is requeued (by submitit through `checkpoint()`, or with `scontrol requeue` in the foreground);
+- the supervisor itself is killed (SIGKILL, OOM): vLLM gets SIGKILL from the kernel (a parent-death
+  signal), and so does the rest of its process group (see `guard_group`).
+
+The key reaches vLLM in its environment (VLLM_API_KEY), not its argv, which `ps` shows to everyone on
+the node; only the registry row (readable by its owner) and vLLM's environment hold it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -28,10 +38,13 @@ from typing import Any
 from hpcrag.errors import HpcragError
 from hpcrag.serve.health import is_healthy
 from hpcrag.serve.registry import Endpoint, Registry, now
+from hpcrag.serve.runtime import VLLM_SIDE
 from hpcrag.serve.spec import LaunchSpec
 
 PROVIDER = "slurm"
 STOP_GRACE_S = 20.0
+WILDCARDS = ("0.0.0.0", "::")
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 class ServerFailedError(HpcragError):
@@ -48,6 +61,7 @@ class Supervisor:
 
     def __post_init__(self) -> None:
         self._process: subprocess.Popen[bytes] | None = None
+        self._guard: int | None = None
         self._ending: str | None = None
         self._opened: Registry | None = None
 
@@ -78,19 +92,23 @@ class Supervisor:
         """Serve until vLLM exits or the job is stopped; returns the URL that was served."""
         signal.signal(signal.SIGTERM, self._on_term)
         port = free_port()
-        url = f"http://{advertised_host()}:{port}"
-        self._register(url)
-        print(f"hpcrag: starting vLLM for tier {self.spec.tier} on {url}", flush=True)
+        listen, url = where(self.spec, port)
+        secret = secrets.token_urlsafe(32)
+        self._register(url, secret)
+        print(f"hpcrag: starting vLLM for tier {self.spec.tier} on {url} (listening on {listen})", flush=True)
         # Its own process group: vLLM's engine and worker processes are stopped with it, even when
-        # the API server itself was killed and left them behind.
+        # the API server itself was killed and left them behind. Started from this (the main) thread,
+        # which lives as long as the supervisor: the parent-death signal follows the forking thread.
         self._process = subprocess.Popen(
-            self.spec.argv_with_port("0.0.0.0", port),
-            env={**os.environ, **self.spec.env},
+            self.spec.argv_with_port(listen, port),
+            env=server_env(self.spec.env, secret),
             start_new_session=True,
+            preexec_fn=_die_with(os.getpid()),
         )
+        self._guard = guard_group(self._process.pid)
         stop_heartbeat = threading.Event()
         try:
-            self._wait_healthy(f"http://127.0.0.1:{port}")
+            self._wait_healthy(url)
             self._update(state="healthy", healthy_at=now(), heartbeat_at=now())
             print(f"hpcrag: vLLM healthy on {url}", flush=True)
             # Heartbeats come from a thread, so that a signal handler's registry write on the main
@@ -129,7 +147,7 @@ class Supervisor:
         self._update(state="requeued", restarts="+1", message=f"requeued: {why}", url=None)
         print(f"hpcrag: vLLM stopped for requeue ({why})", flush=True)
 
-    def _register(self, url: str) -> None:
+    def _register(self, url: str, secret: str) -> None:
         """Announce this start; a job submitted by hand (vllm-tier.sbatch) creates its own row."""
         self._registry().add(
             Endpoint(
@@ -148,14 +166,17 @@ class Supervisor:
                 submitted_at=now(),
                 started_at=now(),
                 message="",
+                secret=secret,
             ),
-            update=("state", "url", "started_at", "healthy_at", "message"),
+            update=("state", "url", "secret", "started_at", "healthy_at", "message"),
         )
 
-    def _wait_healthy(self, local_url: str) -> None:
+    def _wait_healthy(self, url: str) -> None:
         assert self._process is not None
         deadline = time.monotonic() + self.health_timeout_s
-        while not is_healthy(local_url):
+        # Its own child, on the URL clients use: the certificate is the gateway's to verify, and
+        # /health carries no key.
+        while not is_healthy(url, verify=False):
             code = self._process.poll()
             if code is not None:
                 self._fail(f"vLLM exited with code {code} before it became healthy")
@@ -192,11 +213,79 @@ class Supervisor:
             while process.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.1)
         _signal_group(process.pid, signal.SIGKILL)  # orphaned engine and worker processes
+        if self._guard is not None:
+            guard, self._guard = self._guard, None
+            stand_down(guard)
 
 
 def _signal_group(leader: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(leader, sig)
+
+
+# The watchdog: one byte from the supervisor means "stopped cleanly"; end of file means the supervisor
+# is gone (its pipe closes whenever it dies, SIGKILL included), and the group is killed.
+_WATCHDOG = """
+import os, signal, sys
+if os.read(0, 1) == b"":
+    try:
+        os.killpg(int(sys.argv[1]), signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+"""
+
+
+def guard_group(leader: int) -> int:
+    """Start a watchdog that SIGKILLs the process group `leader` if this process dies; returns the
+    pipe to hand to `stand_down` after a clean stop.
+
+    The parent-death signal reaches only vLLM's API server: the kernel clears it in forked children,
+    and vLLM's engine core and workers (which hold the GPUs) outlive the server, re-parented to init.
+    The watchdog is a separate process in its own session, so that neither the supervisor's death nor
+    Slurm's cleanup of the supervisor's process group takes it down before it has acted.
+    """
+    read, write = os.pipe()
+    try:
+        subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", _WATCHDOG, str(leader)], stdin=read, start_new_session=True
+        )
+    finally:
+        os.close(read)
+    return write
+
+
+def stand_down(guard: int) -> None:
+    with contextlib.suppress(OSError):
+        os.write(guard, b"x")
+    os.close(guard)
+
+
+def server_env(spec_env: dict[str, str], secret: str) -> dict[str, str]:
+    """vLLM's environment: the job's, the site's, the key, and the key middleware on PYTHONPATH."""
+    env = {**os.environ, **spec_env, "VLLM_API_KEY": secret}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(VLLM_SIDE), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def _die_with(parent: int) -> Callable[[], None]:
+    """preexec_fn: SIGKILL this child when the thread that forked it dies (Linux prctl)."""
+
+    def set_parent_death_signal() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            os._exit(126)
+        if os.getppid() != parent:  # the parent died before prctl: nobody would ever send it
+            os._exit(1)
+
+    return set_parent_death_signal
+
+
+def where(spec: LaunchSpec, port: int) -> tuple[str, str]:
+    """(the address vLLM listens on, the URL it is registered at): the site's `vllm.bind`, else the
+    node's advertised name; a wildcard bind is registered under the advertised name."""
+    listen = spec.bind or advertised_host()
+    host = advertised_host() if listen in WILDCARDS else listen
+    return listen, f"{spec.scheme}://{f'[{host}]' if ':' in host else host}:{port}"
 
 
 def free_port() -> int:

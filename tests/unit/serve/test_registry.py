@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sqlite3
 from pathlib import Path
 
 import pytest
 
 from hpcrag.errors import HpcragError
-from hpcrag.serve.registry import SUBMISSION, Endpoint, Registry
+from hpcrag.serve.registry import SCHEMA, SUBMISSION, Endpoint, Registry
 
 
 def _endpoint(job_id: str, **changes) -> Endpoint:
@@ -103,3 +104,48 @@ def test_a_late_submitter_keeps_what_the_server_reported(tmp_path: Path) -> None
     assert (row.log_path, row.submitted_at) == ("/logs/5.out", 9.0)
     replaced = registry.add(_endpoint("5"))
     assert (replaced.state, replaced.url, replaced.id) == ("submitted", None, row.id)
+
+
+def test_the_secret_is_the_servers_to_report_and_never_shown(tmp_path: Path) -> None:
+    registry = Registry(tmp_path / "r.sqlite")
+    registry.add(_endpoint("7", state="starting", url="http://n:1", secret="s3cret"), update=None)
+    # The submitter writes its row after the job registered itself: the key survives it.
+    row = registry.add(_endpoint("7", log_path="/logs/7.out"), update=SUBMISSION)
+    assert (row.secret, row.state, row.log_path) == ("s3cret", "starting", "/logs/7.out")
+    assert "s3cret" not in repr(row) and "secret" not in row.public() and row.public()["job_id"] == "7"
+    assert registry.update("slurm", "nyc", "7", secret="new").secret == "new"  # a restart's new key
+
+
+def test_the_registry_is_private_to_its_owner(tmp_path: Path) -> None:
+    fresh = Registry(tmp_path / "new dir" / "serving.sqlite")
+    with sqlite3.connect(fresh.path) as held:  # keeps -wal and -shm in place while it is open
+        held.execute("SELECT 1 FROM endpoints").fetchall()
+        fresh.add(_endpoint("1"))
+        files = [fresh.path, Path(f"{fresh.path}-wal"), Path(f"{fresh.path}-shm")]
+        assert [f.stat().st_mode & 0o777 for f in files] == [0o600] * 3
+        assert fresh.path.parent.stat().st_mode & 0o777 == 0o700
+        # One an older hpcrag made readable by everyone is narrowed, -wal and -shm included.
+        for item in files:
+            item.chmod(0o644)
+        Registry(fresh.path)
+        assert [f.stat().st_mode & 0o777 for f in files] == [0o600] * 3
+    os.chmod(tmp_path, 0o755)
+    Registry(tmp_path / "other.sqlite")
+    assert tmp_path.stat().st_mode & 0o777 == 0o755  # a folder it did not make is not its to change
+
+
+def test_an_older_registry_gains_the_secret_column(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:
+        db.executescript(SCHEMA.replace("    secret TEXT,\n", ""))
+        db.execute(
+            "INSERT INTO endpoints (provider, site, job_id, tier, model, served_name, state, url) "
+            "VALUES ('slurm', 'nyc', '9', 's', 'm', 'm', 'healthy', 'http://n:2')"
+        )
+    assert "secret" not in {r[1] for r in sqlite3.connect(path).execute("PRAGMA table_info(endpoints)")}
+    registry = Registry(path)
+    (row,) = registry.find()
+    assert (row.job_id, row.url, row.secret) == ("9", "http://n:2", None)
+    assert registry.update("slurm", "nyc", "9", secret="k").secret == "k"
+    Registry(path)  # a second open finds the column and leaves it
+    assert registry.get(row.id).secret == "k"

