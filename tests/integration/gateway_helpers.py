@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,9 +17,58 @@ from pathlib import Path
 import httpx
 import yaml
 
+from hpcrag.serve.registry import Endpoint, Registry
+from tests.conftest import CONFIG_DIR
 from tests.integration.helpers import REPO, eventually
 
 HPCRAG = str(REPO / ".venv" / "bin" / "hpcrag")
+METRICS_TOKEN = "metrics-token-for-tests"
+
+
+def row(site: str, job_id: str, tier: str, served: str, port: int, usd: float) -> Endpoint:
+    return Endpoint(
+        provider="slurm", site=site, job_id=job_id, tier=tier, model="tiny-llama", served_name=served,
+        state="healthy", gpu_type="l40s", gpus=1, url=f"http://127.0.0.1:{port}", usd_per_hour=usd,
+        heartbeat_at=time.time() + 3600,
+    )  # fmt: skip
+
+
+@contextmanager
+def stub_world(tmp: Path) -> Iterator[dict]:
+    """A gateway process in front of two stub backends (tiers S and M) and a dead tier-S endpoint,
+    with keys alice (plain), poor (a tiny budget) and bot (a tight rate limit)."""
+    config_dir = tmp / "site configs"
+    shutil.copytree(CONFIG_DIR, config_dir)
+    quick_gateway_settings(config_dir)
+    env = {
+        "HPCRAG_CONFIG_DIR": str(config_dir),
+        "HPCRAG_REGISTRY": str(tmp / "registry.sqlite"),
+        "HPCRAG_GATEWAY_DB": str(tmp / "gateway.sqlite"),
+        "HPCRAG_METRICS_TOKEN": METRICS_TOKEN,
+    }
+    ports = {"s": free_port(), "m": free_port(), "dead": free_port(), "gateway": free_port()}
+    registry = Registry(env["HPCRAG_REGISTRY"])
+    registry.add(row("nyc", "101", "s", "small", ports["s"], 0.45))
+    registry.add(row("sf", "201", "m", "medium", ports["m"], 0.65))
+    # Cheapest of tier S, so the router tries it first; nothing listens on its port yet.
+    registry.add(row("sf", "202", "s", "small", ports["dead"], 0.10))
+    keys = {
+        "alice": hpcrag(env, "gateway", "keys", "add", "alice").strip(),
+        "poor": hpcrag(env, "gateway", "keys", "add", "poor", "--budget-usd", "0.0000001").strip(),
+        "bot": hpcrag(env, "gateway", "keys", "add", "bot", "--rate", "0.2", "--burst", "1").strip(),
+    }
+    url = f"http://127.0.0.1:{ports['gateway']}"
+    with (
+        running(stub(ports["s"], "small"), env, f"http://127.0.0.1:{ports['s']}/health", tmp / "s.log"),
+        running(stub(ports["m"], "medium"), env, f"http://127.0.0.1:{ports['m']}/health", tmp / "m.log"),
+        running(
+            [HPCRAG, "gateway", "serve", "--port", str(ports["gateway"])],
+            env,
+            f"{url}/health",
+            tmp / "gw.log",
+        ),
+    ):
+        yield {"env": env, "url": url, "keys": keys, "ports": ports, "tmp": tmp}
 
 
 def free_port() -> int:

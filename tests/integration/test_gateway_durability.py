@@ -14,8 +14,7 @@ import time
 import aiohttp
 
 from hpcrag.serve.registry import Registry
-from tests.integration.gateway_helpers import HPCRAG, free_port, hpcrag, running, stub
-from tests.integration.test_gateway_http import row
+from tests.integration.gateway_helpers import HPCRAG, free_port, hpcrag, row, running, stub
 
 CLIENTS = 200
 LOAD_S = 4.0

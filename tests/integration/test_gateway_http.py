@@ -5,75 +5,30 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 import httpx
 import openai
 import pytest
 
-from hpcrag.serve.registry import Endpoint, Registry
+from hpcrag.serve.registry import Registry
 from tests.integration.gateway_helpers import (
-    HPCRAG,
+    METRICS_TOKEN,
     free_port,
     hpcrag,
     metric,
-    quick_gateway_settings,
+    row,
     running,
     stub,
+    stub_world,
 )
 from tests.integration.helpers import REPO, eventually, job_state
 from tests.unit.gateway.test_complexity import ANALYTICAL
 
-METRICS_TOKEN = "metrics-token-for-tests"
-
-
-def row(site: str, job_id: str, tier: str, served: str, port: int, usd: float) -> Endpoint:
-    return Endpoint(
-        provider="slurm", site=site, job_id=job_id, tier=tier, model="tiny-llama", served_name=served,
-        state="healthy", gpu_type="l40s", gpus=1, url=f"http://127.0.0.1:{port}", usd_per_hour=usd,
-        heartbeat_at=time.time() + 3600,
-    )  # fmt: skip
-
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    import shutil
-
-    from tests.conftest import CONFIG_DIR
-
-    tmp = tmp_path_factory.mktemp("gateway")
-    config_dir = tmp / "site configs"
-    shutil.copytree(CONFIG_DIR, config_dir)
-    quick_gateway_settings(config_dir)
-    env = {
-        "HPCRAG_CONFIG_DIR": str(config_dir),
-        "HPCRAG_REGISTRY": str(tmp / "registry.sqlite"),
-        "HPCRAG_GATEWAY_DB": str(tmp / "gateway.sqlite"),
-        "HPCRAG_METRICS_TOKEN": METRICS_TOKEN,
-    }
-    ports = {"s": free_port(), "m": free_port(), "dead": free_port(), "gateway": free_port()}
-    registry = Registry(env["HPCRAG_REGISTRY"])
-    registry.add(row("nyc", "101", "s", "small", ports["s"], 0.45))
-    registry.add(row("sf", "201", "m", "medium", ports["m"], 0.65))
-    # Cheapest of tier S, so the router tries it first; nothing listens on its port yet.
-    registry.add(row("sf", "202", "s", "small", ports["dead"], 0.10))
-    keys = {
-        "alice": hpcrag(env, "gateway", "keys", "add", "alice").strip(),
-        "poor": hpcrag(env, "gateway", "keys", "add", "poor", "--budget-usd", "0.0000001").strip(),
-        "bot": hpcrag(env, "gateway", "keys", "add", "bot", "--rate", "0.2", "--burst", "1").strip(),
-    }
-    url = f"http://127.0.0.1:{ports['gateway']}"
-    with (
-        running(stub(ports["s"], "small"), env, f"http://127.0.0.1:{ports['s']}/health", tmp / "s.log"),
-        running(stub(ports["m"], "medium"), env, f"http://127.0.0.1:{ports['m']}/health", tmp / "m.log"),
-        running(
-            [HPCRAG, "gateway", "serve", "--port", str(ports["gateway"])],
-            env,
-            f"{url}/health",
-            tmp / "gw.log",
-        ),
-    ):
-        yield {"env": env, "url": url, "keys": keys, "ports": ports, "tmp": tmp}
+    with stub_world(tmp_path_factory.mktemp("gateway")) as found:
+        yield found
 
 
 def client(world, key: str = "alice") -> openai.OpenAI:
