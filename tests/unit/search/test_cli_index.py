@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from hpcrag.cli.main import cli
@@ -93,3 +94,38 @@ def test_search_refuses_a_bad_out_and_bad_queries(tmp_path: Path) -> None:
     )
     assert bad_k.exit_code == 1 and "k must be >= 1, got 0" in bad_k.output
     assert not (tmp_path / "r.npz").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--port", "99999"], "Invalid value for '--port': 99999 is not in the range 0<=x<=65535"),
+        (["--port", "-1"], "Invalid value for '--port'"),
+        (["--max-queries", "0"], "Invalid value for '--max-queries'"),
+        (["--max-body-mb", "0"], "Invalid value for '--max-body-mb'"),
+    ],
+)
+def test_serve_refuses_bad_numbers_without_a_traceback(tmp_path: Path, args: list[str], message: str) -> None:
+    result = run("serve", str(tmp_path), *args)
+    assert result.exit_code == 2 and message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_serve_refuses_what_would_leave_it_unusable_or_open(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("HPCRAG_SEARCH_TOKEN", raising=False)
+    no_way_in = run("serve", str(tmp_path))
+    assert no_way_in.exit_code == 1
+    assert "nobody could read the generated token: give --endpoint-file F" in no_way_in.output
+    short = tmp_path / "token"
+    short.write_text("abc\n")
+    bad_token = run("serve", str(tmp_path), "--token-file", str(short))
+    assert bad_token.exit_code == 1 and "must be at least 16 printable ASCII characters" in bad_token.output
+    missing = run("serve", str(tmp_path), "--token-file", str(tmp_path / "nope"))
+    assert missing.exit_code == 1 and "cannot be read (No such file or directory)" in missing.output
+    monkeypatch.setenv("HPCRAG_SEARCH_TOKEN", "x" * 20)
+    half_tls = run("serve", str(tmp_path), "--tls-cert", str(tmp_path / "c.pem"))
+    assert half_tls.exit_code == 1 and "--tls-cert and --tls-key go together" in half_tls.output
+    no_cert = run("serve", str(tmp_path), "--tls-cert", "c.pem", "--tls-key", "k.pem")
+    assert no_cert.exit_code == 1 and "--tls-cert c.pem does not exist" in no_cert.output
+    for result in (no_way_in, bad_token, missing, half_tls, no_cert):
+        assert "Traceback" not in result.output
