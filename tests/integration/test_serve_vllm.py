@@ -4,23 +4,33 @@ One flow, because every vLLM start costs about a minute on two cores: two tiers 
 `serve up` (NYC tier S, SF tier M) and one server submitted by hand with slurm/vllm-tier.sbatch, all
 at once; the official openai client against the registered URLs; `serve down`; scancel of the hand-made
 job; the time-limit signal that makes submitit requeue the SF server, which comes back; and a killed
-vLLM, reported with its Slurm state and log path.
+vLLM, reported with its Slurm state and log path. A second flow serves over HTTPS and kills the
+supervisor: the server answers only its per-start key, and dies with its supervisor.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shutil
 import signal
+import socket
+import ssl
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import aiohttp
+import httpx
 import pytest
 from openai import OpenAI
 
 from hpcrag.config import load_config
+from hpcrag.gateway.endpoints import EndpointTable, backend_ssl_context
 from hpcrag.serve import launcher
 from hpcrag.serve.load import scrape
+from hpcrag.serve.registry import Endpoint
 from hpcrag.slurm.target import SlurmTarget
 from tests.conftest import CONFIG_DIR, REPO
 from tests.integration.helpers import eventually
@@ -52,8 +62,10 @@ def _row(config, endpoint_id: int):
     return next(r for r in launcher.status(config, everything=True) if r.endpoint.id == endpoint_id)
 
 
-def _chat(url: str, model: str, stream: bool = False) -> str:
-    client = OpenAI(base_url=f"{url}/v1", api_key="unused", timeout=60)
+def _chat(endpoint: Endpoint, model: str, stream: bool = False, http_client=None) -> str:
+    client = OpenAI(
+        base_url=f"{endpoint.url}/v1", api_key=endpoint.secret, timeout=60, http_client=http_client
+    )
     messages = [{"role": "user", "content": "hello world, what is a slurm job"}]
     if stream:
         chunks = client.chat.completions.create(model=model, messages=messages, max_tokens=6, stream=True)
@@ -109,12 +121,13 @@ def test_tiers_at_both_sites_end_to_end(serving, nyc: SlurmTarget, sf: SlurmTarg
     )
     assert by_hand.job_id == hand and by_hand.log_path and by_hand.log_path.endswith(f"hand-{hand}.out")
 
-    assert _chat(small.url, "tiny-llama")
-    assert _chat(medium.url, "tiny-llama", stream=True)
+    assert _chat(small, "tiny-llama")
+    assert _chat(medium, "tiny-llama", stream=True)
     # The burst policy's load signal: vLLM's own queue-time histogram counted that request.
     load = scrape(small.url)
     assert load is not None and load.queue_time_count >= 1 and load.waiting == 0
-    assert [m.id for m in OpenAI(base_url=f"{by_hand.url}/v1", api_key="x").models.list()] == ["tiny-llama"]
+    listed = OpenAI(base_url=f"{by_hand.url}/v1", api_key=by_hand.secret).models.list()
+    assert [m.id for m in listed] == ["tiny-llama"]
     rows = {r.endpoint.id: r for r in launcher.status(config)}
     assert rows[small.id].slurm_state == "RUNNING" and rows[small.id].endpoint.state == "healthy"
     assert rows[small.id].endpoint.heartbeat_at is not None
@@ -145,7 +158,7 @@ def test_tiers_at_both_sites_end_to_end(serving, nyc: SlurmTarget, sf: SlurmTarg
     # it again sooner ("Job credential revoked"), so the test waits rather than forcing StartTime.
     (medium,) = launcher.wait_healthy(config, [registry.get(medium.id)], START_TIMEOUT + 180)
     assert medium.url and medium.restarts == 1
-    assert _chat(medium.url, "tiny-llama")
+    assert _chat(medium, "tiny-llama")
     del first_url
 
     # A killed vLLM: the job fails, and status says so with the Slurm state and the log path.
@@ -172,3 +185,120 @@ def _group_alive(group: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def _session_of(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[3])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _running() -> dict[int, tuple[str, int | None, str]]:
+    """pid -> (state, session, command line) of every process, zombies (which run nothing) left out."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            argv = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if state != "Z":
+            found[int(entry.name)] = (state, _session_of(int(entry.name)), argv)
+    return found
+
+
+@pytest.fixture
+def tls_serving(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dev_cluster):
+    """The dev configuration with vLLM over HTTPS: a local CA, a certificate for this node's names."""
+    import trustme
+
+    if not (REPO / ".venv-vllm/bin/python").exists() or not (REPO / ".run/tiny-llama/config.json").exists():
+        pytest.fail("the vLLM environment is missing: run scripts/setup")
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    cert = ca.issue_cert(socket.gethostname(), "localhost", "127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "vllm.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "vllm.key"))
+    config_dir = tmp_path / "site configs"
+    shutil.copytree(CONFIG_DIR, config_dir)
+    profile = config_dir / "profiles" / "dev.yaml"
+    tls = f"  tls: {{certfile: {tmp_path / 'vllm.pem'}, keyfile: {tmp_path / 'vllm.key'}}}\n"
+    profile.write_text(
+        profile.read_text()
+        .replace(".venv-vllm/bin/python", str(REPO / ".venv-vllm/bin/python"))
+        .replace(".run/tiny-llama", str(REPO / ".run/tiny-llama"))
+        .replace("  env: {VLLM_CPU", tls + "  env: {VLLM_CPU")
+    )
+    serving = config_dir / "serving.yaml"
+    serving.write_text(serving.read_text() + f"backend_ca: {tmp_path / 'ca.pem'}\n")
+    monkeypatch.setenv("HPCRAG_REGISTRY", str(tmp_path / "serving.sqlite"))
+    config = load_config(config_dir, "dev")
+    yield config, tmp_path / "ca.pem"
+    for endpoint in launcher.registry_of(config).find():
+        SlurmTarget.for_site(config.site(endpoint.site)).scancel(endpoint.job_id)
+
+
+def test_https_server_answers_only_its_key_and_dies_with_its_supervisor(tls_serving) -> None:
+    config, ca = tls_serving
+    (server,) = launcher.wait_healthy(
+        config, launcher.up(config, "nyc", "s", priority="development"), START_TIMEOUT
+    )
+    assert server.url.startswith(f"https://{socket.gethostname()}:") and server.secret
+    port = server.url.rsplit(":", 1)[1]
+    verified = httpx.Client(verify=ssl.create_default_context(cafile=str(ca)), timeout=60)
+    body = {"model": "tiny-llama", "prompt": "a slurm job", "max_tokens": 2}
+    # No key, a wrong one, or a path vLLM's own --api-key leaves open: refused.
+    for path, headers in [
+        ("/v1/completions", {}),
+        ("/v1/completions", {"Authorization": "Bearer " + server.secret[:-1]}),
+        ("/invocations", {}),
+        ("/tokenize", {}),
+    ]:
+        assert verified.post(server.url + path, json=body, headers=headers).status_code == 401, path
+    assert verified.get(server.url + "/health").status_code == 200  # liveness and load stay open
+    assert "vllm:num_requests_waiting" in verified.get(server.url + "/metrics").text
+    assert _chat(server, "tiny-llama", http_client=verified)
+    with pytest.raises(httpx.ConnectError):  # a CA the gateway was not told about
+        httpx.get(server.url + "/health", timeout=10)
+
+    # What the gateway does: the registry row's key in its headers, the configured CA for https.
+    async def through_gateway_pieces() -> int:
+        table = EndpointTable(config)
+        table.sync(launcher.registry_of(config).healthy("s"))
+        (live,) = table.live()
+        connector = aiohttp.TCPConnector(ssl=backend_ssl_context(config))
+        async with (
+            aiohttp.ClientSession(connector=connector) as session,
+            session.post(live.url + "/v1/completions", json=body, headers=live.upstream_headers) as answer,
+        ):
+            return answer.status
+
+    assert asyncio.run(through_gateway_pieces()) == 200
+
+    # SIGKILL of the supervisor: the server, its engine core and its workers all die with it.
+    (api_server,) = [
+        pid for pid, (_, _, argv) in _running().items()
+        if "vllm.entrypoints.openai.api_server" in argv and f"--port {port}" in argv
+    ]  # fmt: skip
+    session = _session_of(api_server)
+    group = [pid for pid, (_, sid, _) in _running().items() if sid == session]
+    assert len(group) >= 3, group  # the API server, its engine core and the engine's worker at least
+    supervisor = int(Path(f"/proc/{api_server}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    assert "vllm" not in _running()[supervisor][2]
+    os.kill(supervisor, signal.SIGKILL)
+    started = time.monotonic()
+    eventually(
+        lambda: (
+            not [p for p, (_, sid, argv) in _running().items() if sid == session or f"--port {port}" in argv]
+        ),
+        10,
+        "no vLLM process of the killed supervisor's server left",
+    )
+    print(
+        f"{len(group)} vLLM processes gone {time.monotonic() - started:.1f} s after SIGKILL of the supervisor"
+    )
+    with pytest.raises(httpx.ConnectError):
+        verified.get(server.url + "/health")
