@@ -120,7 +120,7 @@ def test_refusals_say_why(world) -> None:
     assert missing.status_code == 401 and "Authorization: Bearer" in missing.json()["error"]["message"]
     poor = client(world, "poor")
     poor.chat.completions.create(model="tier-s", messages=[{"role": "user", "content": "hi"}])
-    with pytest.raises(openai.RateLimitError, match=r"daily budget of key 'poor' \(\$0.0000\) is spent"):
+    with pytest.raises(openai.RateLimitError, match=r"daily budget of key 'poor' \(\$0.0000001\) is spent"):
         poor.chat.completions.create(model="tier-s", messages=[{"role": "user", "content": "hi"}])
     bot = client(world, "bot")
     bot.chat.completions.create(model="tier-s", messages=[{"role": "user", "content": "hi"}])

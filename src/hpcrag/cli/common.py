@@ -8,7 +8,6 @@ significant digits.
 from __future__ import annotations
 
 import json
-import math
 import unicodedata
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -62,20 +61,6 @@ def shown(text: str) -> str:
 # Cc control (ESC, newline), Cf format (bidi overrides), Cs surrogates, Co private use, Cn unassigned,
 # Zl/Zp line and paragraph separators.
 _UNSAFE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
-
-
-def money(usd: float | None) -> str:
-    """Dollars with at least two decimals and four significant digits: 20.00, 0.0123, 0.000001."""
-    if usd is None:
-        return "-"
-    if usd == 0 or not math.isfinite(usd):
-        return f"{usd:.2f}"
-    if abs(usd) < 1e-9:
-        return f"{usd:.3g}"
-    decimals = max(2, 3 - math.floor(math.log10(abs(usd))))
-    text = f"{usd:.{decimals}f}".rstrip("0")
-    whole, _, fraction = text.partition(".")
-    return f"{whole}.{fraction.ljust(2, '0')}"
 
 
 def table(

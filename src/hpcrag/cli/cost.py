@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from hpcrag.cli.common import echo_json, json_option, load, money, table
+from hpcrag.cli.common import echo_json, json_option, load, table
+from hpcrag.util.money import money
 
 
 @click.group()

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from hpcrag.cli.common import PORT, echo_json, json_option, load, money, shown, table
+from hpcrag.cli.common import PORT, echo_json, json_option, load, shown, table
+from hpcrag.util.money import money
 
 if TYPE_CHECKING:
     from hpcrag.config import Config

@@ -7,7 +7,8 @@ import time
 
 import click
 
-from hpcrag.cli.common import echo_json, json_option, load, money, table
+from hpcrag.cli.common import echo_json, json_option, load, table
+from hpcrag.util.money import money
 
 PRIORITY = click.Choice(["production-critical", "production-standard", "batch-processing", "development"])
 

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from hpcrag.gateway.keys import ApiKey, hash_key
+from hpcrag.util.money import money
 
 
 @dataclass(frozen=True)
@@ -79,8 +80,8 @@ class Access:
             return Refusal(
                 429,
                 "budget_exceeded",
-                f"the daily budget of key {key.name!r} (${key.daily_budget_usd:.4f}) is spent: "
-                f"${self.spent_today(key):.4f} since 00:00 UTC; it resets at 00:00 UTC, or an "
+                f"the daily budget of key {key.name!r} (${money(key.daily_budget_usd)}) is spent: "
+                f"${money(self.spent_today(key))} since 00:00 UTC; it resets at 00:00 UTC, or an "
                 f"administrator raises it with `hpcrag gateway keys budget {key.name} USD`",
                 retry_after_s=self.day_start + 86400 - now,
             )

@@ -47,6 +47,7 @@ ROUTES = {
     "/v1/embeddings": "embeddings",
 }
 STATE: web.AppKey[Gateway] = web.AppKey("gateway")
+OFFLOAD_BYTES = 256 * 1024
 LEDGER_DOWN = (
     "the usage ledger has stopped writing, and the gateway answers no request it cannot account for; "
     "see the gateway log and restart it"
@@ -262,8 +263,11 @@ async def handle_inference(request: web.Request) -> web.StreamResponse:
     if refusal is not None:
         return await _refuse(gateway, record, refusal, ids)
     try:
-        body = await _json_body(request, gateway.config.gateway.limits)
-        route_request = _route_request(gateway, request, body, route, key)
+        raw = await _raw_body(request, gateway.config.gateway.limits)
+        if len(raw) > OFFLOAD_BYTES:  # parsing megabytes would stall every other request on the loop
+            body, route_request = await asyncio.to_thread(_understand, gateway, request, raw, route, key)
+        else:
+            body, route_request = _understand(gateway, request, raw, route, key)
         record.model = route_request.model
         decision = gateway.router.route(route_request)
     except InvalidRequest as exc:
@@ -309,8 +313,8 @@ async def _commit(gateway: Gateway, record: RequestRecord) -> bool:
     return True
 
 
-async def _json_body(request: web.Request, limits: RequestLimits) -> dict[str, Any]:
-    """The body as a JSON object; a body over the limit is refused from its Content-Length, unread."""
+async def _raw_body(request: web.Request, limits: RequestLimits) -> bytes:
+    """The body; one over the limit is refused from its Content-Length, unread."""
     length = request.content_length
     if length is not None and length > limits.max_body_bytes:
         raise InvalidRequest(
@@ -328,7 +332,14 @@ async def _json_body(request: web.Request, limits: RequestLimits) -> dict[str, A
             status=413,
             code="body_too_large",
         ) from None
-    return parse_body(raw, limits)
+    return raw
+
+
+def _understand(
+    gateway: Gateway, request: web.Request, raw: bytes, route: str, key: ApiKey
+) -> tuple[dict[str, Any], RouteRequest]:
+    body = parse_body(raw, gateway.config.gateway.limits)
+    return body, _route_request(gateway, request, body, route, key)
 
 
 def _route_request(

@@ -7,7 +7,7 @@ import pytest
 from hpcrag.errors import HpcragError
 from hpcrag.gateway.access import Access, Refusal, utc_day_start
 from hpcrag.gateway.circuit import CircuitBreaker
-from hpcrag.gateway.keys import KeyStore
+from hpcrag.gateway.keys import ApiKey, KeyStore, hash_key
 
 
 @pytest.fixture
@@ -60,7 +60,7 @@ def test_budget_counts_ledger_spend_and_local_charges(store) -> None:
     access.charge("alice", 0.25)
     refusal = access.admit(alice, now=day + 10)
     assert refusal is not None and refusal.status == 429 and refusal.code == "budget_exceeded"
-    assert "daily budget of key 'alice' ($1.0000) is spent: $1.0000 since 00:00 UTC" in refusal.message
+    assert "daily budget of key 'alice' ($1.00) is spent: $1.00 since 00:00 UTC" in refusal.message
     assert refusal.retry_after_s == pytest.approx(86400 - 10)
     assert access.admit(alice, now=day + 86400 + 1) is None  # a new UTC day
 
@@ -88,3 +88,14 @@ def test_circuit_opens_after_consecutive_failures_and_closes() -> None:
     assert not circuit.due_for_probe(now=5.0) and circuit.due_for_probe(now=11.0)
     circuit.close()
     assert circuit.allows() and circuit.consecutive_failures == 0 and circuit.times_opened == 1
+
+
+def test_the_bearer_scheme_is_case_insensitive_and_odd_tokens_are_unknown_keys() -> None:
+    key = ApiKey(name="alice", key_hash=hash_key("hpc-secret"), user_tier="pro")
+    access = Access()
+    access.load({key.key_hash: key}, {}, utc_day_start())
+    for header in ("Bearer hpc-secret", "bearer hpc-secret", "BEARER  hpc-secret "):
+        assert access.authenticate(header) == key
+    for header in ("Basic hpc-secret", "Bearer", "Bearer \udcff\udcfe", "hpc-secret"):
+        refusal = access.authenticate(header)
+        assert isinstance(refusal, Refusal) and refusal.status == 401

@@ -21,8 +21,9 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hpcrag.cli.common import money, shown
+from hpcrag.cli.common import shown
 from hpcrag.cli.main import cli
+from hpcrag.util.money import money
 from tests.conftest import CONFIG_DIR
 
 
