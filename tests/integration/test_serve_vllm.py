@@ -27,8 +27,9 @@ import pytest
 from openai import OpenAI
 
 from hpcrag.config import load_config
-from hpcrag.gateway.endpoints import EndpointTable, backend_ssl_context
+from hpcrag.gateway.endpoints import EndpointTable
 from hpcrag.serve import launcher
+from hpcrag.serve.client import backend_ssl_context
 from hpcrag.serve.load import scrape
 from hpcrag.serve.registry import Endpoint
 from hpcrag.slurm.target import SlurmTarget

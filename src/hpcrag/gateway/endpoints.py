@@ -9,21 +9,20 @@ every answered request into moving averages:
   it, which turns the endpoint's $/hour into dollars per token.
 Until an endpoint has been measured, its tier's PRD targets (`tiers.yaml`) stand in, marked "prior".
 Each on-prem server takes only its own per-job key (the registry row's `secret`), which the gateway sends
-with every request; an https:// server is verified against `serving.backend_ca` (`backend_ssl_context`).
+with every request; https:// servers are verified with `serve.client.backend_ssl_context`.
 """
 
 from __future__ import annotations
 
-import ssl
 import time
 from dataclasses import dataclass
 
 from hpcrag.catalog.matrix import RATING_WEIGHT
 from hpcrag.config import Config
 from hpcrag.gateway.circuit import CircuitBreaker
+from hpcrag.serve.client import auth_headers
 from hpcrag.serve.registry import Endpoint
 from hpcrag.serve.supervisor import PROVIDER as ON_PREM
-from hpcrag.util.tls import client_context
 
 
 @dataclass
@@ -73,10 +72,7 @@ class LiveEndpoint:
     @property
     def upstream_headers(self) -> dict[str, str]:
         """Headers of every request the gateway sends this endpoint: its key, when it has one."""
-        headers = {"Content-Type": "application/json"}
-        if self.row.secret:
-            headers["Authorization"] = f"Bearer {self.row.secret}"
-        return headers
+        return {"Content-Type": "application/json", **auth_headers(self.row)}
 
     @property
     def usd_per_token(self) -> float:
@@ -119,13 +115,6 @@ class LiveEndpoint:
         self._busy_s = 0.0
         if self._busy_since is not None:
             self._busy_since = now
-
-
-def backend_ssl_context(config: Config) -> ssl.SSLContext:
-    """How the gateway verifies https:// servers: against `serving.backend_ca`, else the system's CAs.
-    For the connector of the session that reaches the backends (plain http:// URLs ignore it)."""
-    ca = config.serving.backend_ca
-    return client_context(config.resolve_path(ca) if ca else None)
 
 
 def certifications(config: Config, row: Endpoint) -> frozenset[str]:

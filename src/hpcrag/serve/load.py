@@ -8,6 +8,7 @@ and none was scheduled, they have waited at least the whole interval.
 
 from __future__ import annotations
 
+import ssl
 import time
 from dataclasses import dataclass
 
@@ -54,18 +55,19 @@ def parse_metrics(text: str) -> ServerLoad:
     return ServerLoad(totals[QUEUE_SUM], totals[QUEUE_COUNT], totals[WAITING], totals[RUNNING])
 
 
-def scrape(base_url: str, timeout: float = 2.0) -> ServerLoad | None:
+def scrape(base_url: str, timeout: float = 2.0, verify: ssl.SSLContext | bool = True) -> ServerLoad | None:
+    """One server's load; `verify`: the context for https servers (`client.backend_ssl_context`)."""
     try:
-        response = httpx.get(f"{base_url}/metrics", timeout=timeout)
+        response = httpx.get(f"{base_url}/metrics", timeout=timeout, verify=verify)
     except httpx.HTTPError:
         return None
     return parse_metrics(response.text) if response.status_code == 200 else None
 
 
-def sample(registry: Registry, tier: str) -> TierSample:
+def sample(registry: Registry, tier: str, verify: ssl.SSLContext | bool = True) -> TierSample:
     servers = {}
     for endpoint in registry.healthy(tier):
-        if endpoint.url and (load := scrape(endpoint.url)) is not None:
+        if endpoint.url and (load := scrape(endpoint.url, verify=verify)) is not None:
             servers[endpoint.url] = load
     return TierSample(time.time(), servers)
 

@@ -26,7 +26,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hpcrag.config import load_config
-from hpcrag.gateway.endpoints import EndpointTable, backend_ssl_context
+from hpcrag.gateway.endpoints import EndpointTable
+from hpcrag.serve.client import backend_ssl_context
 from hpcrag.serve.registry import Endpoint, Registry
 from hpcrag.serve.runtime import VLLM_SIDE
 from hpcrag.serve.spec import LaunchSpec
@@ -332,3 +333,36 @@ def test_the_gateway_trusts_the_backend_ca_from_the_config(config_copy: Path, tm
     serving = config_copy / "serving.yaml"
     serving.write_text(serving.read_text() + f"backend_ca: {tmp_path / 'ca.pem'}\n")
     assert _handshake(backend_ssl_context(load_config(config_copy, "production")), server)
+
+
+def test_load_sampling_reads_https_servers_with_the_backend_ca(tmp_path: Path) -> None:
+    import http.server
+
+    from hpcrag.serve.load import scrape
+
+    ca = trustme.CA()
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("localhost").configure_cert(server_context)
+
+    class Metrics(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"vllm:num_requests_waiting 3.0\nvllm:num_requests_running 1.0\n"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), Metrics)
+    httpd.socket = server_context.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"https://localhost:{httpd.server_address[1]}"
+        assert scrape(url) is None  # the system's CAs do not know this one
+        ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+        load = scrape(url, verify=ssl.create_default_context(cafile=str(tmp_path / "ca.pem")))
+        assert load is not None and (load.waiting, load.running) == (3.0, 1.0)
+    finally:
+        httpd.shutdown()
