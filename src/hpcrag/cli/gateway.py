@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -23,18 +24,42 @@ def gateway() -> None:
 @gateway.command("serve")
 @click.option("--host", default=None, help="Address to listen on [gateway.yaml].")
 @click.option("--port", type=PORT, default=None, help="Port, 0 for a free one [gateway.yaml].")
+@click.option(
+    "--tls-cert", type=click.Path(dir_okay=False), default=None, help="HTTPS: PEM chain [gateway.yaml tls]."
+)
+@click.option("--tls-key", type=click.Path(dir_okay=False), default=None, help="HTTPS: its PEM key.")
+@click.option(
+    "--tls-client-ca",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Require client certificates of this CA.",
+)
 @click.pass_context
-def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
+def serve(
+    ctx: click.Context,
+    host: str | None,
+    port: int | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_client_ca: str | None,
+) -> None:
     """Serve /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models, /health, /metrics."""
+    from hpcrag.config.schema import ListenerTls
     from hpcrag.gateway.service import serve as run
 
+    if (tls_cert is None) != (tls_key is None) or (tls_client_ca and not tls_cert):
+        raise click.UsageError("HTTPS needs both --tls-cert and --tls-key (and --tls-client-ca needs them)")
+    tls = None
+    if tls_cert and tls_key:
+        absolute = [str(Path(p).resolve()) if p else None for p in (tls_cert, tls_key, tls_client_ca)]
+        tls = ListenerTls(cert=absolute[0], key=absolute[1], client_ca=absolute[2])
     config = load(ctx)
     settings = config.gateway
 
     def ready(url: str) -> None:
         click.echo(f"hpcrag gateway listening on {url} (database {config.resolve_path(settings.database)})")
 
-    run(config, host or settings.host, settings.port if port is None else port, ready)
+    run(config, host or settings.host, settings.port if port is None else port, ready, tls)
 
 
 @gateway.group()
