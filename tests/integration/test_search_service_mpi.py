@@ -19,7 +19,7 @@ from hpcrag.devcluster.processes import process_table
 from hpcrag.search import DistributedIndex
 from hpcrag.search.client import SearchClient
 from hpcrag.search.synthetic import clustered
-from tests.integration.helpers import REPO, eventually
+from tests.integration.helpers import REPO, eventually, mpirun
 from tests.search_helpers import build_small
 
 IDLE_SECONDS = 5.0
@@ -87,3 +87,24 @@ def test_an_idle_follower_uses_under_5_percent_of_a_core(served: tuple[Path, Pat
         np.testing.assert_array_equal(client.search(queries, k=5, nprobe=8).ids, expected.ids)
     assert json.loads(endpoint.read_text())["url"].startswith("http://127.0.0.1:")
     assert endpoint.stat().st_mode & 0o777 == 0o600
+
+
+ANNOUNCE_DRIVER = """
+import sys
+from hpcrag.search.comm import MpiComm
+comm = MpiComm()
+for size in (0, 1, 400, 503, 504, 505, 5000):
+    sent = {"op": "error", "message": "x" * size} if comm.rank == 0 else None
+    got = comm.announce(sent)
+    assert got == {"op": "error", "message": "x" * size}, (comm.rank, size)
+print("announced", comm.rank)
+"""
+
+
+def test_announce_carries_objects_larger_than_its_buffer() -> None:
+    out = mpirun(3, sys.executable, "-c", ANNOUNCE_DRIVER)
+    assert sorted(line for line in out.splitlines() if line.startswith("announced")) == [
+        "announced 0",
+        "announced 1",
+        "announced 2",
+    ]
