@@ -196,6 +196,18 @@ def test_openai_client_through_the_gateway(world) -> None:
         )
 
 
+def test_the_servers_behind_the_gateway_answer_no_one_else(world) -> None:
+    """The gateway reached the on-prem servers above with their keys; without the key nothing answers."""
+    registry = launcher.registry_of(world["config"])
+    for server in (registry.get(world["small"].id), registry.get(world["medium"].id)):
+        assert server.secret and server.url.startswith("http://")
+        body = {"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        for path in ("/v1/chat/completions", "/invocations"):
+            assert httpx.post(server.url + path, json=body, timeout=30).status_code == 401, path
+        keyed = httpx.get(server.url + "/v1/models", headers={"Authorization": f"Bearer {server.secret}"})
+        assert keyed.status_code == 200 and keyed.json()["data"][0]["id"] == "tiny-llama"
+
+
 def test_killing_a_backend_fails_no_request_that_had_not_started(world) -> None:
     c = client(world)
     results: list[dict[str, object]] = []
