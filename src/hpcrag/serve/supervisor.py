@@ -269,10 +269,10 @@ def server_env(spec_env: dict[str, str], secret: str) -> dict[str, str]:
 
 def _die_with(parent: int) -> Callable[[], None]:
     """preexec_fn: SIGKILL this child when the thread that forked it dies (Linux prctl)."""
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork, not in the child
 
     def set_parent_death_signal() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        if prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
             os._exit(126)
         if os.getppid() != parent:  # the parent died before prctl: nobody would ever send it
             os._exit(1)
