@@ -7,6 +7,7 @@ an error reaches every rank at once, so the job ends with one message and exit c
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -312,6 +313,10 @@ def serve(
         from hpcrag.search.comm import agree
         from hpcrag.search.index import DistributedIndex
         from hpcrag.search.service import SearchService
+        from hpcrag.util import redact
+
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        redact.install()  # aiohttp quotes raw headers, tokens included, when it refuses a request
 
         checked = agree(comm, lambda: options() if comm.rank == 0 else None)
         opened = DistributedIndex.open(
