@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
 from hpcrag.config import Config
@@ -149,7 +149,7 @@ def create_app(config: Config) -> web.Application:
     app = web.Application(client_max_size=config.gateway.limits.max_body_bytes)
     app[STATE] = gateway
     for path in ROUTES:
-        app.router.add_post(path, handle_inference)
+        app.router.add_post(path, handle_inference, expect_handler=_expect)
     app.router.add_get("/v1/models", handle_models)
     app.router.add_get("/v1/models/{model:.+}", handle_model)
     app.router.add_get("/health", handle_health)
@@ -313,6 +313,14 @@ async def _commit(gateway: Gateway, record: RequestRecord) -> bool:
     return True
 
 
+async def _expect(request: web.Request) -> None:
+    """`Expect: 100-continue` as aiohttp does it. Any other expectation is ignored, as RFC 9110 allows:
+    aiohttp's 417 would quote the raw value, which need not be UTF-8, and would skip the ledger."""
+    if request.version == HttpVersion11 and request.headers.get("Expect", "").lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the answer proper has not started
+
+
 async def _raw_body(request: web.Request, limits: RequestLimits) -> bytes:
     """The body; one over the limit is refused from its Content-Length, unread."""
     length = request.content_length
@@ -325,6 +333,10 @@ async def _raw_body(request: web.Request, limits: RequestLimits) -> bytes:
         )
     try:
         raw = await request.read()
+    except ConnectionError:  # the caller hung up half way through its body
+        raise InvalidRequest(
+            "the request body ended before its Content-Length; send the whole body", code="body_incomplete"
+        ) from None
     except web.HTTPRequestEntityTooLarge:  # chunked: no Content-Length, stopped at the limit
         raise InvalidRequest(
             f"the request body is larger than the {limits.max_body_bytes} bytes allowed; "

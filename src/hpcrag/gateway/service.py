@@ -22,6 +22,7 @@ from hpcrag.config.schema import ListenerTls
 from hpcrag.errors import HpcragError
 from hpcrag.gateway.app import STATE, create_app, create_metrics_app
 from hpcrag.util import redact
+from hpcrag.util.http_logs import protocol_logger
 from hpcrag.util.tls import server_context
 
 
@@ -36,7 +37,7 @@ async def _serve(
             None if tls.client_ca is None else config.resolve_path(tls.client_ca),
         )
     app = create_app(config)
-    runners = [web.AppRunner(app, access_log=None, handle_signals=False)]
+    runners = [web.AppRunner(app, access_log=None, handle_signals=False, logger=protocol_logger())]
     await runners[0].setup()
     try:
         await _listen(runners[0], host, port, "--port", ssl_context)

@@ -54,6 +54,7 @@ from hpcrag.search.inputs import (
     parse_search_json,
     parse_search_npy,
 )
+from hpcrag.util.http_logs import protocol_logger
 
 NPY = "application/x-npy"
 NPZ = "application/x-npz"
@@ -355,7 +356,7 @@ class SearchService:
         app.router.add_get("/health", self._handle_health)
         app.router.add_get("/metrics", self._handle_metrics)
         app.router.add_get("/openapi.json", self._handle_openapi)
-        runner = web.AppRunner(app, access_log=None)
+        runner = web.AppRunner(app, access_log=None, logger=protocol_logger())
         await runner.setup()
         await web.SockSite(runner, self._socket, ssl_context=self.options.tls).start()
         self._ready.set()
