@@ -150,7 +150,7 @@ def status(ctx: click.Context, everything: bool, site: str | None, as_json: bool
         config.site(site)
     rows = launcher.status(config, everything=everything, site=site)
     if as_json:
-        echo_json([{**vars(r.endpoint), "slurm_state": r.slurm_state, "problem": r.problem} for r in rows])
+        echo_json([{**r.endpoint.public(), "slurm_state": r.slurm_state, "problem": r.problem} for r in rows])
         return
     if not rows:
         where = f" at {site}" if site else ""
@@ -273,7 +273,7 @@ def burst(
                     {
                         "action": d.action,
                         "reason": d.reason,
-                        "endpoint": vars(d.endpoint) if d.endpoint else None,
+                        "endpoint": d.endpoint.public() if d.endpoint else None,
                     }
                     for d in decisions
                 ]

@@ -128,13 +128,16 @@ def test_status_with_an_unreachable_site_still_shows_the_registry(config_copy: P
             model="m",
             served_name="m",
             state="healthy",
+            secret="the-per-job-key",
         )
     )
     env = {"HPCRAG_CONFIG_DIR": str(config_copy), "HPCRAG_PROFILE": "dev", "HPCRAG_REGISTRY": str(registry)}
     result = CliRunner().invoke(cli, ["serve", "status"], env=env)
     assert result.exit_code == 0, result.output
     assert "site nyc: Slurm not reachable; its rows show the registry's last word" in result.output
-    rows = json.loads(CliRunner().invoke(cli, ["serve", "status", "--json"], env=env).output)
+    shown = CliRunner().invoke(cli, ["serve", "status", "--json"], env=env).output
+    assert "the-per-job-key" not in shown and "secret" not in shown  # only the gateway reads it
+    rows = json.loads(shown)
     assert [(r["job_id"], r["state"], r["slurm_state"]) for r in rows] == [
         ("100001", "healthy", "UNREACHABLE")
     ]
