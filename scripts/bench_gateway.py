@@ -210,10 +210,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="Times each target runs, taking turns.")
     parser.add_argument("--baseline", default=None, help="Also run the gateway of this git revision.")
     parser.add_argument("--load", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--register", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--key", default="none", help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--pace", type=float, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.register:
+        register_backend(Path(os.environ["HPCRAG_REGISTRY"]), args.register)
+        return
     if args.load:
         import uvloop
 
@@ -251,12 +255,12 @@ def main() -> None:
                 check=True,
                 capture_output=True,
             )
-            launchers[f"hpcrag@{args.baseline}"] = (
-                hpcrag,
-                {"PYTHONPATH": str(tree / "src")},
-                gateway_port,
-                "/health",
+            # Its own registry, written by its own code: the schema may have changed since.
+            baseline_env = {"PYTHONPATH": str(tree / "src"), "HPCRAG_REGISTRY": str(work / "baseline.sqlite")}
+            subprocess.run(
+                [PYTHON, __file__, "--register", backend], env={**os.environ, **baseline_env}, check=True
             )
+            launchers[f"hpcrag@{args.baseline}"] = (hpcrag, baseline_env, gateway_port, "/health")
         if not args.skip_litellm:
             config = work / "litellm.yaml"
             config.write_text(

@@ -128,3 +128,11 @@ def test_metrics_need_their_own_token(world) -> None:
     assert httpx.get(world["url"] + "/metrics").status_code == 401
     key = world["keys"]["alice"]
     assert httpx.get(world["url"] + "/metrics", headers={"Authorization": f"Bearer {key}"}).status_code == 401
+
+
+def test_an_unknown_certification_is_a_400_that_lists_the_known_ones(world) -> None:
+    answer = post(world, {"model": "tier-s", "messages": [{"role": "user", "content": "hi"}]},
+                  **{"X-Hpcrag-Compliance": "hipaa, x" * 100})  # fmt: skip
+    assert answer.status_code == 400 and len(answer.content) < 1000
+    assert "unknown certification 'x" in answer.json()["error"]["message"]
+    assert "known: air-gapped, fedramp, gdpr, hipaa, pci-dss, soc2" in answer.json()["error"]["message"]

@@ -288,12 +288,28 @@ class Gateway(_Model):
     network_latency_ms: dict[str, float] = {}
     ewma_alpha: float = Field(default=0.2, gt=0, le=1)
     limits: RequestLimits = RequestLimits()
+    ledger_synchronous: Literal["full", "normal"] = Field(
+        default="full",
+        description="SQLite synchronous mode of the usage ledger: full survives a power cut, normal only "
+        "a killed gateway, without an fsync per commit",
+    )
+    ledger_commit_timeout_s: float = Field(
+        default=10, gt=0, description="How long an answer waits for its ledger row before it is a 503"
+    )
     tls: ListenerTls | None = None
     metrics_listen: str | None = Field(
         default=None,
         description="HOST:PORT of a listener of its own that serves /metrics without a key, for Prometheus",
         pattern=r"^[^\s/]+:[0-9]{1,5}$",
     )
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _metrics_port(cls, value: str | None) -> str | None:
+        if value is not None and not 1 <= int(value.rpartition(":")[2]) <= 65535:
+            raise ValueError(f"metrics_listen {value!r}: the port must be 1-65535")
+        return value
+
     metrics_token_file: str | None = Field(
         default=None,
         description="File with the bearer token that /metrics on the API port asks for "

@@ -90,6 +90,7 @@ class RequestRecord:
 
 
 _COLUMNS = [f.name for f in fields(RequestRecord)]
+_INSERT = f"INSERT INTO requests ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
 
 
 class Ledger:
@@ -97,13 +98,15 @@ class Ledger:
         self.path = Path(path)
         sqlite.initialise(self.path, SCHEMA, "the gateway database", DATABASE_FIX)
 
-    def insert(self, records: list[RequestRecord]) -> None:
+    def insert(self, records: list[RequestRecord], db: sqlite3.Connection | None = None) -> None:
+        """Insert `records` in one transaction, on `db` if given (the writer keeps one open)."""
         rows = [[_column(k, v) for k, v in asdict(r).items()] for r in records]
-        with sqlite.transaction(self.path) as db:
-            db.executemany(
-                f"INSERT INTO requests ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})",
-                rows,
-            )
+        if db is None:
+            with sqlite.transaction(self.path) as opened:
+                opened.executemany(_INSERT, rows)
+            return
+        with sqlite.transaction_on(db):
+            db.executemany(_INSERT, rows)
 
     def since(self, started_after: float, until: float | None = None) -> list[RequestRecord]:
         query = f"SELECT {', '.join(_COLUMNS)} FROM requests WHERE started_at >= ?"
@@ -154,19 +157,27 @@ def _decode(row: sqlite3.Row) -> RequestRecord:
 class LedgerWriter:
     """Writes rows from a thread of its own, with group commit.
 
-    `commit()` returns once the row is in the database: rows that arrive while one transaction is
-    committing go together into the next, so a busy gateway pays one fsync per batch, not per row.
-    `record()` hands a row over without waiting (for a request whose caller is gone). The thread
-    survives any one bad row: a batch that fails for a reason other than a busy or full disk is
-    written row by row, and a row that still cannot be written is dropped, counted and logged.
+    `commit()` returns once the row is in the database (True), or once it is known that it cannot be
+    (False): rows that arrive while one transaction is committing go together into the next, so a busy
+    gateway pays one fsync per batch, not per row. `record()` hands a row over without waiting (for a
+    request whose caller is gone). The thread survives any one bad row: a batch that fails is written
+    row by row, and a row that still cannot be written is dropped, counted and logged. A locked, busy or
+    full database is waited out, rows kept; `stalled_s` tells how long the current write has waited.
+
+    `synchronous` is SQLite's: "full" (the default) makes a committed row survive a power cut, "normal"
+    one that survives the gateway being killed but not the machine losing power, without an fsync per
+    commit.
     """
 
-    def __init__(self, ledger: Ledger, batch: int = 4096) -> None:
+    def __init__(self, ledger: Ledger, batch: int = 4096, synchronous: str = "full") -> None:
         self.ledger = ledger
         self.batch = batch
+        self.synchronous = synchronous
         self.rows_written = 0
         self.rows_dropped = 0
-        self._queue: queue.Queue[_Item] = queue.Queue()
+        self._db: sqlite3.Connection | None = None
+        self._writing_since: float | None = None
+        self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
         self._thread.start()
 
@@ -174,37 +185,61 @@ class LedgerWriter:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    @property
+    def stalled_s(self) -> float:
+        """How long the write in progress has taken so far (0 when idle)."""
+        since = self._writing_since
+        return 0.0 if since is None else time.monotonic() - since
+
     def record(self, record: RequestRecord) -> None:
         self._queue.put(_Item(record))
 
-    async def commit(self, record: RequestRecord) -> None:
-        """Return when the row is committed (or, if it cannot be written at all, dropped and logged)."""
+    async def commit(self, record: RequestRecord) -> bool:
+        """True once the row is committed; False if it could not be written at all (it is logged)."""
         loop = asyncio.get_running_loop()
-        done = loop.create_future()
-        self._queue.put(_Item(record, lambda: loop.call_soon_threadsafe(_resolve, done)))
-        await done
+        done: asyncio.Future[bool] = loop.create_future()
+
+        def resolve(written: bool) -> None:
+            loop.call_soon_threadsafe(_resolve, done, written)
+
+        self._queue.put(_Item(record, resolve))
+        return await done
 
     def flush(self, timeout: float = 30.0) -> None:
-        """Wait until every row handed over so far is written."""
+        """Wait until every row handed over so far is written (or dropped)."""
         if not self.alive:
             raise HpcragError(
-                f"the usage ledger writer for {self.ledger.path} has stopped; restart the gateway"
+                f"the usage ledger writer for {self.ledger.path} has stopped; see the log and restart"
             )
         flushed = threading.Event()
-        self._queue.put(_Item(None, flushed.set))
+        self._queue.put(_Item(None, lambda _: flushed.set()))
         if not flushed.wait(timeout):
             raise HpcragError(f"the usage ledger {self.ledger.path} did not take its rows in {timeout:.0f} s")
 
+    def close(self, timeout: float = 30.0) -> None:
+        """Write what is queued, then end the thread and its connection."""
+        if self.alive:
+            self._queue.put(None)
+            self._thread.join(timeout)
+
     def _run(self) -> None:
         while True:
-            items = [self._queue.get()]
+            first = self._queue.get()
+            if first is None:
+                break
+            items = [first]
             while len(items) < self.batch:
                 try:
-                    items.append(self._queue.get_nowait())
+                    item = self._queue.get_nowait()
                 except queue.Empty:
                     break
+                if item is None:
+                    self._queue.put(None)  # close once this batch is in
+                    break
+                items.append(item)
+            written: set[int] = set()
             try:
-                self._write([item.record for item in items if item.record is not None])
+                written = self._write([item.record for item in items if item.record is not None])
             except Exception:  # never let one batch end the thread: its rows are logged as lost
                 lost = sum(item.record is not None for item in items)
                 self.rows_dropped += lost
@@ -212,37 +247,69 @@ class LedgerWriter:
             for item in items:
                 if item.done is not None:
                     with contextlib.suppress(RuntimeError):  # the waiter's event loop has closed
-                        item.done()
+                        item.done(item.record is None or id(item.record) in written)
+        if self._db is not None:
+            self._db.close()
 
-    def _write(self, records: list[RequestRecord]) -> None:
+    def _write(self, records: list[RequestRecord]) -> set[int]:
+        """Insert `records`; the ids (id()) of those written."""
         if not records:
-            return
+            return set()
+        self._writing_since = time.monotonic()
+        try:
+            self._insert_waiting_out_contention(records)
+            return {id(r) for r in records}
+        except Exception:
+            if len(records) == 1:
+                self.rows_dropped += 1
+                log.exception(
+                    "usage ledger %s: row of request %s lost", self.ledger.path, records[0].request_id
+                )
+                return set()
+        finally:
+            self._writing_since = None
+        # One row spoiled the batch: write the others one at a time.
+        return set().union(*(self._write([record]) for record in records))
+
+    def _insert_waiting_out_contention(self, records: list[RequestRecord]) -> None:
         while True:
             try:
-                self.ledger.insert(records)
+                self.ledger.insert(records, self._connection())
                 self.rows_written += len(records)
                 return
-            except sqlite3.OperationalError as exc:  # busy, locked or full: keep the rows, try again
+            except sqlite3.OperationalError as exc:
+                self._reconnect()
+                if not _transient(exc):
+                    raise
                 log.error("usage ledger %s: %s; retrying in 1 s", self.ledger.path, exc)
                 time.sleep(1.0)
-            except Exception:
-                if len(records) == 1:
-                    raise
-                break
-        for record in records:  # one row spoiled the batch: write the others one at a time
-            try:
-                self._write([record])
-            except Exception:
-                self.rows_dropped += 1
-                log.exception("usage ledger %s: row of request %s lost", self.ledger.path, record.request_id)
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._db is None:
+            self._db = sqlite.open_connection(self.ledger.path)
+            self._db.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
+        return self._db
+
+    def _reconnect(self) -> None:
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = None
+
+
+def _transient(exc: sqlite3.OperationalError) -> bool:
+    """Locked, busy or full: it passes, so the rows wait. Anything else (no table, read-only, I/O) does
+    not, and the rows are dropped and logged instead of holding every request up."""
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text or "full" in text
 
 
 @dataclass
 class _Item:
     record: RequestRecord | None
-    done: Callable[[], object] | None = None
+    done: Callable[[bool], object] | None = None
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
+def _resolve(future: asyncio.Future[bool], written: bool) -> None:
     if not future.done():
-        future.set_result(None)
+        future.set_result(written)

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from hpcrag.gateway.keys import ApiKey, hash_key
+from hpcrag.util.http_server import bearer_token
 from hpcrag.util.money import money
 
 
@@ -49,9 +50,8 @@ class Access:
         self.day_start = day_start
 
     def authenticate(self, authorization: str | None) -> ApiKey | Refusal:
-        scheme, _, token = (authorization or "").strip().partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:  # RFC 9110: the scheme is case-insensitive
+        token = bearer_token(authorization)
+        if token is None:
             return Refusal(
                 401,
                 "missing_api_key",

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from aiohttp import HttpVersion11, web
+from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
 from hpcrag.config import Config
@@ -28,17 +28,19 @@ from hpcrag.cost.ledger import Ledger, LedgerWriter, RequestRecord
 from hpcrag.errors import HpcragError
 from hpcrag.gateway.access import Access, Refusal, utc_day_start
 from hpcrag.gateway.complexity import load_scorer
-from hpcrag.gateway.endpoints import EndpointTable, LiveEndpoint
+from hpcrag.gateway.endpoints import EndpointTable, LiveEndpoint, known_certifications
 from hpcrag.gateway.keys import ApiKey, KeyStore
 from hpcrag.gateway.openapi import openapi_document
 from hpcrag.gateway.proxy import Exchange, Forwarder, error_body, sse_event
 from hpcrag.gateway.requests import InvalidRequest, check_header, number_header, parse_body, quote, validate
 from hpcrag.gateway.router import AUTO, TIER_PREFIX, Router, RouteRequest, RoutingError
 from hpcrag.metrics.gateway import GatewayMetrics
+from hpcrag.serve.client import backend_ssl_context
 from hpcrag.serve.launcher import registry_of
 from hpcrag.serve.load import ServerLoad, parse_metrics
 from hpcrag.serve.registry import Registry
 from hpcrag.serve.supervisor import PROVIDER as ON_PREM
+from hpcrag.util.http_server import bearer_token, expect_handler
 
 log = logging.getLogger(__name__)
 ROUTES = {
@@ -48,9 +50,10 @@ ROUTES = {
 }
 STATE: web.AppKey[Gateway] = web.AppKey("gateway")
 OFFLOAD_BYTES = 256 * 1024
+MIN_TOKEN_CHARS = 16
 LEDGER_DOWN = (
-    "the usage ledger has stopped writing, and the gateway answers no request it cannot account for; "
-    "see the gateway log and restart it"
+    "the usage ledger cannot write this request's row, and the gateway answers no request it cannot "
+    "account for; see the gateway log (a full or locked disk, a damaged database)"
 )
 
 
@@ -75,11 +78,12 @@ class Gateway:
     def create(cls, config: Config) -> Gateway:
         database = config.resolve_path(config.gateway.database)
         ledger = Ledger(database)
-        writer = LedgerWriter(ledger)
+        writer = LedgerWriter(ledger, synchronous=config.gateway.ledger_synchronous)
         table = EndpointTable(config)
         metrics = GatewayMetrics()
         metrics.ledger_writer_up.set_function(lambda: float(writer.alive))
         metrics.ledger_rows_dropped.set_function(lambda: float(writer.rows_dropped))
+        metrics.ledger_stalled.set_function(lambda: writer.stalled_s)
         return cls(
             config=config,
             registry=registry_of(config),
@@ -95,8 +99,6 @@ class Gateway:
 
     def read_sources(self) -> None:
         """Registry rows, keys and today's spend: blocking SQLite reads, run off the event loop."""
-        if self.writer.alive:  # today's spend includes the rows still on their way
-            self.writer.flush()
         day = utc_day_start()
         rows = self.registry.healthy()
         keys = self.keys.active_by_hash()
@@ -122,7 +124,7 @@ class Gateway:
 def _metrics_token(config: Config) -> str | None:
     name = config.gateway.metrics_token_file
     if name is None:
-        return os.environ.get("HPCRAG_METRICS_TOKEN") or None
+        return _long_enough(os.environ.get("HPCRAG_METRICS_TOKEN") or None, "$HPCRAG_METRICS_TOKEN")
     path = config.resolve_path(name)
     try:
         token = path.read_text().strip()
@@ -131,8 +133,15 @@ def _metrics_token(config: Config) -> str | None:
             f"cannot read metrics_token_file {path}: {exc}; write the token there (mode 0600) "
             "or remove metrics_token_file from gateway.yaml"
         ) from None
-    if not token:
-        raise HpcragError(f"metrics_token_file {path} is empty; write the token that Prometheus sends")
+    return _long_enough(token, f"metrics_token_file {path}")
+
+
+def _long_enough(token: str | None, where: str) -> str | None:
+    if token is not None and len(token) < MIN_TOKEN_CHARS:
+        raise HpcragError(
+            f"the metrics token in {where} has {len(token)} characters; use at least {MIN_TOKEN_CHARS} "
+            "(python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
     return token
 
 
@@ -140,7 +149,7 @@ def create_metrics_app(gateway: Gateway) -> web.Application:
     """/metrics alone, without a key: for the separate listener `metrics_listen`."""
     app = web.Application()
     app[STATE] = gateway
-    app.router.add_get("/metrics", _metrics_answer)
+    app.router.add_get("/metrics", _metrics_answer, expect_handler=expect_handler)
     return app
 
 
@@ -149,12 +158,12 @@ def create_app(config: Config) -> web.Application:
     app = web.Application(client_max_size=config.gateway.limits.max_body_bytes)
     app[STATE] = gateway
     for path in ROUTES:
-        app.router.add_post(path, handle_inference, expect_handler=_expect)
-    app.router.add_get("/v1/models", handle_models)
-    app.router.add_get("/v1/models/{model:.+}", handle_model)
-    app.router.add_get("/health", handle_health)
-    app.router.add_get("/openapi.json", handle_openapi)
-    app.router.add_get("/metrics", handle_metrics)
+        app.router.add_post(path, handle_inference, expect_handler=expect_handler)
+    app.router.add_get("/v1/models", handle_models, expect_handler=expect_handler)
+    app.router.add_get("/v1/models/{model:.+}", handle_model, expect_handler=expect_handler)
+    app.router.add_get("/health", handle_health, expect_handler=expect_handler)
+    app.router.add_get("/openapi.json", handle_openapi, expect_handler=expect_handler)
+    app.router.add_get("/metrics", handle_metrics, expect_handler=expect_handler)
     app.cleanup_ctx.append(_background)
     return app
 
@@ -162,7 +171,8 @@ def create_app(config: Config) -> web.Application:
 async def _background(app: web.Application) -> AsyncIterator[None]:
     gateway = app[STATE]
     settings = gateway.config.gateway
-    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
+    # https:// backends are verified against serving.backend_ca (else the system's CAs).
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ssl=backend_ssl_context(gateway.config))
     timeout = aiohttp.ClientTimeout(
         total=settings.upstream_timeout_s, sock_connect=settings.connect_timeout_s
     )
@@ -178,8 +188,7 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     await gateway.session.close()
-    if gateway.writer.alive:
-        await asyncio.to_thread(gateway.writer.flush)
+    await asyncio.to_thread(gateway.writer.close)
 
 
 async def _every(period_s: float, job: Callable[[Gateway], Awaitable[None]], gateway: Gateway) -> None:
@@ -292,6 +301,12 @@ async def handle_inference(request: web.Request) -> web.StreamResponse:
         exchange.settle_delivered()
         gateway.writer.record(_account(gateway, record, exchange, key))
         raise
+    except Exception:  # a bug of ours: the caller gets a 500, the ledger its row, the log the traceback
+        log.exception("request %s failed in the gateway", record.request_id)
+        exchange.status, exchange.outcome = 500, "gateway_error"
+        exchange.settle_delivered()
+        gateway.writer.record(_account(gateway, record, exchange, key))
+        raise
     committed = await _commit(gateway, _account(gateway, record, exchange, key))
     if not response.prepared:
         return response if committed else _error(503, "ledger_down", LEDGER_DOWN, ids)
@@ -305,20 +320,18 @@ async def handle_inference(request: web.Request) -> web.StreamResponse:
 
 
 async def _commit(gateway: Gateway, record: RequestRecord) -> bool:
-    """Wait until the request's ledger row is committed; False when the ledger writer has stopped."""
+    """Wait until the request's ledger row is committed; False when it is not, or not in time."""
     if not gateway.writer.alive:
         log.error("usage ledger writer has stopped: request %s is answered 503", record.request_id)
         return False
-    await gateway.writer.commit(record)
-    return True
-
-
-async def _expect(request: web.Request) -> None:
-    """`Expect: 100-continue` as aiohttp does it. Any other expectation is ignored, as RFC 9110 allows:
-    aiohttp's 417 would quote the raw value, which need not be UTF-8, and would skip the ledger."""
-    if request.version == HttpVersion11 and request.headers.get("Expect", "").lower() == "100-continue":
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        request.writer.output_size = 0  # the answer proper has not started
+    timeout = gateway.config.gateway.ledger_commit_timeout_s
+    try:
+        return await asyncio.wait_for(gateway.writer.commit(record), timeout)
+    except TimeoutError:  # the row stays queued and is written once the database lets it
+        log.error(
+            "usage ledger: request %s waited %.0f s for its row; answered 503", record.request_id, timeout
+        )
+        return False
 
 
 async def _raw_body(request: web.Request, limits: RequestLimits) -> bytes:
@@ -366,6 +379,13 @@ def _route_request(
         return check_header(name, headers.get(name), limits)
 
     extra = {c.strip().lower() for c in (header("X-Hpcrag-Compliance") or "").split(",") if c.strip()}
+    known = known_certifications(config)
+    if unknown := sorted(extra - known):
+        raise InvalidRequest(
+            f"unknown certification {quote(unknown[0])} in X-Hpcrag-Compliance; "
+            f"known: {', '.join(sorted(known))}",
+            field="X-Hpcrag-Compliance",
+        )
     site, provider = header("X-Hpcrag-Site"), header("X-Hpcrag-Provider")
     if site is not None and site not in config.sites:
         raise InvalidRequest(
@@ -497,7 +517,8 @@ async def handle_health(request: web.Request) -> web.Response:
     live = gateway.table.live()
     usable = [e for e in live if e.circuit.allows()]
     answer: dict[str, Any] = {"status": "ok", "endpoints": len(live), "usable": len(usable)}
-    if not gateway.writer.alive:
+    stalled = gateway.writer.stalled_s > gateway.config.gateway.ledger_commit_timeout_s
+    if not gateway.writer.alive or stalled:
         answer.update(status="ledger_down", message=LEDGER_DOWN)
         return web.json_response(answer, status=503)
     return web.json_response(answer)
@@ -513,9 +534,9 @@ async def handle_metrics(request: web.Request) -> web.Response:
             "/metrics is not served on the API port: scrape the gateway's metrics_listen address, or set "
             "metrics_token_file in gateway.yaml (or $HPCRAG_METRICS_TOKEN) and send that token",
         )
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        token.strip().encode("utf-8", "surrogateescape"), gateway.metrics_token.encode()
+    token = bearer_token(request.headers.get("Authorization"))
+    if token is None or not hmac.compare_digest(
+        token.encode("utf-8", "surrogateescape"), gateway.metrics_token.encode()
     ):
         return _error(
             401,

@@ -129,6 +129,13 @@ def certifications(config: Config, row: Endpoint) -> frozenset[str]:
     return frozenset(name for name, level in tier.compliance.items() if level == "full")
 
 
+def known_certifications(config: Config) -> frozenset[str]:
+    """Every certification a site or a cloud tier names: what a caller may ask for."""
+    names = {name.lower() for site in config.sites.values() for name in site.compliance}
+    names.update(name.lower() for tier in config.clouds.tiers.values() for name in tier.compliance)
+    return frozenset(names)
+
+
 def infrastructure_level(config: Config, row: Endpoint) -> str | None:
     if row.provider == ON_PREM:
         return "on-prem"

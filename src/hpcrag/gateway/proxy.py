@@ -24,6 +24,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from hpcrag.gateway.endpoints import LiveEndpoint
 
@@ -31,7 +32,8 @@ log = logging.getLogger(__name__)
 JSON_HEADERS = {"Content-Type": "application/json"}
 DONE = b"data: [DONE]"  # an OpenAI stream's last event; a stream without it was cut short
 # What ends an attempt before anything reached the caller: connection trouble and time-outs.
-UPSTREAM_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
+# (HttpProcessingError: a line from the backend longer than aiohttp reads, for one.)
+UPSTREAM_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError, HttpProcessingError)
 
 
 @dataclass
@@ -143,15 +145,15 @@ class Forwarder:
                     response = await self._once(
                         endpoint, path, payloads[name], answer_headers, exchange, started
                     )
-            except asyncio.CancelledError:  # the caller went away while we waited upstream
-                endpoint.end(0)
-                raise
             except _Retry as retry:
                 endpoint.end(0)
                 exchange.attempts.append({"endpoint": endpoint.name, "error": retry.reason})
                 self.on_failure(endpoint, retry.reason)
                 last_error = retry.response
                 continue
+            except BaseException:  # the caller went away while we waited upstream, or a bug: count it out
+                endpoint.end(0)
+                raise
             completion_s = None
             if exchange.ttft_s is not None and exchange.latency_s is not None:
                 completion_s = exchange.latency_s - exchange.ttft_s

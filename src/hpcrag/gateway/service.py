@@ -22,7 +22,7 @@ from hpcrag.config.schema import ListenerTls
 from hpcrag.errors import HpcragError
 from hpcrag.gateway.app import STATE, create_app, create_metrics_app
 from hpcrag.util import redact
-from hpcrag.util.http_logs import protocol_logger
+from hpcrag.util.http_server import protocol_logger
 from hpcrag.util.tls import server_context
 
 

@@ -90,6 +90,11 @@ class GatewayMetrics:
         self.ledger_writer_up = Gauge(
             "hpcrag_ledger_writer_up", "1 while the usage ledger's writer thread runs", registry=r
         )
+        self.ledger_stalled = Gauge(
+            "hpcrag_ledger_write_wait_seconds",
+            "How long the ledger write in progress has waited (0 when idle; a locked or full disk grows it)",
+            registry=r,
+        )
         self.ledger_rows_dropped = Gauge(
             "hpcrag_ledger_rows_dropped",
             "Ledger rows that could not be written at all since the gateway started (logged)",

@@ -28,12 +28,24 @@ def initialise(path: Path, schema: str, what: str, fix: str, journal: str = "wal
         raise HpcragError(f"cannot open {what} {path}: {exc}; {fix}") from None
 
 
-@contextmanager
-def connect(path: Path) -> Iterator[sqlite3.Connection]:
-    db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+def open_connection(path: Path, check_same_thread: bool = True) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit) with the busy timeout set."""
+    db = sqlite3.connect(
+        path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=check_same_thread
+    )
     db.row_factory = sqlite3.Row
     try:
         db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+    except sqlite3.Error:
+        db.close()
+        raise
+    return db
+
+
+@contextmanager
+def connect(path: Path) -> Iterator[sqlite3.Connection]:
+    db = open_connection(path)
+    try:
         yield db
     finally:
         db.close()
@@ -42,11 +54,17 @@ def connect(path: Path) -> Iterator[sqlite3.Connection]:
 @contextmanager
 def transaction(path: Path) -> Iterator[sqlite3.Connection]:
     """One write transaction: committed when the block ends, rolled back if it raises."""
-    with connect(path) as db:
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+    with connect(path) as db, transaction_on(db):
+        yield db
+
+
+@contextmanager
+def transaction_on(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction on an open connection: committed when the block ends, else rolled back."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import time
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -40,23 +42,47 @@ def test_a_row_that_cannot_be_written_is_dropped_alone_and_counted(tmp_path) -> 
     assert sorted(r.request_id for r in ledger.since(0)) == ["a", "b"]
 
 
-def test_commit_returns_once_the_row_is_in(tmp_path) -> None:
+def test_commit_returns_once_the_row_is_in_and_rows_share_transactions(tmp_path) -> None:
     ledger = Ledger(tmp_path / "g.sqlite")
     writer = LedgerWriter(ledger)
 
-    async def answer_many() -> list[int]:
-        seen = []
+    async def answer_many() -> list[bool]:
+        async def one(i: int) -> bool:
+            written = await writer.commit(row(f"r{i}"))
+            ids = {r.request_id for r in ledger.since(0)}
+            assert f"r{i}" in ids  # its own row is readable the moment commit returns
+            return written
 
-        async def one(i: int) -> None:
-            await writer.commit(row(f"r{i}"))
-            seen.append(len(ledger.since(0)))  # its own row, at least, is readable now
+        return await asyncio.gather(*(one(i) for i in range(200)))
 
-        await asyncio.gather(*(one(i) for i in range(200)))
-        return seen
+    assert all(asyncio.run(answer_many()))
+    assert len(ledger.since(0)) == 200 and writer.rows_written == 200
+    with sqlite3.connect(tmp_path / "g.sqlite") as db:
+        # Each transaction appends its frames to the WAL: far fewer commits than rows means they grouped.
+        (frames,) = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1:2]
+    assert frames < 200, f"{frames} WAL frames for 200 rows: no group commit"
+    writer.close()
+    assert not writer.alive
 
-    seen = asyncio.run(answer_many())
-    assert min(seen) >= 1 and len(ledger.since(0)) == 200
-    assert writer.rows_written == 200
+
+def test_commit_says_when_a_row_could_not_be_written(tmp_path) -> None:
+    ledger = Ledger(tmp_path / "g.sqlite")
+    writer = LedgerWriter(ledger)
+    poisoned = row("poisoned")
+    poisoned.prompt_tokens = object()  # type: ignore[assignment]
+    assert asyncio.run(writer.commit(poisoned)) is False
+    assert asyncio.run(writer.commit(row("fine"))) is True
+    assert writer.rows_dropped == 1
+
+
+def test_a_lasting_database_error_drops_rows_instead_of_holding_requests(tmp_path) -> None:
+    ledger = Ledger(tmp_path / "g.sqlite")
+    writer = LedgerWriter(ledger)
+    with sqlite3.connect(tmp_path / "g.sqlite") as db:
+        db.execute("DROP TABLE requests")
+    started = time.monotonic()
+    assert asyncio.run(writer.commit(row("lost"))) is False
+    assert time.monotonic() - started < 2 and writer.alive and writer.stalled_s == 0
 
 
 def test_a_long_model_name_is_stored_clipped() -> None:
