@@ -4,9 +4,12 @@ Rank 0 runs an aiohttp server in a background thread; requests are authenticated
 validated there (a bad one is a 400/401/413 that names the problem and never reaches the other ranks)
 and queued. The main thread, which owns every MPI/NCCL call, forms batches of up to `max_batch`
 queries, waiting at most `max_wait` for more to arrive, and runs one collective search per batch. A
-large request is cut into chunks that share each batch fairly with the other waiting requests, so a
-one-query request is answered within a batch or two, whatever else is queued. The other ranks sit in
-`DistributedIndex.follow()`, asleep while no work comes.
+large request is cut into chunks that share each batch fairly with the other waiting requests. One
+batch serves one (k, nprobe), that of the request at the head of the line, which turns by one after
+every batch; so, after the batch under way, a request waits at most one batch per request queued
+ahead of it, however many queries those hold (see `FairBatches`). When the waiting requests share its
+(k, nprobe) and number at most `max_batch`, a one-query request is in the very next batch. The other
+ranks sit in `DistributedIndex.follow()`, asleep while no work comes.
 
     POST /search        JSON {"queries": [[...], ...], "k": 10, "nprobe": 8}
                         -> {"ids": [[...]], "distances": [[...]], "shards_touched": [...]}
@@ -54,7 +57,7 @@ from hpcrag.search.inputs import (
     parse_search_json,
     parse_search_npy,
 )
-from hpcrag.util.http_logs import protocol_logger
+from hpcrag.util.http_server import bearer_token, expect_handler, protocol_logger
 
 NPY = "application/x-npy"
 NPZ = "application/x-npz"
@@ -136,6 +139,12 @@ class FairBatches:
     rows is shared by water-filling among the waiting requests of that kind (each gets an equal share,
     what a small one leaves goes to the others), and the line turns by one after every batch. A
     request of 50,000 queries thus runs in chunks between other requests instead of before them.
+
+    The bound: after each batch the head has either finished or gone to the back, and newcomers join
+    at the back, so a request moves up at least one place per batch and is served, at the latest,
+    in the batch that finds it at the head: within n + 1 batches of n requests ahead of it, whatever
+    their sizes and kinds. Requests of the head's kind are served with it (all of them while they
+    number at most `max_rows`), so among requests of one kind a newcomer is in the next batch.
     """
 
     def __init__(self) -> None:
@@ -352,10 +361,11 @@ class SearchService:
 
         # Bodies are read by _read_body under our own limit; this one only backs it up.
         app = web.Application(client_max_size=self.options.max_body_bytes)
-        app.router.add_post("/search", self._handle_search)
-        app.router.add_get("/health", self._handle_health)
-        app.router.add_get("/metrics", self._handle_metrics)
-        app.router.add_get("/openapi.json", self._handle_openapi)
+        # expect_handler: an odd Expect header (even one that is not UTF-8) is ignored, not a 500.
+        app.router.add_post("/search", self._handle_search, expect_handler=expect_handler)
+        app.router.add_get("/health", self._handle_health, expect_handler=expect_handler)
+        app.router.add_get("/metrics", self._handle_metrics, expect_handler=expect_handler)
+        app.router.add_get("/openapi.json", self._handle_openapi, expect_handler=expect_handler)
         runner = web.AppRunner(app, access_log=None, logger=protocol_logger())
         await runner.setup()
         await web.SockSite(runner, self._socket, ssl_context=self.options.tls).start()
@@ -365,10 +375,11 @@ class SearchService:
         await runner.cleanup()
 
     def _authorized(self, request: Any) -> bool:
-        scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
-        given = credentials.strip().encode("utf-8", "backslashreplace")
+        given = bearer_token(request.headers.get("Authorization"))
+        if given is None:
+            return False
         # Constant time: how much of a guess matched must not show in the answer's timing.
-        return scheme.lower() == "bearer" and hmac.compare_digest(given, self.token.encode())
+        return hmac.compare_digest(given.encode("utf-8", "backslashreplace"), self.token.encode())
 
     def _unauthorized(self) -> Any:
         from aiohttp import web

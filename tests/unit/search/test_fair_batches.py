@@ -77,3 +77,53 @@ def test_cancelled_and_abandoned_requests_are_skipped() -> None:
     assert {id(p) for p, _, _ in first} == {id(abandoned), id(live)}
     abandoned.abandoned = True
     assert batches.take(ROOM) == [] and len(batches) == 0
+
+
+KINDS = [(10, 1), (5, 2), (10, 4)]
+
+
+@settings(max_examples=300, deadline=2000)
+@given(
+    line=st.lists(st.tuples(st.integers(1, 5000), st.sampled_from(KINDS)), min_size=0, max_size=10),
+    under_way=st.integers(0, 5),
+    later=st.lists(st.tuples(st.integers(1, 5000), st.sampled_from(KINDS)), max_size=6),
+    kind=st.sampled_from(KINDS),
+    room=st.integers(1, 40),
+)
+def test_with_mixed_kinds_a_request_waits_at_most_one_batch_per_request_ahead(
+    line: list, under_way: int, later: list, kind: tuple[int, int], room: int
+) -> None:
+    """The bound the module docstring states: at most n + 1 batches with n requests ahead, whatever
+    their sizes and (k, nprobe), even while more requests keep arriving behind it."""
+    batches = FairBatches()
+    for rows, key in line:
+        batches.add(pending(rows, *key))
+    for _ in range(under_way):
+        batches.take(room)
+    ahead = len(batches)
+    small = pending(1, *kind)
+    batches.add(small)
+    arrivals = [pending(rows, *key) for rows, key in later]
+    waited = 0
+    while True:
+        waited += 1
+        batch = batches.take(room)
+        assert batch, "the line is not empty but no batch formed"
+        if any(item is small for item, _, _ in batch):
+            break
+        if arrivals:
+            batches.add(arrivals.pop())
+    assert waited <= ahead + 1, f"waited {waited} batches with {ahead} requests ahead"
+
+
+@settings(max_examples=200, deadline=2000)
+@given(sizes=st.lists(st.integers(1, 5000), max_size=ROOM - 1), kind=st.sampled_from(KINDS))
+def test_among_requests_of_one_kind_a_one_query_request_is_in_the_next_batch(
+    sizes: list[int], kind: tuple[int, int]
+) -> None:
+    batches = FairBatches()
+    for rows in sizes:
+        batches.add(pending(rows, *kind))
+    small = pending(1, *kind)
+    batches.add(small)
+    assert any(item is small for item, _, _ in batches.take(ROOM))

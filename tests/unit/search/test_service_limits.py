@@ -5,6 +5,7 @@ not hold up a small one."""
 from __future__ import annotations
 
 import io
+import json
 import socket
 import time
 from collections.abc import Iterator
@@ -100,6 +101,45 @@ def test_a_declared_oversized_body_is_refused_before_it_is_sent(service: SearchS
     assert time.monotonic() - started < 2
     assert answer.startswith("HTTP/1.1 413")
     assert f"limit of {MIB} bytes (--max-body-mb)" in answer
+
+
+def raw_exchange(service: SearchService, request: bytes) -> bytes:
+    host, port = service.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):  # until the service closes (the request says Connection: close)
+            answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize(
+    "request_line",
+    [b"GET /health HTTP/1.1", b"GET /openapi.json HTTP/1.1", b"POST /search HTTP/1.1"],
+)
+@pytest.mark.parametrize("expect", [b"\xff\xfe", b"nonsense", b"100-continue"])
+def test_any_expect_header_is_not_a_500(
+    service: SearchService, request_line: bytes, expect: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiohttp's own Expect handling answered a non-UTF-8 value with a 500 and a UnicodeEncodeError
+    traceback; an unknown expectation is now ignored (RFC 9110 allows it)."""
+    body = json.dumps({"queries": [ONE]}).encode() if request_line.startswith(b"POST") else b""
+    headers = f"Authorization: {AUTH['Authorization']}\r\nContent-Type: application/json\r\n"
+    if body:
+        headers += f"Content-Length: {len(body)}\r\n"
+    answer = raw_exchange(
+        service,
+        request_line
+        + b"\r\nHost: x\r\nExpect: "
+        + expect
+        + f"\r\n{headers}Connection: close\r\n\r\n".encode()
+        + body,
+    )
+    if answer.startswith(b"HTTP/1.1 100 Continue\r\n\r\n"):
+        answer = answer.removeprefix(b"HTTP/1.1 100 Continue\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+    assert "Traceback" not in caplog.text and "UnicodeEncodeError" not in caplog.text
 
 
 def test_a_chunked_body_is_cut_off_at_the_limit(service: SearchService) -> None:
