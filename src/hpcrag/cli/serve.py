@@ -251,18 +251,20 @@ def burst(
     """Evaluate the burst policy: burst to a cloud, scale back idle burst servers, or hold."""
     from hpcrag.serve import load as tier_load
     from hpcrag.serve.burst.policy import BurstPolicy
+    from hpcrag.serve.client import backend_ssl_context
     from hpcrag.serve.launcher import registry_of
 
     config = load(ctx)
     config.tier(tier)
     registry = registry_of(config)
     policy = BurstPolicy(config, registry)
-    previous = tier_load.sample(registry, tier) if wait_s is None else None
+    verify = backend_ssl_context(config)  # https servers signed by the site's CA (serving.backend_ca)
+    previous = tier_load.sample(registry, tier, verify=verify) if wait_s is None else None
     while True:
         observed = wait_s
         if previous is not None:
             time.sleep(interval)
-            current = tier_load.sample(registry, tier)
+            current = tier_load.sample(registry, tier, verify=verify)
             observed = tier_load.recent_wait_s(previous, current)
             previous = current
         assert observed is not None

@@ -21,7 +21,7 @@ the node; only the registry row (readable by its owner) and vLLM's environment h
 from __future__ import annotations
 
 import contextlib
-import ctypes
+import ipaddress
 import os
 import secrets
 import signal
@@ -30,7 +30,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -92,18 +91,24 @@ class Supervisor:
         """Serve until vLLM exits or the job is stopped; returns the URL that was served."""
         signal.signal(signal.SIGTERM, self._on_term)
         port = free_port()
-        listen, url = where(self.spec, port)
+        try:
+            listen, url = where(self.spec, port)
+        except HpcragError as exc:
+            with contextlib.suppress(HpcragError):  # the submitter's row, when it is there already
+                self._update(state="failed", stopped_at=now(), message=str(exc), secret=None)
+            raise
         secret = secrets.token_urlsafe(32)
         self._register(url, secret)
         print(f"hpcrag: starting vLLM for tier {self.spec.tier} on {url} (listening on {listen})", flush=True)
         # Its own process group: vLLM's engine and worker processes are stopped with it, even when
         # the API server itself was killed and left them behind. Started from this (the main) thread,
         # which lives as long as the supervisor: the parent-death signal follows the forking thread.
+        # No preexec_fn (unsafe when the process has threads, as under submitit): a small Python
+        # wrapper sets the parent-death signal and then execs vLLM, which keeps it.
         self._process = subprocess.Popen(
-            self.spec.argv_with_port(listen, port),
+            die_with_parent(self.spec.argv_with_port(listen, port)),
             env=server_env(self.spec.env, secret),
             start_new_session=True,
-            preexec_fn=_die_with(os.getpid()),
         )
         self._guard = guard_group(self._process.pid)
         stop_heartbeat = threading.Event()
@@ -144,7 +149,8 @@ class Supervisor:
     def stop_for_requeue(self, why: str) -> None:
         self._ending = "requeued"
         self._stop_process()
-        self._update(state="requeued", restarts="+1", message=f"requeued: {why}", url=None)
+        # The key dies with the server (the requeued job makes a new one): none lingers in the registry.
+        self._update(state="requeued", restarts="+1", message=f"requeued: {why}", url=None, secret=None)
         print(f"hpcrag: vLLM stopped for requeue ({why})", flush=True)
 
     def _register(self, url: str, secret: str) -> None:
@@ -186,7 +192,7 @@ class Supervisor:
 
     def _fail(self, message: str) -> None:
         self._ending = "failed"
-        self._update(state="failed", stopped_at=now(), message=message)
+        self._update(state="failed", stopped_at=now(), message=message, secret=None)
         raise ServerFailedError(f"{message}; see this job's log")
 
     def _on_term(self, signum: int, frame: FrameType | None) -> None:
@@ -196,7 +202,13 @@ class Supervisor:
         print("hpcrag: SIGTERM (scancel): stopping vLLM", flush=True)
         self._ending = "stopped"
         self._stop_process()
-        self._update(state="stopped", stopped_at=now(), url=None, message="stopped by SIGTERM (scancel)")
+        self._update(
+            state="stopped",
+            stopped_at=now(),
+            url=None,
+            secret=None,  # useless once the server is gone: it must not linger in the registry
+            message="stopped by SIGTERM (scancel)",
+        )
         sys.exit(0)
 
     def _stop_process(self) -> None:
@@ -267,25 +279,93 @@ def server_env(spec_env: dict[str, str], secret: str) -> dict[str, str]:
     return env
 
 
-def _die_with(parent: int) -> Callable[[], None]:
-    """preexec_fn: SIGKILL this child when the thread that forked it dies (Linux prctl)."""
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork, not in the child
+# Run in the child between fork and vLLM: SIGKILL it when the thread that forked it dies (Linux prctl;
+# the setting survives execve), then become vLLM. argv: the parent's pid, then vLLM's command line.
+_DIE_WITH_PARENT = f"""
+import ctypes, os, signal, sys
+parent, argv = int(sys.argv[1]), sys.argv[2:]
+if ctypes.CDLL(None, use_errno=True).prctl({PR_SET_PDEATHSIG}, signal.SIGKILL, 0, 0, 0) != 0:
+    sys.exit(126)
+if os.getppid() != parent:  # the parent died before prctl: nobody would ever send the signal
+    sys.exit(1)
+try:
+    os.execvp(argv[0], argv)
+except OSError as exc:
+    sys.stderr.write(f"hpcrag: cannot start {{argv[0]}}: {{exc.strerror or exc}}\\n")
+    sys.exit(127)
+"""
 
-    def set_parent_death_signal() -> None:
-        if prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            os._exit(126)
-        if os.getppid() != parent:  # the parent died before prctl: nobody would ever send it
-            os._exit(1)
 
-    return set_parent_death_signal
+def die_with_parent(argv: list[str]) -> list[str]:
+    """`argv` run so that the kernel SIGKILLs it when this process (its forking thread) dies."""
+    return [sys.executable, "-I", "-S", "-c", _DIE_WITH_PARENT, str(os.getpid()), *argv]
 
 
 def where(spec: LaunchSpec, port: int) -> tuple[str, str]:
     """(the address vLLM listens on, the URL it is registered at): the site's `vllm.bind`, else the
-    node's advertised name; a wildcard bind is registered under the advertised name."""
+    node's advertised name; a wildcard bind is registered under the advertised name.
+
+    A name is resolved first: one that means only loopback here (Debian maps a node's own name to
+    127.0.1.1) would have vLLM listen where no other node reaches it, behind a URL that looks right.
+    That is an error, unless the name was chosen on purpose: $HPCRAG_SERVE_HOST, a loopback literal
+    (127.0.0.1, ::1, localhost), or a job submitted from this very host (the local dev clusters),
+    where the registry's readers are on the same machine.
+    """
     listen = spec.bind or advertised_host()
     host = advertised_host() if listen in WILDCARDS else listen
+    chosen = spec.bind is None and bool(os.environ.get("HPCRAG_SERVE_HOST"))
+    if listen not in WILDCARDS and not chosen:
+        check_reachable_bind(listen, "vllm.bind" if spec.bind else "the host name")
     return listen, f"{spec.scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def resolve(name: str) -> list[str]:
+    """The addresses `name` resolves to on this node (a seam for tests)."""
+    return sorted({info[4][0] for info in socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)})
+
+
+def check_reachable_bind(name: str, origin: str) -> None:
+    if name == "localhost" or _is_address(name):
+        return  # an address, not a name: what it says is what the site meant
+    fix = (
+        "set the site's vllm.bind (site-configs) to this node's network address, or its name on the "
+        "cluster network, or $HPCRAG_SERVE_HOST in the job's environment; vllm.bind: 0.0.0.0 listens "
+        "on every interface"
+    )
+    try:
+        addresses = resolve(name)
+    except (OSError, UnicodeError) as exc:
+        raise HpcragError(
+            f"vLLM would listen on {name!r} ({origin}), which does not resolve on this node "
+            f"({getattr(exc, 'strerror', None) or exc}); {fix}"
+        ) from None
+    if addresses and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses):
+        if _submitted_here():
+            print(
+                f"hpcrag: {name!r} resolves to loopback only ({', '.join(addresses)}): this server is "
+                "reachable from this host only (the job was submitted here)",
+                flush=True,
+            )
+            return
+        raise HpcragError(
+            f"vLLM would listen on {name!r} ({origin}), which resolves to loopback only on this node "
+            f"({', '.join(addresses)}): no other node could reach the URL registered for it; {fix}"
+        )
+
+
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name.split("%")[0])
+    except ValueError:
+        return False
+    return True
+
+
+def _submitted_here() -> bool:
+    """The job was submitted from this host (sbatch's SLURM_SUBMIT_HOST): one machine, as in the dev
+    clusters, whose clients reach loopback too."""
+    submitter = os.environ.get("SLURM_SUBMIT_HOST", "")
+    return bool(submitter) and submitter.split(".")[0] == socket.gethostname().split(".")[0]
 
 
 def free_port() -> int:

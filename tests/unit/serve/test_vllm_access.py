@@ -26,7 +26,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hpcrag.config import load_config
+from hpcrag.errors import HpcragError
 from hpcrag.gateway.endpoints import EndpointTable
+from hpcrag.serve import supervisor
 from hpcrag.serve.client import backend_ssl_context
 from hpcrag.serve.registry import Endpoint, Registry
 from hpcrag.serve.runtime import VLLM_SIDE
@@ -90,6 +92,62 @@ def test_a_server_listens_where_the_site_says_and_is_registered_there(monkeypatc
     tls = _spec([], certfile="/c.pem", keyfile="/k.pem")
     assert where(tls, 8443) == ("node7.example.org", "https://node7.example.org:8443")
     assert tls.argv_with_port("node7", 8443)[-4:] == ["--ssl-certfile", "/c.pem", "--ssl-keyfile", "/k.pem"]
+
+
+@pytest.fixture
+def resolver(monkeypatch):
+    """A node whose host name is `node7` and resolves as `names` says (Debian: to 127.0.1.1)."""
+    names: dict[str, list[str]] = {}
+
+    def resolve(name: str) -> list[str]:
+        if name not in names:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return names[name]
+
+    monkeypatch.setattr(supervisor, "resolve", resolve)
+    monkeypatch.setattr(socket, "gethostname", lambda: "node7")
+    monkeypatch.delenv("HPCRAG_SERVE_HOST", raising=False)
+    monkeypatch.delenv("SLURM_SUBMIT_HOST", raising=False)
+    return names
+
+
+def test_a_host_name_that_means_loopback_is_refused_with_the_fix(resolver, monkeypatch) -> None:
+    resolver["node7"] = ["127.0.1.1"]
+    with pytest.raises(HpcragError) as refused:
+        where(_spec([]), 8001)
+    message = str(refused.value)
+    assert "'node7' (the host name), which resolves to loopback only on this node (127.0.1.1)" in message
+    assert "vllm.bind" in message and "$HPCRAG_SERVE_HOST" in message
+    resolver["gpu7"] = ["127.0.0.1", "::1"]
+    with pytest.raises(HpcragError, match=r"'gpu7' \(vllm.bind\), which resolves to loopback only"):
+        where(_spec([], bind="gpu7"), 8001)
+    with pytest.raises(HpcragError, match="does not resolve on this node"):
+        where(_spec([], bind="nowhere"), 8001)
+    # Chosen on purpose: $HPCRAG_SERVE_HOST (one-machine tests), a loopback literal, a wildcard.
+    monkeypatch.setenv("HPCRAG_SERVE_HOST", "node7")
+    assert where(_spec([]), 8001) == ("node7", "http://node7:8001")
+    monkeypatch.delenv("HPCRAG_SERVE_HOST")
+    for literal in ("127.0.0.1", "::1", "localhost"):
+        assert where(_spec([], bind=literal), 8001)[0] == literal
+    assert where(_spec([], bind="0.0.0.0"), 8001) == ("0.0.0.0", "http://node7:8001")
+
+
+def test_a_host_name_on_the_network_is_served_there(resolver) -> None:
+    resolver["node7"] = ["10.1.0.7", "127.0.1.1"]  # loopback too, but not only
+    assert where(_spec([]), 8001) == ("node7", "http://node7:8001")
+    resolver["gpu7.cluster"] = ["fd00::7"]
+    assert where(_spec([], bind="gpu7.cluster"), 8001) == ("gpu7.cluster", "http://gpu7.cluster:8001")
+
+
+def test_a_job_submitted_from_its_own_host_may_use_loopback(resolver, monkeypatch, capsys) -> None:
+    """The local dev clusters: submitter, registry, gateway and server all on one machine."""
+    resolver["node7"] = ["127.0.0.1"]
+    monkeypatch.setenv("SLURM_SUBMIT_HOST", "login1")
+    with pytest.raises(HpcragError, match="loopback only"):
+        where(_spec([]), 8001)
+    monkeypatch.setenv("SLURM_SUBMIT_HOST", "node7")
+    assert where(_spec([]), 8001) == ("node7", "http://node7:8001")
+    assert "reachable from this host only" in capsys.readouterr().out
 
 
 def test_the_key_reaches_vllm_in_its_environment_not_its_argv(monkeypatch) -> None:
@@ -198,6 +256,9 @@ def test_a_clean_stop_sends_the_watchdog_away(supervised) -> None:
     supervised["process"].send_signal(signal.SIGTERM)
     assert supervised["process"].wait(timeout=30) == 0
     assert not _alive(server["pid"]) and not _alive(server["child"])
+    row = Registry(supervised["registry"]).find()[0]
+    assert row.state == "stopped" and row.url is None
+    assert row.secret is None, "the stopped server's key lingers in the registry"
     (row,) = Registry(supervised["registry"]).find()
     assert row.state == "stopped"
     _wait(lambda: not _watchdogs_of(server["pid"]), 5, "the watchdog gone")
@@ -335,12 +396,11 @@ def test_the_gateway_trusts_the_backend_ca_from_the_config(config_copy: Path, tm
     assert _handshake(backend_ssl_context(load_config(config_copy, "production")), server)
 
 
-def test_load_sampling_reads_https_servers_with_the_backend_ca(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def _https_metrics(ca: trustme.CA):
+    """An https server for `localhost` signed by `ca`, answering vLLM's load metrics; yields its URL."""
     import http.server
 
-    from hpcrag.serve.load import scrape
-
-    ca = trustme.CA()
     server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ca.issue_cert("localhost").configure_cert(server_context)
 
@@ -359,10 +419,80 @@ def test_load_sampling_reads_https_servers_with_the_backend_ca(tmp_path: Path) -
     httpd.socket = server_context.wrap_socket(httpd.socket, server_side=True)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
-        url = f"https://localhost:{httpd.server_address[1]}"
+        yield f"https://localhost:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+
+
+def test_load_sampling_reads_https_servers_with_the_backend_ca(tmp_path: Path) -> None:
+    from hpcrag.serve.load import scrape
+
+    ca = trustme.CA()
+    with _https_metrics(ca) as url:
         assert scrape(url) is None  # the system's CAs do not know this one
         ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
         load = scrape(url, verify=ssl.create_default_context(cafile=str(tmp_path / "ca.pem")))
         assert load is not None and (load.waiting, load.running) == (3.0, 1.0)
-    finally:
-        httpd.shutdown()
+
+
+def _with_backend_ca(config_copy: Path, tmp_path: Path) -> trustme.CA:
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    serving = config_copy / "serving.yaml"
+    serving.write_text(serving.read_text() + f"backend_ca: {tmp_path / 'ca.pem'}\n")
+    return ca
+
+
+def test_the_burst_policy_reads_https_servers_with_the_backend_ca(
+    config_copy: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """A busy burst server signed by the site's CA is seen busy (before: unreadable, so idle)."""
+    from hpcrag.serve.burst import policy
+
+    ca = _with_backend_ca(config_copy, tmp_path)
+    config = load_config(config_copy, "production")
+    registry = Registry(tmp_path / "serving.sqlite")
+
+    class Adapter:
+        def refresh(self, endpoint: Endpoint) -> dict:
+            return {}
+
+        def terminate(self, endpoint: Endpoint) -> None:
+            raise AssertionError("a busy server was scaled down")
+
+    monkeypatch.setattr(policy, "adapter_for", lambda config, provider: Adapter())
+    with _https_metrics(ca) as url:
+        row = _row(None, url)
+        registry.add(Endpoint(**{**row.__dict__, "id": None, "provider": "aws", "healthy_at": 0.0}))
+        assert policy.BurstPolicy(config, registry)._scale_down("s", 0.0) == []
+    (seen,) = registry.find(provider="aws")
+    assert seen.details.get("last_busy_at"), "the https server's load was not read"
+
+
+def test_serve_burst_samples_https_servers_with_the_backend_ca(
+    config_copy: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from click.testing import CliRunner
+
+    from hpcrag.cli.main import cli
+    from hpcrag.serve import load as tier_load
+
+    ca = _with_backend_ca(config_copy, tmp_path)
+    samples = []
+    real_sample = tier_load.sample
+
+    def sample(*args, **kwargs):
+        samples.append(real_sample(*args, **kwargs))
+        return samples[-1]
+
+    monkeypatch.setattr(tier_load, "sample", sample)
+    with _https_metrics(ca) as url:
+        Registry(tmp_path / "serving.sqlite").add(_row(None, url))
+        env = {
+            "HPCRAG_CONFIG_DIR": str(config_copy),
+            "HPCRAG_PROFILE": "production",
+            "HPCRAG_REGISTRY": str(tmp_path / "serving.sqlite"),
+        }
+        result = CliRunner().invoke(cli, ["serve", "burst", "--tier", "s", "--interval", "0"], env=env)
+    assert result.exit_code == 0, result.output
+    assert len(samples) == 2 and all(url in s.servers for s in samples), "https servers not read"

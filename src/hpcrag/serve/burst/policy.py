@@ -18,6 +18,7 @@ from hpcrag.config import Config
 from hpcrag.errors import HpcragError
 from hpcrag.serve.burst.base import BurstRequest
 from hpcrag.serve.burst.registry import adapter_for
+from hpcrag.serve.client import backend_ssl_context
 from hpcrag.serve.load import scrape
 from hpcrag.serve.registry import Endpoint, Registry, now
 from hpcrag.serve.spec import ModelDoesNotFitError, size_replica
@@ -170,12 +171,14 @@ class BurstPolicy:
 
     def _scale_down(self, tier: str, observed_wait_s: float) -> list[Decision]:
         decisions = []
+        verify = backend_ssl_context(self.config)  # https servers signed by the site's CA
         for endpoint in self.registry.find(tier=tier, live_only=True):
             if endpoint.provider == SLURM_PROVIDER:
                 continue
             adapter = adapter_for(self.config, endpoint.provider)
             changes = adapter.refresh(endpoint)
-            load = scrape(endpoint.url) if endpoint.url else None  # unreachable counts as not busy
+            # Unreachable counts as not busy.
+            load = scrape(endpoint.url, verify=verify) if endpoint.url else None
             if load is not None and load.busy:
                 changes["details"] = {**endpoint.details, "last_busy_at": now()}
             if changes:
@@ -193,6 +196,7 @@ class BurstPolicy:
                     state="stopped",
                     stopped_at=now(),
                     url=None,
+                    secret=None,
                     message=f"idle {idle_for:.0f} s: scaled down",
                 )
                 decisions.append(
