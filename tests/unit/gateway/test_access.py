@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from hpcrag.errors import HpcragError
@@ -99,3 +101,18 @@ def test_the_bearer_scheme_is_case_insensitive_and_odd_tokens_are_unknown_keys()
     for header in ("Basic hpc-secret", "Bearer", "Bearer \udcff\udcfe", "hpc-secret"):
         refusal = access.authenticate(header)
         assert isinstance(refusal, Refusal) and refusal.status == 401
+
+
+def test_a_backend_refusal_reaches_the_caller_in_the_openai_error_shape() -> None:
+    import json
+
+    from hpcrag.gateway.proxy import _openai_error
+
+    endpoint = SimpleNamespace(name="slurm/nyc/7", row=SimpleNamespace(served_name="tiny-llama"))
+    body = json.loads(_openai_error(endpoint, "/v1/embeddings", 404, b'{"detail":"Not Found"}'))
+    assert body["error"]["code"] == "route_not_served"
+    assert "slurm/nyc/7 (model tiny-llama) does not serve /v1/embeddings" in body["error"]["message"]
+    refused = json.loads(_openai_error(endpoint, "/v1/completions", 422, b'{"detail":"bad logprobs"}'))
+    assert refused["error"]["message"].endswith("refused the request (HTTP 422): bad logprobs")
+    own = b'{"error": {"message": "too long", "type": "BadRequestError", "code": 400}}'
+    assert _openai_error(endpoint, "/v1/completions", 400, own) == own
