@@ -33,19 +33,25 @@ def row(site: str, job_id: str, tier: str, served: str, port: int, usd: float) -
     )  # fmt: skip
 
 
+def gateway_env(tmp: Path, metrics_token: str = METRICS_TOKEN) -> dict[str, str]:
+    """The environment of a gateway of its own under `tmp`: a copy of site-configs with quick
+    refreshes, its own registry and database, and a metrics token."""
+    config_dir = tmp / "site configs"
+    shutil.copytree(CONFIG_DIR, config_dir)
+    quick_gateway_settings(config_dir)
+    return {
+        "HPCRAG_CONFIG_DIR": str(config_dir),
+        "HPCRAG_REGISTRY": str(tmp / "registry.sqlite"),
+        "HPCRAG_GATEWAY_DB": str(tmp / "gateway.sqlite"),
+        "HPCRAG_METRICS_TOKEN": metrics_token,
+    }
+
+
 @contextmanager
 def stub_world(tmp: Path) -> Iterator[dict]:
     """A gateway process in front of two stub backends (tiers S and M) and a dead tier-S endpoint,
     with keys alice (plain), poor (a tiny budget) and bot (a tight rate limit)."""
-    config_dir = tmp / "site configs"
-    shutil.copytree(CONFIG_DIR, config_dir)
-    quick_gateway_settings(config_dir)
-    env = {
-        "HPCRAG_CONFIG_DIR": str(config_dir),
-        "HPCRAG_REGISTRY": str(tmp / "registry.sqlite"),
-        "HPCRAG_GATEWAY_DB": str(tmp / "gateway.sqlite"),
-        "HPCRAG_METRICS_TOKEN": METRICS_TOKEN,
-    }
+    env = gateway_env(tmp)
     ports = {"s": free_port(), "m": free_port(), "dead": free_port(), "gateway": free_port()}
     registry = Registry(env["HPCRAG_REGISTRY"])
     registry.add(row("nyc", "101", "s", "small", ports["s"], 0.45))

@@ -43,9 +43,9 @@ from hpcrag.serve.registry import Endpoint, Registry
 from tests.integration.gateway_helpers import (
     HPCRAG,
     free_port,
+    gateway_env,
     hpcrag,
     metric,
-    quick_gateway_settings,
     running,
     stub,
 )
@@ -80,20 +80,8 @@ def row(site: str, job_id: str, tier: str, served: str, port: int) -> Endpoint:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    import shutil
-
-    from tests.conftest import CONFIG_DIR
-
     tmp = tmp_path_factory.mktemp("gateway-fuzz")
-    config_dir = tmp / "site configs"
-    shutil.copytree(CONFIG_DIR, config_dir)
-    quick_gateway_settings(config_dir)
-    env = {
-        "HPCRAG_CONFIG_DIR": str(config_dir),
-        "HPCRAG_REGISTRY": str(tmp / "registry.sqlite"),
-        "HPCRAG_GATEWAY_DB": str(tmp / "gateway.sqlite"),
-        "HPCRAG_METRICS_TOKEN": METRICS_TOKEN,
-    }
+    env = gateway_env(tmp, METRICS_TOKEN)
     ports = {"chat": free_port(), "embed": free_port(), "gateway": free_port()}
     registry = Registry(env["HPCRAG_REGISTRY"])
     # One generative stub behind a server of every tier, and one embedding stub.
