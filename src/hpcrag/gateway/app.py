@@ -1,7 +1,9 @@
-"""The gateway's HTTP face: the OpenAI routes, /health and /metrics, and its background refreshes.
+"""The gateway's HTTP face: the OpenAI routes, /health, /metrics, /openapi.json, and its background
+refreshes.
 
-A request goes: key (401) → rate limit and budget (429) → body checks (400) → router (404/503) →
-forwarder (retries before the first byte) → usage, dollars, metrics and the ledger row. Answers carry
+A request goes: key (401) → rate limit and budget (429) → body checks (400/413, `requests.py`) →
+router (404/503) → forwarder (retries before the first byte) → usage, dollars, metrics and the ledger
+row, committed before the answer's last byte leaves (503 if it cannot be). Answers carry
 `X-Hpcrag-Request-Id`, `X-Hpcrag-Tier` and `X-Hpcrag-Endpoint` so a caller can see where it went.
 """
 
