@@ -17,7 +17,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -74,6 +74,7 @@ class Gateway:
     metrics: GatewayMetrics
     metrics_token: str | None = None
     session: aiohttp.ClientSession | None = None
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     forwarder: Forwarder | None = None
 
     @classmethod
@@ -117,6 +118,16 @@ class Gateway:
                 reason,
             )
             self.circuit_gauge(endpoint).set(1)
+
+    def check_after_timeout(self, endpoint: LiveEndpoint) -> None:
+        """A request outlasted upstream_timeout_s: the endpoint's fault only if it is unhealthy too."""
+        task = asyncio.get_running_loop().create_task(self._health_after_timeout(endpoint))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _health_after_timeout(self, endpoint: LiveEndpoint) -> None:
+        if not await endpoint_healthy(self, endpoint):
+            self.endpoint_failed(endpoint, "a request timed out and /health does not answer")
 
     def circuit_gauge(self, endpoint: LiveEndpoint) -> Gauge:
         row = endpoint.row
@@ -179,7 +190,9 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
         total=settings.upstream_timeout_s, sock_connect=settings.connect_timeout_s
     )
     gateway.session = aiohttp.ClientSession(connector=connector, timeout=timeout)
-    gateway.forwarder = Forwarder(gateway.session, settings.attempts, gateway.endpoint_failed)
+    gateway.forwarder = Forwarder(
+        gateway.session, settings.attempts, gateway.endpoint_failed, gateway.check_after_timeout
+    )
     await refresh(gateway)
     tasks = [
         asyncio.create_task(_every(settings.refresh_s, refresh, gateway)),
@@ -235,20 +248,23 @@ async def _scrape(gateway: Gateway, endpoint: LiveEndpoint) -> ServerLoad | None
         return None
 
 
+async def endpoint_healthy(gateway: Gateway, endpoint: LiveEndpoint) -> bool:
+    assert gateway.session is not None
+    try:
+        async with gateway.session.get(
+            endpoint.url + "/health", timeout=aiohttp.ClientTimeout(total=2.0)
+        ) as response:
+            return response.status == 200
+    except (TimeoutError, aiohttp.ClientError):
+        return False
+
+
 async def probe_open_circuits(gateway: Gateway) -> None:
     """Health-check endpoints whose circuit has been open for `open_s`; a healthy one is back in."""
-    assert gateway.session is not None
     for endpoint in gateway.table.live():
         if not endpoint.circuit.due_for_probe():
             continue
-        try:
-            async with gateway.session.get(
-                endpoint.url + "/health", timeout=aiohttp.ClientTimeout(total=2.0)
-            ) as response:
-                healthy = response.status == 200
-        except (TimeoutError, aiohttp.ClientError):
-            healthy = False
-        if healthy:
+        if await endpoint_healthy(gateway, endpoint):
             endpoint.circuit.close()
             gateway.circuit_gauge(endpoint).set(0)
             log.warning("circuit of %s closed: /health answers again", endpoint.name)

@@ -3,7 +3,8 @@
 Nothing reaches the caller before an endpoint has produced its first byte, so a refused connection,
 a reset before the first byte or a 5xx answer moves the request to the next candidate (up to
 `attempts`) and counts against that endpoint's circuit. Once the first event of a stream has been
-written the request is committed: a later failure ends the stream with an error event.
+written the request is committed: a later failure ends the stream with an error event. A request that
+outlasts `upstream_timeout_s` is a 504, not retried (another endpoint would take as long).
 
 Streams pass through event by event, never buffered. The gateway asks vLLM for usage on every chunk
 (`stream_options.include_usage` and `continuous_usage_stats`), so a stream cut short is charged for
@@ -31,6 +32,9 @@ from hpcrag.gateway.endpoints import LiveEndpoint
 log = logging.getLogger(__name__)
 JSON_HEADERS = {"Content-Type": "application/json"}
 DONE = b"data: [DONE]"  # an OpenAI stream's last event; a stream without it was cut short
+TIMEOUT_MESSAGE = (
+    "the answer took longer than the gateway's upstream_timeout_s; ask for fewer tokens, or stream it"
+)
 # What ends an attempt before anything reached the caller: connection trouble and time-outs.
 # (HttpProcessingError: a line from the backend longer than aiohttp reads, for one.)
 UPSTREAM_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError, HttpProcessingError)
@@ -88,10 +92,12 @@ class Forwarder:
         session: aiohttp.ClientSession,
         attempts: int,
         on_failure: Callable[[LiveEndpoint, str], None],
+        on_timeout: Callable[[LiveEndpoint], object] = lambda endpoint: None,
     ) -> None:
         self.session = session
         self.attempts = attempts
         self.on_failure = on_failure
+        self.on_timeout = on_timeout  # told of a request that outlasted upstream_timeout_s
 
     async def forward(
         self,
@@ -145,6 +151,12 @@ class Forwarder:
                     response = await self._once(
                         endpoint, path, payloads[name], answer_headers, exchange, started
                     )
+            except _TimedOut:
+                endpoint.end(0)
+                self.on_timeout(endpoint)
+                exchange.attempts.append({"endpoint": endpoint.name, "error": "upstream_timeout_s reached"})
+                exchange.status, exchange.outcome = 504, "upstream_timeout"
+                return web.json_response(error_body(504, "upstream_timeout", TIMEOUT_MESSAGE), status=504)
             except _Retry as retry:
                 endpoint.end(0)
                 exchange.attempts.append({"endpoint": endpoint.name, "error": retry.reason})
@@ -187,7 +199,7 @@ class Forwarder:
             ) as upstream:
                 return await self._whole(endpoint, path, upstream, headers, exchange, started)
         except UPSTREAM_ERRORS as exc:
-            raise _Retry(_describe(exc)) from None
+            raise _failure(exc) from None
 
     async def _whole(
         self,
@@ -202,7 +214,7 @@ class Forwarder:
         try:
             data = await upstream.read()
         except UPSTREAM_ERRORS as exc:
-            raise _Retry(_describe(exc)) from None
+            raise _failure(exc) from None
         status = upstream.status
         if status >= 500:
             raise _Retry(f"HTTP {status}", _passthrough(status, data, headers))
@@ -233,14 +245,14 @@ class Forwarder:
                 endpoint.url + path, data=payload, headers=endpoint.upstream_headers
             )
         except UPSTREAM_ERRORS as exc:
-            raise _Retry(_describe(exc)) from None
+            raise _failure(exc) from None
         try:
             if upstream.status != 200:
                 return await self._whole(endpoint, path, upstream, headers, exchange, started)
             try:
                 event = await _next_event(upstream.content)
             except UPSTREAM_ERRORS as exc:
-                raise _Retry(_describe(exc)) from None
+                raise _failure(exc) from None
             if event is None:
                 raise _Retry("stream ended before its first event")
             response = web.StreamResponse(
@@ -262,6 +274,10 @@ class Forwarder:
             except UPSTREAM_ERRORS as exc:
                 if request.transport is None or request.transport.is_closing():
                     exchange.status, exchange.outcome = 499, "client_closed"
+                elif _overall_timeout(exc):
+                    self.on_timeout(endpoint)
+                    exchange.status, exchange.outcome = 504, "upstream_timeout"
+                    exchange.tail = sse_event(error_body(504, "upstream_timeout", TIMEOUT_MESSAGE))
                 else:
                     exchange.status, exchange.outcome = 502, "upstream_failed_mid_stream"
                     message = f"endpoint {endpoint.name} failed during the stream: {_describe(exc)}"
@@ -331,6 +347,22 @@ def _openai_error(endpoint: LiveEndpoint, path: str, status: int, data: bytes) -
     detail = body.get("detail") if isinstance(body, dict) else data[:200].decode("utf-8", "replace")
     message = f"endpoint {endpoint.name} refused the request (HTTP {status}): {detail}"
     return json.dumps(error_body(status, "upstream_refused", message)).encode()
+
+
+class _TimedOut(Exception):
+    """The whole request outlasted `upstream_timeout_s`. Most likely the request's own doing (a long
+    generation, a huge prompt): it is not retried elsewhere, and it counts against the endpoint's
+    circuit only if the endpoint also fails a health check (`on_timeout`)."""
+
+
+def _overall_timeout(exc: BaseException) -> bool:
+    # aiohttp's connect and socket-read time-outs are ClientErrors (the endpoint's fault); the session's
+    # total time-out is a bare TimeoutError.
+    return isinstance(exc, TimeoutError) and not isinstance(exc, aiohttp.ClientError)
+
+
+def _failure(exc: BaseException) -> Exception:
+    return _TimedOut() if _overall_timeout(exc) else _Retry(_describe(exc))
 
 
 class _Retry(Exception):
