@@ -256,6 +256,10 @@ class RequestLimits(_Model):
     max_input_items: PositiveInt = Field(
         default=2048, description="Most items in an 'input' or 'prompt' list (embeddings, completions)."
     )
+    max_inflight_body_bytes: PositiveInt = Field(
+        default=256 * 1024 * 1024,
+        description="Bytes of request bodies held at once over all requests (503 with Retry-After beyond).",
+    )
 
 
 class ListenerTls(_Model):

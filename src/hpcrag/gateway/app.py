@@ -73,6 +73,7 @@ class Gateway:
     access: Access
     metrics: GatewayMetrics
     metrics_token: str | None = None
+    body_bytes_held: int = 0
     session: aiohttp.ClientSession | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     forwarder: Forwarder | None = None
@@ -289,6 +290,32 @@ async def handle_inference(request: web.Request) -> web.StreamResponse:
     refusal = gateway.access.admit(key)
     if refusal is not None:
         return await _refuse(gateway, record, refusal, ids)
+    limits = gateway.config.gateway.limits
+    # A body's bytes count from before it is read until its answer is out: memory stays bounded
+    # however many large requests arrive at once.
+    size = min(request.content_length or limits.max_body_bytes, limits.max_body_bytes)
+    if gateway.body_bytes_held + size > limits.max_inflight_body_bytes:
+        message = (
+            f"the gateway holds {limits.max_inflight_body_bytes} bytes of request bodies already; "
+            "retry in a moment, or send a smaller request"
+        )
+        return await _finish_refusal(gateway, record, 503, "busy", message, {**ids, "Retry-After": "1"})
+    gateway.body_bytes_held += size
+    try:
+        return await _answer(gateway, request, record, key, route, ids, started)
+    finally:
+        gateway.body_bytes_held -= size
+
+
+async def _answer(
+    gateway: Gateway,
+    request: web.Request,
+    record: RequestRecord,
+    key: ApiKey,
+    route: str,
+    ids: dict[str, str],
+    started: float,
+) -> web.StreamResponse:
     try:
         raw = await _raw_body(request, gateway.config.gateway.limits)
         if len(raw) > OFFLOAD_BYTES:  # parsing megabytes would stall every other request on the loop

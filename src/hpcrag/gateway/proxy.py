@@ -81,8 +81,8 @@ def sse_event(body: dict[str, Any]) -> bytes:
 
 
 def error_body(status: int, code: str, message: str) -> dict[str, Any]:
-    kinds = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error"}
-    kind = kinds.get(status, "rate_limit_error" if status == 429 else "server_error")
+    kinds = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
+    kind = kinds.get(status, "invalid_request_error" if status < 500 else "server_error")
     return {"error": {"message": message, "type": kind, "code": code}}
 
 
