@@ -229,6 +229,13 @@ def search(
     help="Request body size limit.",
 )
 @click.option(
+    "--max-inflight-mb",
+    type=click.IntRange(min=1),
+    default=512,
+    show_default=True,
+    help="Request bodies held at once over all requests (503 beyond).",
+)
+@click.option(
     "--endpoint-file",
     type=click.Path(path_type=Path),
     help="Write the URL and the token here (mode 0600) once serving.",
@@ -259,6 +266,7 @@ def serve(
     max_k: int,
     max_queries: int,
     max_body_mb: int,
+    max_inflight_mb: int,
     endpoint_file: Path | None,
     token_file: Path | None,
     tls_cert: Path | None,
@@ -303,6 +311,7 @@ def serve(
             max_k=max_k,
             max_queries=max_queries,
             max_body_bytes=max_body_mb * MIB,
+            max_inflight_body_bytes=max_inflight_mb * MIB,
             endpoint_file=endpoint_file,
             token=token,
             tls=tls,

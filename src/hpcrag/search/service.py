@@ -79,13 +79,14 @@ class ServiceOptions:
     max_k: int = 1024
     max_queries: int = 4096  # per request; more is a 413
     max_body_bytes: int = 64 * MIB  # per request body, checked before and while reading; more is a 413
+    max_inflight_body_bytes: int = 512 * MIB  # over all requests at once; more is a 503 (Retry-After)
     endpoint_file: Path | None = None
     token: str | None = None  # None: generate one (written to the endpoint file)
     tls: ssl.SSLContext | None = None
     public_metrics: bool = False  # /metrics without the token (a Prometheus on a trusted network)
 
     def __post_init__(self) -> None:
-        for name in ("max_batch", "max_k", "max_queries", "max_body_bytes"):
+        for name in ("max_batch", "max_k", "max_queries", "max_body_bytes", "max_inflight_body_bytes"):
             if getattr(self, name) < 1:
                 raise HpcragError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.port <= 65535:
@@ -258,6 +259,7 @@ class SearchService:
         self._ready = threading.Event()
         # JSON parsing and encoding hold the GIL for long: off the event loop, two at a time at most.
         self._workers = ThreadPoolExecutor(2, thread_name_prefix="hpcrag-parse")
+        self._body_bytes_held = 0  # touched on the event loop only
         self._socket = _listen(options.host, options.port)
         self.port = self._socket.getsockname()[1]
 
@@ -434,6 +436,26 @@ class SearchService:
         if not self._authorized(request):
             self.metrics.requests.labels(fmt, "401").inc()
             return self._unauthorized()
+        # A body's bytes count from before it is read until its answer is out: memory stays bounded
+        # however many large requests arrive at once.
+        options = self.options
+        size = min(request.content_length or options.max_body_bytes, options.max_body_bytes)
+        if self._body_bytes_held + size > options.max_inflight_body_bytes:
+            self.metrics.requests.labels(fmt, "503").inc()
+            message = (
+                f"this service holds {options.max_inflight_body_bytes} bytes of request bodies already "
+                "(--max-inflight-mb); retry in a moment"
+            )
+            return web.json_response({"error": message}, status=503, headers={"Retry-After": "1"})
+        self._body_bytes_held += size
+        try:
+            return await self._answer_search(request, binary, fmt, started)
+        finally:
+            self._body_bytes_held -= size
+
+    async def _answer_search(self, request: Any, binary: bool, fmt: str, started: float) -> Any:
+        from aiohttp import web
+
         loop = asyncio.get_running_loop()
         try:
             raw = await self._read_body(request)

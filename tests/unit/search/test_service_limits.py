@@ -289,3 +289,29 @@ def test_a_small_request_is_answered_while_a_large_one_runs(index_dir: Path) -> 
     np.testing.assert_array_equal(ids[:40], ids[40:80])  # chunks reassembled in order
     assert small.json()["ids"][0] == ids[0].tolist()
     assert small_seconds < 0.5 and small_seconds < large_seconds / 5, (small_seconds, large_seconds)
+
+
+def test_bodies_held_at_once_are_bounded_over_all_requests(index_dir: Path) -> None:
+    """A body still arriving holds its declared bytes: a second one that would pass the total waits
+    outside (503 with Retry-After); once the first is answered its bytes are free again."""
+    options = ServiceOptions(port=0, max_body_bytes=MIB, max_inflight_body_bytes=MIB)
+    with running_service(index_dir, options) as (running, _):
+        host, port = running.url.removeprefix("http://").rsplit(":", 1)
+        body = json.dumps({"queries": [ONE], "k": 3}).encode()
+        head = (
+            b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Authorization: {AUTH['Authorization']}\r\nContent-Length: {MIB}\r\n\r\n".encode()
+        )
+        with socket.create_connection((host, int(port)), timeout=5) as slow:
+            slow.sendall(head + body[:10])  # most of its declared bytes never come: it stays held
+            time.sleep(0.3)
+            second = httpx.post(f"{running.url}/search", json={"queries": [ONE], "k": 3}, headers=AUTH)
+            assert second.status_code == 503 and second.headers["Retry-After"] == "1"
+            assert "--max-inflight-mb" in second.json()["error"]
+        deadline = time.monotonic() + 5  # the slow client hung up: its bytes come back
+        while time.monotonic() < deadline:
+            answer = httpx.post(f"{running.url}/search", json={"queries": [ONE], "k": 3}, headers=AUTH)
+            if answer.status_code == 200:
+                break
+            time.sleep(0.1)
+        assert answer.status_code == 200
