@@ -136,3 +136,13 @@ def test_an_unknown_certification_is_a_400_that_lists_the_known_ones(world) -> N
     assert answer.status_code == 400 and len(answer.content) < 1000
     assert "unknown certification 'x" in answer.json()["error"]["message"]
     assert "known: air-gapped, fedramp, gdpr, hipaa, pci-dss, soc2" in answer.json()["error"]["message"]
+
+
+def test_an_answer_from_no_endpoint_still_carries_its_request_id(world) -> None:
+    # Pinned to SF, tier S has only the dead endpoint: every attempt fails (502), or its circuit is
+    # already open and the router finds no endpoint (503). Either way the answer can be traced.
+    answer = post(world, {"model": "tier-s", "messages": [{"role": "user", "content": "hi"}]},
+                  **{"X-Hpcrag-Site": "sf"})  # fmt: skip
+    assert answer.status_code in (502, 503), answer.text
+    request_id = answer.headers["X-Hpcrag-Request-Id"]
+    assert any(r["request_id"] == request_id for r in ledger_rows(world))

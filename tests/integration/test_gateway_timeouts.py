@@ -52,6 +52,7 @@ def test_a_slow_answer_is_a_504_that_blames_no_endpoint(tmp_path) -> None:
             )
             assert answer.status_code == 504, answer.text
             assert answer.json()["error"]["code"] == "upstream_timeout"
+            assert answer.headers["X-Hpcrag-Request-Id"] and answer.headers["X-Hpcrag-Tier"] == "l"
         text = httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}).text
         assert metric(text, "hpcrag_endpoint_circuit_open") == 0
         assert metric(text, "hpcrag_routing_fallbacks_total", kind="retry") == 0

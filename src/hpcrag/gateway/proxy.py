@@ -156,7 +156,8 @@ class Forwarder:
                 self.on_timeout(endpoint)
                 exchange.attempts.append({"endpoint": endpoint.name, "error": "upstream_timeout_s reached"})
                 exchange.status, exchange.outcome = 504, "upstream_timeout"
-                return web.json_response(error_body(504, "upstream_timeout", TIMEOUT_MESSAGE), status=504)
+                body_504 = error_body(504, "upstream_timeout", TIMEOUT_MESSAGE)
+                return web.json_response(body_504, status=504, headers=answer_headers)
             except _Retry as retry:
                 endpoint.end(0)
                 exchange.attempts.append({"endpoint": endpoint.name, "error": retry.reason})
@@ -182,7 +183,7 @@ class Forwarder:
             return last_error
         exchange.status, exchange.outcome = 502, "upstream_failed"
         message = f"every endpoint tried failed before answering ({tried}); see `hpcrag serve status`"
-        return web.json_response(error_body(502, "upstream_failed", message), status=502)
+        return web.json_response(error_body(502, "upstream_failed", message), status=502, headers=headers)
 
     async def _once(
         self,
