@@ -51,6 +51,7 @@ def openapi_document(options: ServiceOptions, nlist: int) -> dict[str, Any]:
         "400": {**_ERROR, "description": "A malformed or invalid request"},
         "401": {**_ERROR, "description": "Missing or wrong bearer token"},
         "413": {**_ERROR, "description": "Body or query count beyond the service's limits"},
+        "503": {**_ERROR, "description": "Too many request bodies held at once; retry after Retry-After"},
     }
     return {
         "openapi": "3.1.0",
