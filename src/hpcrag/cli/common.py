@@ -9,15 +9,40 @@ from __future__ import annotations
 
 import json
 import unicodedata
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+
+from hpcrag.errors import HpcragError
 
 if TYPE_CHECKING:
     from hpcrag.config import Config
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+F = TypeVar("F", bound=Callable[..., Any])
+_PEM = click.Path(dir_okay=False, path_type=Path)
+
+
+def tls_options(command: F) -> F:
+    """--tls-cert, --tls-key and --tls-client-ca, for every command that serves HTTPS."""
+    command = click.option("--tls-client-ca", type=_PEM, help="Require client certificates of this CA.")(
+        command
+    )
+    command = click.option("--tls-key", type=_PEM, help="The unencrypted PEM key of --tls-cert.")(command)
+    return click.option("--tls-cert", type=_PEM, help="Serve HTTPS with this PEM certificate chain.")(command)
+
+
+def tls_files(
+    cert: Path | None, key: Path | None, client_ca: Path | None
+) -> tuple[Path, Path, Path | None] | None:
+    """The HTTPS files given on the command line (None: plain HTTP); half a pair is an error."""
+    if (cert is None) != (key is None):
+        raise HpcragError("--tls-cert and --tls-key go together: give both, or neither for plain HTTP")
+    if client_ca is not None and cert is None:
+        raise HpcragError("--tls-client-ca needs --tls-cert and --tls-key (client certificates need TLS)")
+    return None if cert is None or key is None else (cert, key, client_ca)
 
 
 class Port(click.ParamType):

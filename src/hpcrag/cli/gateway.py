@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from hpcrag.cli.common import PORT, echo_json, json_option, load, shown, table
+from hpcrag.cli.common import PORT, echo_json, json_option, load, shown, table, tls_files, tls_options
 from hpcrag.util.money import money
 
 if TYPE_CHECKING:
@@ -24,35 +24,26 @@ def gateway() -> None:
 @gateway.command("serve")
 @click.option("--host", default=None, help="Address to listen on [gateway.yaml].")
 @click.option("--port", type=PORT, default=None, help="Port, 0 for a free one [gateway.yaml].")
-@click.option(
-    "--tls-cert", type=click.Path(dir_okay=False), default=None, help="HTTPS: PEM chain [gateway.yaml tls]."
-)
-@click.option("--tls-key", type=click.Path(dir_okay=False), default=None, help="HTTPS: its PEM key.")
-@click.option(
-    "--tls-client-ca",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Require client certificates of this CA.",
-)
+@tls_options
 @click.pass_context
 def serve(
     ctx: click.Context,
     host: str | None,
     port: int | None,
-    tls_cert: str | None,
-    tls_key: str | None,
-    tls_client_ca: str | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_client_ca: Path | None,
 ) -> None:
-    """Serve /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models, /health, /metrics."""
+    """Serve /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models, /health, /metrics.
+
+    HTTPS with the --tls-* options, else with gateway.yaml's `tls`."""
     from hpcrag.config.schema import ListenerTls
     from hpcrag.gateway.service import serve as run
 
-    if (tls_cert is None) != (tls_key is None) or (tls_client_ca and not tls_cert):
-        raise click.UsageError("HTTPS needs both --tls-cert and --tls-key (and --tls-client-ca needs them)")
     tls = None
-    if tls_cert and tls_key:
-        absolute = [str(Path(p).resolve()) if p else None for p in (tls_cert, tls_key, tls_client_ca)]
-        tls = ListenerTls(cert=absolute[0], key=absolute[1], client_ca=absolute[2])
+    if (files := tls_files(tls_cert, tls_key, tls_client_ca)) is not None:
+        cert, key, client_ca = (str(p.resolve()) if p else None for p in files)
+        tls = ListenerTls(cert=cert, key=key, client_ca=client_ca)
     config = load(ctx)
     settings = config.gateway
 

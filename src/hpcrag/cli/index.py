@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from hpcrag.cli.common import echo_json
+from hpcrag.cli.common import echo_json, tls_files, tls_options
 
 if TYPE_CHECKING:
     from hpcrag.search.comm import Communicator
@@ -245,13 +245,7 @@ def search(
     type=click.Path(path_type=Path),
     help="Read the bearer token from this file (default: $HPCRAG_SEARCH_TOKEN, else a new one).",
 )
-@click.option(
-    "--tls-cert", type=click.Path(path_type=Path), help="Serve HTTPS with this PEM certificate chain."
-)
-@click.option("--tls-key", type=click.Path(path_type=Path), help="The private key of --tls-cert.")
-@click.option(
-    "--tls-client-ca", type=click.Path(path_type=Path), help="Require client certificates from this CA."
-)
+@tls_options
 @click.option("--public-metrics", is_flag=True, help="Serve /metrics without the token.")
 @device_option
 @verify_option
@@ -295,14 +289,10 @@ def serve(
                 "written there, mode 0600), or a token with --token-file or $HPCRAG_SEARCH_TOKEN"
             )
         tls = None
-        if (tls_cert is None) != (tls_key is None):
-            raise HpcragError("--tls-cert and --tls-key go together: give both, or neither for plain HTTP")
-        if tls_client_ca is not None and tls_cert is None:
-            raise HpcragError("--tls-client-ca needs --tls-cert and --tls-key (client certificates need TLS)")
-        if tls_cert is not None and tls_key is not None:
+        if (files := tls_files(tls_cert, tls_key, tls_client_ca)) is not None:
             from hpcrag.util.tls import server_context
 
-            tls = server_context(tls_cert, tls_key, tls_client_ca)
+            tls = server_context(*files)
         return ServiceOptions(
             host=host,
             port=port,

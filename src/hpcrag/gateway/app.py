@@ -536,11 +536,10 @@ async def handle_model(request: web.Request) -> web.Response:
     for model in models:
         if model["id"] == wanted:
             return web.json_response(model)
-    shown = wanted if len(wanted) <= 64 else wanted[:64] + "…"
     return _error(
         404,
         "model_not_found",
-        f"no model {shown!r} is served now; served: {', '.join(m['id'] for m in models)}",
+        f"no model {quote(wanted)} is served now; served: {', '.join(m['id'] for m in models)}",
     )
 
 
