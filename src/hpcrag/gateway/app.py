@@ -42,7 +42,7 @@ from hpcrag.serve.launcher import registry_of
 from hpcrag.serve.load import ServerLoad, parse_metrics
 from hpcrag.serve.registry import Registry
 from hpcrag.serve.supervisor import PROVIDER as ON_PREM
-from hpcrag.util.http_server import bearer_token, expect_handler
+from hpcrag.util.http_server import add_routes, bearer_token
 
 log = logging.getLogger(__name__)
 ROUTES = {
@@ -73,6 +73,7 @@ class Gateway:
     access: Access
     metrics: GatewayMetrics
     metrics_token: str | None = None
+    certifications: frozenset[str] = frozenset()  # what a caller may ask for in X-Hpcrag-Compliance
     body_bytes_held: int = 0
     session: aiohttp.ClientSession | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -99,6 +100,7 @@ class Gateway:
             access=Access(),
             metrics=metrics,
             metrics_token=_metrics_token(config),
+            certifications=known_certifications(config),
         )
 
     def read_sources(self) -> None:
@@ -163,7 +165,7 @@ def create_metrics_app(gateway: Gateway) -> web.Application:
     """/metrics alone, without a key: for the separate listener `metrics_listen`."""
     app = web.Application()
     app[STATE] = gateway
-    app.router.add_get("/metrics", _metrics_answer, expect_handler=expect_handler)
+    add_routes(app, [("GET", "/metrics", _metrics_answer)])
     return app
 
 
@@ -171,13 +173,17 @@ def create_app(config: Config) -> web.Application:
     gateway = Gateway.create(config)
     app = web.Application(client_max_size=config.gateway.limits.max_body_bytes)
     app[STATE] = gateway
-    for path in ROUTES:
-        app.router.add_post(path, handle_inference, expect_handler=expect_handler)
-    app.router.add_get("/v1/models", handle_models, expect_handler=expect_handler)
-    app.router.add_get("/v1/models/{model:.+}", handle_model, expect_handler=expect_handler)
-    app.router.add_get("/health", handle_health, expect_handler=expect_handler)
-    app.router.add_get("/openapi.json", handle_openapi, expect_handler=expect_handler)
-    app.router.add_get("/metrics", handle_metrics, expect_handler=expect_handler)
+    add_routes(
+        app,
+        [
+            *(("POST", path, handle_inference) for path in ROUTES),
+            ("GET", "/v1/models", handle_models),
+            ("GET", "/v1/models/{model:.+}", handle_model),
+            ("GET", "/health", handle_health),
+            ("GET", "/openapi.json", handle_openapi),
+            ("GET", "/metrics", handle_metrics),
+        ],
+    )
     app.cleanup_ctx.append(_background)
     return app
 
@@ -424,7 +430,7 @@ def _route_request(
         return check_header(name, headers.get(name), limits)
 
     extra = {c.strip().lower() for c in (header("X-Hpcrag-Compliance") or "").split(",") if c.strip()}
-    known = known_certifications(config)
+    known = gateway.certifications
     if unknown := sorted(extra - known):
         raise InvalidRequest(
             f"unknown certification {quote(unknown[0])} in X-Hpcrag-Compliance; "

@@ -57,7 +57,7 @@ from hpcrag.search.inputs import (
     parse_search_json,
     parse_search_npy,
 )
-from hpcrag.util.http_server import bearer_token, expect_handler, protocol_logger
+from hpcrag.util.http_server import add_routes, bearer_token, protocol_logger
 
 NPY = "application/x-npy"
 NPZ = "application/x-npz"
@@ -363,11 +363,15 @@ class SearchService:
 
         # Bodies are read by _read_body under our own limit; this one only backs it up.
         app = web.Application(client_max_size=self.options.max_body_bytes)
-        # expect_handler: an odd Expect header (even one that is not UTF-8) is ignored, not a 500.
-        app.router.add_post("/search", self._handle_search, expect_handler=expect_handler)
-        app.router.add_get("/health", self._handle_health, expect_handler=expect_handler)
-        app.router.add_get("/metrics", self._handle_metrics, expect_handler=expect_handler)
-        app.router.add_get("/openapi.json", self._handle_openapi, expect_handler=expect_handler)
+        add_routes(
+            app,
+            [
+                ("POST", "/search", self._handle_search),
+                ("GET", "/health", self._handle_health),
+                ("GET", "/metrics", self._handle_metrics),
+                ("GET", "/openapi.json", self._handle_openapi),
+            ],
+        )
         runner = web.AppRunner(app, access_log=None, logger=protocol_logger())
         await runner.setup()
         await web.SockSite(runner, self._socket, ssl_context=self.options.tls).start()

@@ -4,9 +4,9 @@
   Content-Length, a control byte) or hangs up half way through its body makes aiohttp log an ERROR with
   a full traceback, which buries real errors. Here each is one WARNING line that says what was wrong;
   any other exception keeps its traceback. Pass it as `logger=` to `web.AppRunner`.
-- `expect_handler`: `Expect: 100-continue` as aiohttp does it; any other expectation is ignored, as
-  RFC 9110 allows (aiohttp's own 417 quotes the raw value, which need not be UTF-8, and fails with a
-  500). Pass it as `expect_handler=` to every route (`add_routes_safely` does).
+- `add_routes(app, routes)`: every route with `expect_handler`, which answers `Expect: 100-continue`
+  as aiohttp does and ignores any other expectation, as RFC 9110 allows (aiohttp's own 417 quotes the
+  raw value, which need not be UTF-8, and fails with a 500).
 - `bearer_token(header)`: the token of an `Authorization: Bearer` header, the scheme case-insensitive.
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from aiohttp import HttpVersion11, web
@@ -47,3 +48,12 @@ def bearer_token(authorization: str | None) -> str | None:
     scheme, _, token = (authorization or "").strip().partition(" ")
     token = token.strip()
     return token if scheme.lower() == "bearer" and token else None
+
+
+def add_routes(
+    app: web.Application, routes: Iterable[tuple[str, str, Callable[[web.Request], Awaitable[Any]]]]
+) -> None:
+    """Add each (method, path, handler), GET ones with HEAD as aiohttp's add_get does."""
+    for method, path, handler in routes:
+        adder = app.router.add_get if method == "GET" else app.router.add_post
+        adder(path, handler, expect_handler=expect_handler)
