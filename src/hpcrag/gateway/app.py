@@ -34,7 +34,15 @@ from hpcrag.gateway.endpoints import EndpointTable, LiveEndpoint, known_certific
 from hpcrag.gateway.keys import ApiKey, KeyStore
 from hpcrag.gateway.openapi import openapi_document
 from hpcrag.gateway.proxy import Exchange, Forwarder, error_body, sse_event
-from hpcrag.gateway.requests import InvalidRequest, check_header, number_header, parse_body, quote, validate
+from hpcrag.gateway.requests import (
+    InvalidRequest,
+    OpenAIRequest,
+    check_header,
+    number_header,
+    parse_body,
+    quote,
+    validate,
+)
 from hpcrag.gateway.router import AUTO, TIER_PREFIX, Router, RouteRequest, RoutingError
 from hpcrag.metrics.gateway import GatewayMetrics
 from hpcrag.serve.client import backend_ssl_context
@@ -325,9 +333,11 @@ async def _answer(
     try:
         raw = await _raw_body(request, gateway.config.gateway.limits)
         if len(raw) > OFFLOAD_BYTES:  # parsing megabytes would stall every other request on the loop
-            body, route_request = await asyncio.to_thread(_understand, gateway, request, raw, route, key)
+            body, typed, route_request = await asyncio.to_thread(
+                _understand, gateway, request, raw, route, key
+            )
         else:
-            body, route_request = _understand(gateway, request, raw, route, key)
+            body, typed, route_request = _understand(gateway, request, raw, route, key)
         record.model = route_request.model
         decision = gateway.router.route(route_request)
     except InvalidRequest as exc:
@@ -345,7 +355,7 @@ async def _answer(
     candidates = [c.endpoint for c in decision.candidates]
     try:
         response = await gateway.forwarder.forward(
-            request, request.path, body, candidates, ids, started, exchange
+            request, request.path, body, typed, candidates, ids, started, exchange
         )
     except asyncio.CancelledError:
         exchange.status, exchange.outcome = 499, "client_closed"
@@ -413,17 +423,19 @@ async def _raw_body(request: web.Request, limits: RequestLimits) -> bytes:
 
 def _understand(
     gateway: Gateway, request: web.Request, raw: bytes, route: str, key: ApiKey
-) -> tuple[dict[str, Any], RouteRequest]:
-    body = parse_body(raw, gateway.config.gateway.limits)
-    return body, _route_request(gateway, request, body, route, key)
+) -> tuple[dict[str, Any], OpenAIRequest, RouteRequest]:
+    """The body as sent (forwarded as it is), as checked, and what the router needs of it."""
+    limits = gateway.config.gateway.limits
+    body = parse_body(raw, limits)
+    typed = validate(route, body, limits)
+    return body, typed, _route_request(gateway, request, typed, route, key)
 
 
 def _route_request(
-    gateway: Gateway, request: web.Request, body: dict[str, Any], route: str, key: ApiKey
+    gateway: Gateway, request: web.Request, typed: OpenAIRequest, route: str, key: ApiKey
 ) -> RouteRequest:
     config = gateway.config
     limits = config.gateway.limits
-    typed = validate(route, body, limits)
     headers = request.headers
 
     def header(name: str) -> str | None:

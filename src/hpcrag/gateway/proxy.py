@@ -28,6 +28,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from hpcrag.gateway.endpoints import LiveEndpoint
+from hpcrag.gateway.requests import OpenAIRequest
 
 log = logging.getLogger(__name__)
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -104,17 +105,19 @@ class Forwarder:
         request: web.Request,
         path: str,
         body: dict[str, Any],
+        typed: OpenAIRequest,
         candidates: list[LiveEndpoint],
         headers: dict[str, str],
         started: float,
         exchange: Exchange,
     ) -> web.StreamResponse:
-        """The answer of the first endpoint that gives one; `exchange` records what happened.
+        """The answer of the first endpoint that gives one; `exchange` records what happened. `body` is
+        forwarded as sent; `typed` is the same request checked (`requests.validate`).
 
         A streamed answer comes back prepared but unfinished: its last event is `exchange.tail`."""
-        stream = body.get("stream") is True
-        options = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
-        wants = _UsageWish(bool(options.get("include_usage")), bool(options.get("continuous_usage_stats")))
+        stream = typed.stream
+        options = body.get("stream_options") or {}  # checked: an object, passed on with ours added
+        wants = _UsageWish(typed.wants_usage, typed.wants_continuous_usage)
         payloads: dict[str, bytes] = {}
         last_error: web.Response | None = None
         for endpoint in candidates:

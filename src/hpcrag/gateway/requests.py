@@ -2,7 +2,8 @@
 
 `parse_body` turns raw bytes into a JSON object within the configured bounds (size, depth, finite
 numbers); `validate` checks that object against the OpenAI API's types and the field bounds and returns
-a model the router reads (`model`, `text()`, `max_output_tokens()`, `stream`, `wants_usage`). Fields
+a model the router and the forwarder read (`model`, `text()`, `max_output_tokens()`, `stream`,
+`wants_usage`, `wants_continuous_usage`). Fields
 the API does not define are allowed and left untouched: the gateway forwards the original object.
 Whatever goes wrong raises `InvalidRequest` (400 or 413) naming the field, the fault and the fix; no
 input raises anything else, and no message quotes more than a few dozen characters of what was sent.
@@ -326,6 +327,7 @@ class Message(_Open):
 
 class StreamOptions(_Open):
     include_usage: StrictBool | None = None
+    continuous_usage_stats: StrictBool | None = None  # vLLM's: usage on every chunk
 
 
 class OpenAIRequest(_Open):
@@ -365,6 +367,11 @@ class OpenAIRequest(_Open):
     def wants_usage(self) -> bool:
         """Whether a streamed answer must end with a usage chunk."""
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+    @property
+    def wants_continuous_usage(self) -> bool:
+        """Whether every chunk of a streamed answer must carry the usage so far (vLLM's option)."""
+        return bool(self.wants_usage and self.stream_options and self.stream_options.continuous_usage_stats)
 
     def text(self) -> str:
         raise NotImplementedError

@@ -437,3 +437,12 @@ def test_any_header_value_is_a_number_or_a_400(value: str) -> None:
         str(exc).encode("utf-8")
         return
     assert number is not None and 0 < number < float("inf")
+
+
+def test_continuous_usage_is_a_boolean_the_forwarder_can_trust() -> None:
+    streamed = {"stream": True, "stream_options": {"include_usage": True, "continuous_usage_stats": True}}
+    assert accepted("chat", chat(**streamed)).wants_continuous_usage is True
+    assert accepted("chat", chat(stream=True)).wants_continuous_usage is False
+    with pytest.raises(InvalidRequest) as refused:
+        validate("chat", chat(stream=True, stream_options={"continuous_usage_stats": "false"}), LIMITS)
+    assert refused.value.field == "stream_options.continuous_usage_stats"
