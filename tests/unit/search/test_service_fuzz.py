@@ -203,7 +203,6 @@ def test_thousands_of_generated_requests(service: tuple) -> None:
     sent = sum(statuses.values())
     assert sent >= 2000, f"only {sent} requests in {elapsed:.0f} s"
     assert statuses[200] >= 100 and statuses[400] >= 100 and statuses[401] >= 100, statuses
-    assert elapsed < FUZZ_SECONDS + 15
     assert thread.is_alive()
     with client(running) as checker:
         answer = checker.post("/search", json={"queries": QUERIES[:3].tolist(), "k": 5, "nprobe": 4})
