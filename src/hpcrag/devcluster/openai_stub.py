@@ -78,12 +78,15 @@ def create_app(
 
     async def embeddings(request: web.Request) -> web.Response:
         body = await request.json()
-        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        given = body["input"]
+        # A string, or token ids, is one input; a list of either is several (the OpenAI API's shapes).
+        one = isinstance(given, str) or (isinstance(given, list) and all(isinstance(t, int) for t in given))
+        inputs = [given] if one else given
         data = [
-            {"object": "embedding", "index": i, "embedding": [float(len(text)), 1.0, 0.0, 0.5]}
-            for i, text in enumerate(inputs)
+            {"object": "embedding", "index": i, "embedding": [float(len(item)), 1.0, 0.0, 0.5]}
+            for i, item in enumerate(inputs)
         ]
-        prompt = sum(len(str(t)) // 4 + 1 for t in inputs)
+        prompt = sum(len(item) // 4 + 1 if isinstance(item, str) else len(item) for item in inputs)
         return web.json_response(
             {
                 "object": "list",
