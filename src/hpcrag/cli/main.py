@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from hpcrag.cli import cluster, cost, demo, gateway, index, jobs, plan, serve, sites
+from hpcrag.cli import cluster, cost, demo, gateway, index, jobs, plan, rag, serve, sites
 
 
 class _Group(click.Group):
@@ -53,3 +53,4 @@ cli.add_command(plan.plan)
 cli.add_command(serve.serve)
 cli.add_command(gateway.gateway)
 cli.add_command(cost.cost)
+cli.add_command(rag.rag)

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from hpcrag.config.errors import ConfigError
+from hpcrag.config.rag_schema import RagSettings
 from hpcrag.config.schema import (
     Clouds,
     Config,
@@ -101,6 +102,8 @@ def load_config(root: Path | str | None = None, profile: str | None = None) -> C
         if site.vllm is not None:
             tier_models = site.vllm.tier_models.values()
             _check_names(root / "sites" / f"{name}.yaml", "vllm.tier_models", tier_models, models, "model")
+    rag = _load(RagSettings, root / "rag.yaml")
+    _check_rag_collections(root / "rag.yaml", rag)
     return Config(
         root=root,
         gpus=gpus,
@@ -112,6 +115,7 @@ def load_config(root: Path | str | None = None, profile: str | None = None) -> C
         matrix=matrix,
         serving=serving,
         gateway=gateway,
+        rag=rag,
     )
 
 
@@ -238,6 +242,18 @@ def _check_profile(file: Path, profile: Profile, sites: dict[str, Site]) -> None
                 f"sites.{b}.first_job_id",
                 f"job ids of {a} (from {low}) and {b} (from {high}) must be at least 100000 apart",
             )
+
+
+def _check_rag_collections(file: Path, rag: RagSettings) -> None:
+    """Each collection's overrides, merged over the shared settings, must still validate."""
+    from hpcrag.config.rag_schema import CollectionSettings
+
+    for name in rag.collections:
+        try:
+            rag.for_collection(name)
+        except ValidationError as exc:
+            key_path, problem = _describe(CollectionSettings, exc.errors()[0])
+            raise ConfigError(file, f"collections.{name}.{key_path}", problem) from None
 
 
 def _load(model: type[M], file: Path) -> M:

@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from hpcrag.config.rag_schema import RagSettings
 from hpcrag.errors import HpcragError
 
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]*$")]
@@ -560,6 +561,7 @@ class Config(_Model):
     matrix: Matrix
     serving: Serving
     gateway: Gateway
+    rag: RagSettings
 
     def site(self, name: str) -> Site:
         try:

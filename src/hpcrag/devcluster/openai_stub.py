@@ -1,9 +1,14 @@
 """A minimal OpenAI-compatible server: fixed answers at once, for measuring proxies and testing the
 gateway without vLLM. It speaks the same wire format as vLLM (JSON bodies, `data:` events, usage, per-chunk
 usage with `continuous_usage_stats`, `/health`, a `/metrics` with vLLM's queue gauges) and nothing more.
+Its rerank and score APIs (`/v1/rerank`, `/v1/score`) rate a document by the share of the query's words it
+contains, so a test can predict their order.
 
 `python -m hpcrag.devcluster.openai_stub --port 9000 [--model NAME] [--delay-ms 5] [--tokens 8]
-[--cut-after N]` (`--cut-after`: end each stream after N events without `[DONE]`, as a dying backend does)
+[--cut-after N] [--reply TEXT] [--record FILE]` (`--cut-after`: end each stream after N events without
+`[DONE]`, as a dying backend does; `--reply`: chat completions answer TEXT, streamed a few characters per
+event; `--record`: append every completion and embedding request body to FILE, one JSON line each, so a
+test can assert what the backend received)
 """
 
 from __future__ import annotations
@@ -11,25 +16,43 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import time
+from pathlib import Path
 
 from aiohttp import web
 
 WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]
+REPLY_PIECE_CHARS = 3  # a --reply stream's characters per event: markers such as "[12]" span events
 
 
 def create_app(
-    model: str, delay_s: float = 0.0, tokens: int = 8, cut_after: int | None = None
+    model: str,
+    delay_s: float = 0.0,
+    tokens: int = 8,
+    cut_after: int | None = None,
+    reply: str | None = None,
+    record: Path | None = None,
 ) -> web.Application:
     state = {"running": 0, "requests": 0}
+
+    def recorded(body: dict) -> dict:
+        if record is not None:
+            with record.open("a") as out:
+                out.write(json.dumps(body) + "\n")
+        return body
 
     def usage(prompt: int, completion: int) -> dict[str, int]:
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
     async def completion(request: web.Request) -> web.StreamResponse:
-        body = await request.json()
+        body = recorded(await request.json())
         chat = request.path.endswith("chat/completions")
         count = min(int(body.get("max_tokens") or tokens), tokens)
+        pieces = [WORDS[i % len(WORDS)] + " " for i in range(count)]
+        if chat and reply is not None:
+            pieces = [reply[i : i + REPLY_PIECE_CHARS] for i in range(0, len(reply), REPLY_PIECE_CHARS)]
+            count = len(pieces)
         prompt_tokens = len(json.dumps(body.get("messages") or body.get("prompt") or "")) // 4 + 1
         state["running"] += 1
         state["requests"] += 1
@@ -38,7 +61,7 @@ def create_app(
                 await asyncio.sleep(delay_s)
             base = {"id": f"stub-{state['requests']}", "created": int(time.time()), "model": model}
             if not body.get("stream"):
-                text = " ".join(WORDS[i % len(WORDS)] for i in range(count))
+                text = reply if chat and reply is not None else "".join(pieces).rstrip()
                 choice = (
                     {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"}
                     if chat
@@ -57,7 +80,7 @@ def create_app(
                 if cut_after is not None and i == cut_after:
                     await response.write_eof()
                     return response
-                word = WORDS[i % len(WORDS)] + " "
+                word = pieces[i]
                 choice = (
                     {"index": 0, "delta": {"content": word}, "finish_reason": None}
                     if chat
@@ -77,7 +100,7 @@ def create_app(
             state["running"] -= 1
 
     async def embeddings(request: web.Request) -> web.Response:
-        body = await request.json()
+        body = recorded(await request.json())
         given = body["input"]
         # A string, or token ids, is one input; a list of either is several (the OpenAI API's shapes).
         one = isinstance(given, str) or (isinstance(given, list) and all(isinstance(t, int) for t in given))
@@ -93,6 +116,55 @@ def create_app(
                 "data": data,
                 "model": model,
                 "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
+            }
+        )
+
+    def overlap(query: str, document: str) -> float:
+        wanted = set(re.findall(r"\w+", query.lower()))
+        return len(wanted & set(re.findall(r"\w+", document.lower()))) / len(wanted) if wanted else 0.0
+
+    def pair_usage(query: str, documents: list[str]) -> int:
+        return sum((len(query) + len(document)) // 4 + 1 for document in documents)
+
+    async def rerank(request: web.Request) -> web.Response:
+        body = await request.json()
+        query, documents = body["query"], body["documents"]
+        ranked = sorted(
+            (
+                {"index": i, "document": {"text": d}, "relevance_score": overlap(query, d)}
+                for i, d in enumerate(documents)
+            ),
+            key=lambda result: (-result["relevance_score"], result["index"]),
+        )
+        top_n = body.get("top_n") or len(ranked)  # vLLM: 0 or absent means all
+        tokens = pair_usage(query, documents)
+        return web.json_response(
+            {
+                "id": f"rerank-{time.time_ns()}",
+                "model": model,
+                "usage": {"total_tokens": tokens},
+                "results": ranked[:top_n],
+            }
+        )
+
+    async def score(request: web.Request) -> web.Response:
+        body = await request.json()
+        first, second = body["text_1"], body["text_2"]
+        second = [second] if isinstance(second, str) else second
+        queries = [first] * len(second) if isinstance(first, str) else first
+        data = [
+            {"index": i, "object": "score", "score": overlap(q, d)}
+            for i, (q, d) in enumerate(zip(queries, second, strict=True))
+        ]
+        tokens = sum(pair_usage(q, [d]) for q, d in zip(queries, second, strict=True))
+        return web.json_response(
+            {
+                "id": f"score-{time.time_ns()}",
+                "object": "list",
+                "created": int(time.time()),
+                "model": model,
+                "data": data,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
             }
         )
 
@@ -113,6 +185,8 @@ def create_app(
     app.router.add_post("/v1/chat/completions", completion)
     app.router.add_post("/v1/completions", completion)
     app.router.add_post("/v1/embeddings", embeddings)
+    app.router.add_post("/v1/rerank", rerank)
+    app.router.add_post("/v1/score", score)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
@@ -127,8 +201,10 @@ def main() -> None:
     parser.add_argument("--delay-ms", type=float, default=0.0)
     parser.add_argument("--tokens", type=int, default=8)
     parser.add_argument("--cut-after", type=int, default=None)
+    parser.add_argument("--reply", default=None, help="what chat completions answer")
+    parser.add_argument("--record", type=Path, default=None, help="JSON-lines file of the request bodies")
     args = parser.parse_args()
-    app = create_app(args.model, args.delay_ms / 1000.0, args.tokens, args.cut_after)
+    app = create_app(args.model, args.delay_ms / 1000.0, args.tokens, args.cut_after, args.reply, args.record)
     try:
         import uvloop
     except ImportError:

@@ -1,0 +1,80 @@
+"""Builds the pipeline's parts from `rag.yaml` settings: the embedder, the reranker, the pipeline."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from hpcrag.config.rag_schema import CollectionSettings, EmbedderSettings, RerankSettings
+from hpcrag.errors import HpcragError
+from hpcrag.rag.collection import Collection
+from hpcrag.rag.types import Embedder
+
+
+def _secret(file: str | None, what: str) -> str | None:
+    if file is None:
+        return None
+    path = Path(file).expanduser()
+    try:
+        value = path.read_text().strip()
+    except OSError as exc:
+        raise HpcragError(f"cannot read the {what} key file {path}: {exc.strerror or exc}") from None
+    if not value:
+        raise HpcragError(f"the {what} key file {path} is empty")
+    return value
+
+
+@cache
+def _local(model: str, batch_size: int) -> Embedder:
+    from hpcrag.rag.embed import LocalEmbedder
+
+    return LocalEmbedder(model, batch_size=batch_size)
+
+
+def make_embedder(settings: EmbedderSettings) -> Embedder:
+    """The configured embedder; a local model is loaded once per process and shared."""
+    if settings.kind == "local":
+        return _local(settings.model, settings.batch_size)
+    from hpcrag.rag.embed import RemoteEmbedder
+
+    assert settings.url is not None
+    return RemoteEmbedder(
+        settings.url,
+        settings.model,
+        api_key=_secret(settings.api_key_file, "embedder"),
+        dim=settings.dim,
+        max_tokens=settings.max_tokens,
+        tokenizer=settings.tokenizer,
+        batch_size=settings.batch_size,
+        timeout_s=settings.timeout_s,
+        verify=settings.ca_file or True,
+    )
+
+
+def make_reranker(settings: RerankSettings) -> Any | None:
+    if settings.kind == "none":
+        return None
+    from hpcrag.rag import rerank
+
+    assert settings.url is not None and settings.model is not None
+    key = _secret(settings.api_key_file, "reranker")
+    if settings.kind == "cross-encoder":
+        return rerank.CrossEncoderReranker(settings.url, settings.model, key)
+    return rerank.LlmJudgeReranker(settings.url, settings.model, key)
+
+
+def open_pipeline(
+    collection: Collection,
+    settings: CollectionSettings,
+    search_endpoint: Path | None = None,
+    helper: Any | None = None,
+) -> Any:
+    """A ready `RagPipeline` over the collection's current generation."""
+    from hpcrag.rag.pipeline import RagPipeline
+    from hpcrag.rag.retrieve import LoadedCollection
+
+    loaded = LoadedCollection(collection, search_endpoint)
+    return RagPipeline(
+        loaded, make_embedder(settings.embedder), settings, make_reranker(settings.rerank), helper
+    )

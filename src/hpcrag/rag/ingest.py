@@ -1,0 +1,454 @@
+"""Ingest: files in, a new collection generation out (extract, PII, chunk, guard, embed, index).
+
+Incremental: a document whose bytes and chunking settings are unchanged keeps its chunks and their
+embeddings; a changed one is re-chunked (its chunk ids are replaced, never duplicated); a document
+that was ingested from one of the given folders and is gone from it is removed. The dense and BM25
+indexes are rebuilt from the whole generation (hpcrag's IVF cannot update in place yet), which the
+embedding cache keeps cheap. Nothing of a failed ingest becomes visible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from hpcrag.config.rag_schema import CollectionSettings
+from hpcrag.errors import HpcragError
+from hpcrag.rag.collection import FORMAT_VERSION, Collection, CollectionManifest
+from hpcrag.rag.store import ChunkRecord, ChunkStore, DocumentRecord, chunk_id, document_id
+from hpcrag.rag.types import Embedder, ExtractedDocument, Section
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class IngestReport:
+    collection: str
+    generation: int
+    documents: int = 0
+    chunks: int = 0
+    added: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    unchanged: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    refused: list[tuple[str, str]] = field(default_factory=list)
+    chunks_new: int = 0
+    chunks_embedded: int = 0
+    chunks_cached: int = 0
+    pii_masked: int = 0
+    injection_flagged: int = 0
+    injection_dropped: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added or self.replaced or self.removed)
+
+    def rates(self) -> tuple[float, float]:
+        """Chunks/s of the whole ingest and of the embedder alone, over the chunks it embedded."""
+        total = self.seconds.get("total", 0.0)
+        embed = self.seconds.get("embed", 0.0)
+        whole = self.chunks_embedded / total if total else 0.0
+        alone = self.chunks_embedded / embed if embed else 0.0
+        return whole, alone
+
+
+@dataclass
+class _Pending:
+    record: DocumentRecord
+    chunks: list[ChunkRecord]
+    vectors: np.ndarray | None  # kept documents bring their embeddings; new ones get them later
+
+
+def ingest(
+    collection: Collection,
+    paths: Sequence[Path | str],
+    settings: CollectionSettings,
+    embedder: Embedder,
+    metadata: dict[str, str] | None = None,
+    progress: bool = False,
+    say: Say | None = None,
+) -> IngestReport:
+    """Ingest `paths` (files or folders) into `collection`; returns what changed."""
+    say = say or (lambda message: None)
+    started = time.perf_counter()
+    files = discover([Path(p) for p in paths])
+    with collection.ingest_lock():
+        old = _open_current(collection, embedder)
+        size, overlap = chunk_sizes(settings, embedder, say)
+        report = IngestReport(collection.name, old.manifest.generation if old else 0)
+        try:
+            pending = _documents(files, old, settings, embedder, size, overlap, metadata or {}, report, say)
+            report.removed = _removed(old, paths, {str(f.path) for f in files}, pending)
+        finally:
+            if old is not None:
+                old.store.close()
+        if old is not None and not report.changed and old.manifest.chunk_tokens == size:
+            report.documents, report.chunks = old.manifest.documents, old.manifest.chunks
+            report.seconds["total"] = time.perf_counter() - started
+            report.notes.append(f"nothing changed: generation {report.generation} stays current")
+            return report
+        _embed_new(pending, collection, embedder, settings, progress, report)
+        _write_generation(collection, pending, embedder, settings, size, overlap, report, say)
+    report.seconds["total"] = time.perf_counter() - started
+    return report
+
+
+@dataclass(frozen=True)
+class _File:
+    path: Path
+    explicit: bool  # named on the command line: a problem with it fails the ingest
+
+
+def discover(paths: Sequence[Path]) -> list[_File]:
+    """The files to ingest: named files as they are, folders walked for the formats extract reads."""
+    from hpcrag.rag.extract import SUPPORTED_SUFFIXES
+
+    if not paths:
+        raise HpcragError("nothing to ingest: give at least one file or folder")
+    found: dict[Path, _File] = {}
+    for given in paths:
+        path = given.expanduser().absolute()
+        if not path.exists():
+            raise HpcragError(f"{given} does not exist; check the path")
+        if path.is_dir():
+            if not os.access(path, os.R_OK | os.X_OK):
+                raise HpcragError(f"{given} is not readable; fix its permissions")
+            for file in sorted(path.rglob("*")):
+                hidden = any(part.startswith(".") for part in file.relative_to(path).parts)
+                if file.is_file() and not hidden and _suffix(file) in SUPPORTED_SUFFIXES:
+                    found.setdefault(file, _File(file, explicit=False))
+        else:
+            found[path] = _File(path, explicit=True)
+    if not found:
+        raise HpcragError(
+            f"no documents found in {', '.join(map(str, paths))}; readable formats: "
+            f"{', '.join(sorted(SUPPORTED_SUFFIXES))}"
+        )
+    return list(found.values())
+
+
+def _suffix(path: Path) -> str:
+    suffixes = path.suffixes
+    if suffixes and suffixes[-1] == ".gz" and len(suffixes) > 1:
+        return suffixes[-2].lower()
+    return path.suffix.lower()
+
+
+@dataclass
+class _Old:
+    manifest: CollectionManifest
+    store: ChunkStore
+    vectors: np.ndarray
+    by_source: dict[str, DocumentRecord]
+
+
+def _open_current(collection: Collection, embedder: Embedder) -> _Old | None:
+    if not collection.exists():
+        return None
+    manifest = collection.manifest()
+    if manifest.dim != embedder.dim:
+        raise HpcragError(
+            f"collection {collection.name!r} holds {manifest.dim}-d embeddings from {manifest.embedder}, "
+            f"but this embedder gives {embedder.dim}-d vectors; use the collection's embedder "
+            "or a new collection"
+        )
+    if manifest.embedder != embedder.name:
+        raise HpcragError(
+            f"collection {collection.name!r} was embedded by {manifest.embedder}, not {embedder.name}; "
+            "mixing embedders makes scores meaningless: ingest into a new collection"
+        )
+    folder = collection.current_path()
+    store = ChunkStore(folder / "store.sqlite")
+    vectors = np.load(folder / "embeddings.npy", mmap_mode="r")
+    return _Old(manifest, store, vectors, {d.source: d for d in store.documents()})
+
+
+def chunk_sizes(settings: CollectionSettings, embedder: Embedder, say: Say) -> tuple[int, int]:
+    """The tier's chunk size and overlap in word pieces, shrunk to what the embedder reads whole."""
+    row = settings.row
+    size = row.chunk_tokens
+    if size > embedder.max_tokens:
+        say(
+            f"note: tier {settings.tier.upper()} asks for {size}-token chunks but {embedder.name} reads "
+            f"{embedder.max_tokens}; chunks are {embedder.max_tokens} tokens"
+        )
+        size = embedder.max_tokens
+    return size, round(size * row.overlap)
+
+
+def _content_hash(data: bytes, size: int, overlap: int, settings: CollectionSettings) -> str:
+    """Bytes plus everything that shapes the chunks: a change in either re-chunks the document."""
+    digest = hashlib.sha256(data)
+    digest.update(f"\0{size}:{overlap}:{settings.pii}:{settings.injection}".encode())
+    return digest.hexdigest()
+
+
+def _documents(
+    files: list[_File],
+    old: _Old | None,
+    settings: CollectionSettings,
+    embedder: Embedder,
+    size: int,
+    overlap: int,
+    metadata: dict[str, str],
+    report: IngestReport,
+    say: Say,
+) -> list[_Pending]:
+    from hpcrag.rag.chunk import chunk_document
+    from hpcrag.rag.extract import ExtractError, extract
+
+    tokens = embedder.tokenizer()
+    pending: list[_Pending] = []
+    clock = report.seconds
+    for file in files:
+        source = str(file.path)
+        try:
+            data = file.path.read_bytes()
+        except OSError as exc:
+            _problem(file, f"cannot read it ({exc.strerror or exc}); fix its permissions", report)
+            continue
+        digest = _content_hash(data, size, overlap, settings)
+        previous = old.by_source.get(source) if old else None
+        if (
+            previous is not None
+            and previous.content_hash == digest
+            and previous.metadata
+            == {
+                **previous.metadata,
+                **metadata,
+            }
+        ):
+            assert old is not None
+            chunks = old.store.document_chunks(previous.doc_id)
+            rows = [c.row for c in chunks]
+            pending.append(_Pending(previous, chunks, np.asarray(old.vectors[rows], dtype=np.float32)))
+            report.unchanged += 1
+            continue
+        t0 = time.perf_counter()
+        try:
+            document = extract(file.path)
+        except ExtractError as exc:
+            _problem(file, str(exc), report)
+            continue
+        clock["extract"] = clock.get("extract", 0.0) + time.perf_counter() - t0
+        t0 = time.perf_counter()
+        try:
+            document, masked = _apply_pii(document, settings)
+        except HpcragError as exc:
+            report.refused.append((source, str(exc)))
+            say(f"refused {source}: {exc}")
+            continue
+        clock["pii"] = clock.get("pii", 0.0) + time.perf_counter() - t0
+        t0 = time.perf_counter()
+        pieces = chunk_document(document, tokens, size, overlap)
+        clock["chunk"] = clock.get("chunk", 0.0) + time.perf_counter() - t0
+        doc_id = document_id(source)
+        chunks, flagged = _guarded_chunks(doc_id, pieces, settings, report)
+        if not chunks:
+            _problem(file, "no text to index after extraction", report)
+            continue
+        record = DocumentRecord(
+            doc_id=doc_id,
+            source=source,
+            title=document.title,
+            format=document.format,
+            content_hash=digest,
+            ingested_at=time.time(),
+            bytes=len(data),
+            pii_masked=masked,
+            injection_flags=flagged,
+            metadata={**(previous.metadata if previous else {}), **metadata},
+        )
+        report.pii_masked += masked
+        (report.replaced if previous else report.added).append(source)
+        pending.append(_Pending(record, chunks, None))
+    return pending
+
+
+def _problem(file: _File, problem: str, report: IngestReport) -> None:
+    if file.explicit:
+        raise HpcragError(problem if str(file.path) in problem else f"{file.path}: {problem}")
+    report.skipped.append((str(file.path), problem))
+
+
+def _apply_pii(document: ExtractedDocument, settings: CollectionSettings) -> tuple[ExtractedDocument, int]:
+    """The document with PII masked (policy mask), refused (raises), or untouched (off)."""
+    if settings.pii == "off":
+        return document, 0
+    from hpcrag.rag.pii import PiiGuard
+
+    guard = PiiGuard()
+    what = f"document {document.source}"
+    masked = 0
+    sections = []
+    for section in document.sections:
+        text = guard.apply(section.text, settings.pii, what)
+        masked += text != section.text
+        sections.append(Section(section.heading_path, section.anchor, text))
+    title = guard.apply(document.title, settings.pii, what)
+    return ExtractedDocument(document.source, title, document.format, sections), masked
+
+
+def _guarded_chunks(
+    doc_id: str, pieces: list, settings: CollectionSettings, report: IngestReport
+) -> tuple[list[ChunkRecord], int]:
+    """Chunk records with injection findings attached (and dropped, under the `drop` policy)."""
+    from hpcrag.rag import injection
+
+    chunks: list[ChunkRecord] = []
+    flagged = 0
+    for piece in pieces:
+        kinds: tuple[str, ...] = ()
+        if settings.injection != "off":
+            kinds = tuple(sorted({finding.kind for finding in injection.detect(piece.text)}))
+        if kinds:
+            flagged += 1
+            report.injection_flagged += 1
+            if settings.injection == "drop":
+                report.injection_dropped += 1
+                continue
+        chunks.append(
+            ChunkRecord(
+                chunk_id=chunk_id(doc_id, piece.position),
+                doc_id=doc_id,
+                position=piece.position,
+                text=piece.text,
+                embed_text=piece.embed_text,
+                heading_path=tuple(piece.heading_path),
+                anchor=piece.anchor,
+                token_count=piece.token_count,
+                injection=kinds,
+                metadata=dict(piece.metadata),
+            )
+        )
+    return chunks, flagged
+
+
+def _removed(
+    old: _Old | None, paths: Sequence[Path | str], found: set[str], pending: list[_Pending]
+) -> list[str]:
+    """Sources ingested before from inside the given paths that are no longer there."""
+    if old is None:
+        return []
+    roots = [Path(p).expanduser().absolute() for p in paths]
+    kept = {p.record.source for p in pending}
+    gone = []
+    for source in old.by_source:
+        if source in found or source in kept:
+            continue
+        path = Path(source)
+        if any(path == root or root in path.parents for root in roots) and not path.exists():
+            gone.append(source)
+    return sorted(gone)
+
+
+def _embed_new(
+    pending: list[_Pending],
+    collection: Collection,
+    embedder: Embedder,
+    settings: CollectionSettings,
+    progress: bool,
+    report: IngestReport,
+) -> None:
+    from hpcrag.rag.embed import embed_all
+    from hpcrag.rag.embed_cache import EmbeddingCache
+
+    fresh = [p for p in pending if p.vectors is None]
+    texts = [c.embed_text for p in fresh for c in p.chunks]
+    report.chunks_new = len(texts)
+    if not texts:
+        return
+    with EmbeddingCache(collection.cache_path) as cache:
+        result = embed_all(embedder, texts, cache, settings.embedder.batch_size, progress)
+    report.chunks_embedded = result.embedded
+    report.chunks_cached = result.cached
+    report.seconds["embed"] = result.seconds
+    start = 0
+    for item in fresh:
+        item.vectors = result.vectors[start : start + len(item.chunks)]
+        start += len(item.chunks)
+
+
+def _write_generation(
+    collection: Collection,
+    pending: list[_Pending],
+    embedder: Embedder,
+    settings: CollectionSettings,
+    size: int,
+    overlap: int,
+    report: IngestReport,
+    say: Say,
+) -> None:
+    import shutil
+
+    from hpcrag.rag.sparse import SparseIndex
+
+    t0 = time.perf_counter()
+    pending = sorted(pending, key=lambda p: p.record.source)
+    chunks = [c for p in pending for c in p.chunks]
+    if not chunks:
+        raise HpcragError(
+            f"nothing left to index in collection {collection.name!r}; the collection is left as it was"
+        )
+    vectors = np.concatenate([p.vectors for p in pending if p.vectors is not None]).astype(np.float32)
+    ids = np.array([c.chunk_id for c in chunks], dtype=np.int64)
+    generation, staging = collection.new_generation()
+    try:
+        ChunkStore.write(staging / "store.sqlite", [p.record for p in pending], chunks)
+        np.save(staging / "embeddings.npy", vectors)
+        np.save(staging / "chunk_ids.npy", ids)
+        report.seconds["store"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        _build_dense(staging, settings, say)
+        report.seconds["dense_index"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        SparseIndex.build([c.embed_text for c in chunks], ids).save(staging / "bm25")
+        report.seconds["bm25_index"] = time.perf_counter() - t0
+        manifest = CollectionManifest(
+            format_version=FORMAT_VERSION,
+            name=collection.name,
+            generation=generation,
+            embedder=embedder.name,
+            dim=embedder.dim,
+            tier=settings.tier,
+            chunk_tokens=size,
+            overlap_tokens=overlap,
+            documents=len(pending),
+            chunks=len(chunks),
+            updated_at=time.time(),
+        )
+        collection.publish(staging, manifest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    report.generation = generation
+    report.documents, report.chunks = len(pending), len(chunks)
+    report.notes.append(
+        "dense and BM25 indexes rebuilt from the whole collection (hpcrag's IVF cannot update in place yet)"
+    )
+
+
+def dense_layout(count: int, nshards: int) -> tuple[int, int]:
+    """(nlist, nshards) for `count` vectors: about sqrt(n) lists, never more shards than lists."""
+    shards = max(1, min(nshards, count))
+    nlist = max(shards, min(count, round(float(np.sqrt(count)))))
+    return nlist, shards
+
+
+def _build_dense(staging: Path, settings: CollectionSettings, say: Say) -> None:
+    from hpcrag.search import BuildOptions, Metric, build_index
+
+    count = int(np.load(staging / "chunk_ids.npy", mmap_mode="r").shape[0])
+    nlist, nshards = dense_layout(count, settings.nshards)
+    options = BuildOptions(nlist=nlist, nshards=nshards, metric=Metric.IP, dtype="float32")
+    build_index(staging / "embeddings.npy", staging / "dense", options, ids_path=staging / "chunk_ids.npy")
+    say(f"dense index: {count:,} chunks in {nlist} lists over {nshards} shards")
