@@ -30,6 +30,8 @@ WORD_TEXT = (
     "question answer hello world please explain summarise compare analyse step reasoning"
 )
 WORDS = WORD_TEXT.split()
+# Long enough for a RAG prompt of tier S (rag.yaml: 2,048 tokens) with room to spare.
+MAX_POSITIONS = 3072
 
 
 def build_tokenizer(out: Path) -> None:
@@ -66,12 +68,21 @@ def build_model(out: Path, vocab_size: int, seed: int) -> None:
         num_attention_heads=2,
         num_key_value_heads=1,
         head_dim=64,
-        max_position_embeddings=512,
+        max_position_embeddings=MAX_POSITIONS,
         bos_token_id=1,
         eos_token_id=2,
         torch_dtype="float32",
     )
     LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)
+
+
+def _current(out: Path) -> bool:
+    """A model from this version of the script is there (an older one, with a shorter context, is not)."""
+    try:
+        config = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (out / "tokenizer.json").is_file() and config.get("max_position_embeddings") == MAX_POSITIONS
 
 
 def main() -> int:
@@ -80,7 +91,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     out: Path = args.out
-    if (out / "config.json").is_file() and (out / "tokenizer.json").is_file():
+    if _current(out):
         print(f"tiny model: {out} already exists")
         return 0
     staging = out.with_name(f".{out.name}.partial")

@@ -2,7 +2,9 @@
 on every site, check what each job reports, then build and search a distributed vector index with
 the sbatch templates on the first site and check it against exact search, then serve vLLM tier S
 there through `serve up` and get a chat completion from it through `hpcrag gateway serve` with `auto`
-routing and a one-off API key. Later features extend this same command.
+routing and a one-off API key; then ingest Slurm's own documentation into the RAG collection
+`slurm-docs` with slurm/rag-ingest.sbatch (2 MPI ranks) and answer a question from it through the
+gateway (`model: "rag:slurm-docs"`, tier S) with its cited sources. Later features extend this command.
 """
 
 from __future__ import annotations
@@ -35,6 +37,13 @@ if TYPE_CHECKING:
     help="Where job logs go (must be visible from the compute nodes).",
 )
 @click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait for each job.")
+@click.option(
+    "--rag-corpus",
+    type=click.Choice(["subset", "all"]),
+    default="subset",
+    show_default=True,
+    help="Slurm doc pages to ingest: a dozen central ones (about a minute the first time), or all 130.",
+)
 @click.pass_context
 def demo(
     ctx: click.Context,
@@ -44,6 +53,7 @@ def demo(
     ranks: int,
     workdir: Path,
     timeout: float,
+    rag_corpus: str,
 ) -> None:
     """Show every site's cluster and run slurm/mpi-check.sbatch on each (srun --mpi=pmix)."""
     from hpcrag.errors import HpcragError
@@ -99,6 +109,10 @@ def demo(
         failures += 0 if ok else 1
     first = config.site(names[0])
     failures += _search_demo(SlurmTarget.for_site(first), partition, workdir.resolve() / "search", timeout)
+    rag_dir = workdir.resolve() / "rag"
+    failures += _rag_ingest_demo(
+        SlurmTarget.for_site(first), partition, rag_dir, rag_corpus, max(timeout, 900)
+    )
     failures += _serve_demo(config, first.name, timeout=max(timeout, 420.0))
     if failures:
         sys.exit(1)
@@ -148,6 +162,55 @@ def _search_demo(target: SlurmTarget, partition: str, workdir: Path, timeout: fl
         fg="green" if ok else "red",
     )
     return 0 if ok else 1
+
+
+# Pages of the Slurm docs a new user asks about first: the demo's collection unless --rag-corpus all.
+DEMO_PAGES = (
+    "quickstart.html", "faq.html", "sbatch.html", "srun.html", "squeue.html", "scancel.html",
+    "sinfo.html", "job_array.html", "gres.html", "mpi_guide.html", "cpu_management.html",
+)  # fmt: skip
+DOCS = Path("/usr/share/doc/slurm-wlm/html")
+RAG_COLLECTION = "slurm-docs"
+
+
+def _rag_ingest_demo(target: SlurmTarget, partition: str, workdir: Path, corpus: str, timeout: float) -> int:
+    """Ingest the Slurm docs into the `slurm-docs` collection with slurm/rag-ingest.sbatch on 2 ranks."""
+    import shutil
+
+    from hpcrag.errors import HpcragError
+    from hpcrag.paths import slurm_templates_dir
+    from hpcrag.slurm import batch
+
+    if not DOCS.is_dir():
+        click.secho(
+            f"{DOCS} is missing: install Debian's slurm-wlm-doc (scripts/setup does)", fg="red", err=True
+        )
+        return 1
+    pages = workdir / "slurm-docs"
+    pages.mkdir(parents=True, exist_ok=True)
+    wanted = sorted(p.name for p in DOCS.glob("*.html")) if corpus == "all" else DEMO_PAGES
+    for name in wanted:
+        if not (pages / name).is_file() or (pages / name).read_bytes() != (DOCS / name).read_bytes():
+            shutil.copy2(DOCS / name, pages / name)
+    for extra in set(p.name for p in pages.glob("*.html")) - set(wanted):
+        (pages / extra).unlink()
+    log = workdir / "rag-ingest.out"
+    args = [f"--partition={partition}", "--ntasks=2", f"--export=ALL,HPCRAG_PYTHON={sys.executable}"]
+    try:
+        job_id = batch.submit(target, slurm_templates_dir() / "rag-ingest.sbatch", args, log,
+                              [RAG_COLLECTION, str(pages)])  # fmt: skip
+        outcome = batch.wait(target, job_id, log, timeout=timeout)
+    except HpcragError as exc:
+        click.secho(f"{target.site}: rag-ingest.sbatch: {exc}", fg="red", err=True)
+        return 1
+    lines = [line.strip() for line in log.read_text().splitlines()]
+    summary = "; ".join(line for line in lines if line.startswith(("collection ", "added ", "chunks")))
+    click.secho(
+        f"{target.site}: rag-ingest.sbatch job {job_id} {outcome.state} in {outcome.elapsed}: "
+        f"{len(wanted)} Slurm doc pages, {summary} OK",
+        fg="green",
+    )
+    return 0
 
 
 def _serve_demo(config: Config, site: str, timeout: float) -> int:
@@ -230,7 +293,7 @@ def _chat_through_gateway(config: Config, site: str, endpoint: Endpoint, began: 
             f"{reply['choices'][0]['message']['content']!r} (random weights) OK",
             fg="green",
         )
-        return 0
+        return _rag_answer(site, url, key)
     except (httpx.HTTPError, KeyError, ValueError) as exc:
         click.secho(f"{site}: chat completion through the gateway {url} failed: {exc}", fg="red", err=True)
         return 1
@@ -238,6 +301,45 @@ def _chat_through_gateway(config: Config, site: str, endpoint: Endpoint, began: 
         gateway.terminate()
         gateway.wait(timeout=30)
         store.revoke(name)
+
+
+RAG_QUESTION = "How do I submit a job array, and how do I cancel one of its tasks?"
+
+
+def _rag_answer(site: str, url: str, key: str) -> int:
+    """Ask the `slurm-docs` collection one question through the gateway's `rag:` model, tier S."""
+    import httpx
+
+    request = {
+        "model": f"rag:{RAG_COLLECTION}:tier-s",
+        "messages": [{"role": "user", "content": RAG_QUESTION}],
+        "max_tokens": 48,
+    }
+    try:
+        answer = httpx.post(
+            f"{url}/v1/chat/completions",
+            json=request,
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=120,
+        )
+        reply = answer.json()
+        sources = reply["hpcrag_sources"]
+        text = reply["choices"][0]["message"]["content"]
+    except (httpx.HTTPError, KeyError, ValueError, TypeError) as exc:
+        click.secho(f"{site}: RAG answer through the gateway {url} failed: {exc}", fg="red", err=True)
+        return 1
+    if answer.status_code != 200 or not sources:
+        click.secho(
+            f"{site}: RAG answer: HTTP {answer.status_code}, {len(sources)} sources: {reply}", fg="red"
+        )
+        return 1
+    click.echo(f"{site}: rag:{RAG_COLLECTION} (tier {answer.headers.get('X-Hpcrag-Tier')}): {RAG_QUESTION}")
+    click.echo(f"  answer (random weights): {text!r}")
+    for source in sources:
+        where = Path(source["document"]).name + (f"#{source['anchor']}" if source.get("anchor") else "")
+        click.echo(f"  [{source['number']}] {' > '.join(source['section']) or source['title']} ({where})")
+    click.secho(f"{site}: RAG answer with {len(sources)} cited sources through the gateway OK", fg="green")
+    return 0
 
 
 def _summary(log: Path) -> str:

@@ -65,19 +65,26 @@ def ingest(
     progress: bool | None,
     as_json: bool,
 ) -> None:
-    """Add, replace and remove the documents under PATHS (HTML, Markdown, text, man pages, PDF)."""
+    """Add, replace and remove the documents under PATHS (HTML, Markdown, text, man pages, PDF).
+
+    Under `srun --mpi=pmix` (slurm/rag-ingest.sbatch) the ranks split the documents between them and
+    build the dense index together."""
     from dataclasses import asdict
 
     from hpcrag.rag.factory import make_embedder
     from hpcrag.rag.ingest import ingest as run_ingest
+    from hpcrag.search import make_comm
 
+    comm = make_comm()  # MPI under srun/mpirun: the ranks share the files, then build the index together
     config = load(ctx)
     target, settings = _collection(config, collection, tier)
     metadata = _pairs(meta, "--meta")
     say = (lambda m: click.echo(m, err=True)) if as_json else click.echo
     embedder = make_embedder(settings.embedder)
     show_progress = sys.stderr.isatty() if progress is None else progress
-    report = run_ingest(target, list(paths), settings, embedder, metadata, show_progress, say)
+    report = run_ingest(target, list(paths), settings, embedder, metadata, show_progress, say, comm)
+    if comm.rank != 0:
+        return
     if as_json:
         echo_json(
             {**asdict(report), "chunks_per_s": dict(zip(("whole", "embedder"), report.rates(), strict=True))}

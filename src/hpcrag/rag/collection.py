@@ -2,13 +2,15 @@
 
     COLLECTION/
       collection.json        the current generation and what built it (replaced by rename)
-      embeddings.sqlite      the embedding cache, keyed by embedder and text (outlives generations)
       gen-000007/
         store.sqlite         documents and chunks (`store.py`)
         embeddings.npy       float32 (chunks, dim), row order
         dense/               hpcrag's IVF over the embeddings, ids = chunk ids
         bm25/                the sparse index, ids = chunk ids
       .lock                  held by the one ingest that may run at a time
+
+The embedding cache (`embeddings.sqlite`, keyed by embedder and text) sits beside the collections and
+is shared by them: a page ingested into two collections is embedded once.
 
 An ingest writes `gen-N+1` beside the current one and then replaces `collection.json`; a failed
 ingest leaves only a temporary folder that the next ingest removes. The previous generation is kept
@@ -75,7 +77,7 @@ class Collection:
 
     @property
     def cache_path(self) -> Path:
-        return self.path / "embeddings.sqlite"
+        return self.path.parent / "embeddings.sqlite"
 
     def exists(self) -> bool:
         return (self.path / MANIFEST).is_file()

@@ -18,16 +18,14 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from hpcrag.errors import HpcragError
+from hpcrag.rag.chunk import HuggingFaceTokens
 from hpcrag.rag.embed_cache import EmbeddingCache
 from hpcrag.rag.types import Embedder, TokenCounter
-
-if TYPE_CHECKING:
-    import tokenizers
 
 MINILM = "all-MiniLM-L6-v2"
 _MINILM_NAMES = (MINILM, f"sentence-transformers/{MINILM}")
@@ -66,35 +64,17 @@ def _model_label(model: str) -> str:
     return MINILM if model in _MINILM_NAMES else str(model_folder(model))
 
 
-class _FastTokens:
-    """A TokenCounter over a Hugging Face fast tokenizer: no special tokens, no truncation, no padding."""
+def tokens_of_model(model: str) -> HuggingFaceTokens:
+    """The tokenizer (tokenizer.json) of a model named as `model_folder` takes it."""
+    from tokenizers import Tokenizer
 
-    def __init__(self, tokenizer: tokenizers.Tokenizer) -> None:
-        from tokenizers import Tokenizer
-
-        # A copy: the model's own tokenizer truncates to its maximum length, which counting must not.
-        self._tokenizer = Tokenizer.from_str(tokenizer.to_str())
-        self._tokenizer.no_truncation()
-        self._tokenizer.no_padding()
-
-    @classmethod
-    def of_model(cls, model: str) -> _FastTokens:
-        """The tokenizer (tokenizer.json) of a model named as `model_folder` takes it."""
-        from tokenizers import Tokenizer
-
-        path = model_folder(model) / "tokenizer.json"
-        try:
-            return cls(Tokenizer.from_file(str(path)))
-        except Exception as exc:  # tokenizers raises plain Exception for a missing or unreadable file
-            raise EmbedderError(
-                f"cannot load the tokenizer {path} ({exc}); name a model folder with a fast tokenizer"
-            ) from None
-
-    def count(self, text: str) -> int:
-        return len(self._tokenizer.encode(text, add_special_tokens=False).ids)
-
-    def offsets(self, text: str) -> list[tuple[int, int]]:
-        return list(self._tokenizer.encode(text, add_special_tokens=False).offsets)
+    path = model_folder(model) / "tokenizer.json"
+    try:
+        return HuggingFaceTokens(Tokenizer.from_file(str(path)))
+    except Exception as exc:  # tokenizers raises plain Exception for a missing or unreadable file
+        raise EmbedderError(
+            f"cannot load the tokenizer {path} ({exc}); name a model folder with a fast tokenizer"
+        ) from None
 
 
 class LocalEmbedder:
@@ -109,7 +89,7 @@ class LocalEmbedder:
         dimension = getattr(self._model, "get_embedding_dimension", None)
         self._dim = int((dimension or self._model.get_sentence_embedding_dimension)())
         self._max_seq_length = int(self._model.max_seq_length)
-        self._tokens: _FastTokens | None = None
+        self._tokens: HuggingFaceTokens | None = None
 
     @property
     def name(self) -> str:
@@ -125,7 +105,7 @@ class LocalEmbedder:
 
     def tokenizer(self) -> TokenCounter:
         if self._tokens is None:
-            self._tokens = _FastTokens(self._model.tokenizer.backend_tokenizer)
+            self._tokens = HuggingFaceTokens(self._model.tokenizer.backend_tokenizer)
         return self._tokens
 
     def embed(self, texts: list[str]) -> np.ndarray:
@@ -222,7 +202,7 @@ class RemoteEmbedder:
         self._dim = dim
         self._max_tokens = max_tokens
         self._tokenizer_model = tokenizer
-        self._tokens: _FastTokens | None = None
+        self._tokens: HuggingFaceTokens | None = None
         self._batch_size = batch_size
         self._timeout_s = timeout_s
         tls: Any = verify
@@ -251,7 +231,7 @@ class RemoteEmbedder:
 
     def tokenizer(self) -> TokenCounter:
         if self._tokens is None:
-            self._tokens = _FastTokens.of_model(self._tokenizer_model)
+            self._tokens = tokens_of_model(self._tokenizer_model)
         return self._tokens
 
     def embed(self, texts: list[str]) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 Incremental: a document whose bytes and chunking settings are unchanged keeps its chunks and their
 embeddings; a changed one is re-chunked (its chunk ids are replaced, never duplicated); a document
-that was ingested from one of the given folders and is gone from it is removed. The dense and BM25
+that was ingested from one of the given folders and is gone from it, or that is given but skipped or
+refused this time, is removed; documents outside the given paths stay as they are. The dense and BM25
 indexes are rebuilt from the whole generation (hpcrag's IVF cannot update in place yet), which the
 embedding cache keeps cheap. Nothing of a failed ingest becomes visible.
 """
@@ -13,6 +14,7 @@ import hashlib
 import os
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from hpcrag.errors import HpcragError
 from hpcrag.rag.collection import FORMAT_VERSION, Collection, CollectionManifest
 from hpcrag.rag.store import ChunkRecord, ChunkStore, DocumentRecord, chunk_id, document_id
 from hpcrag.rag.types import Embedder, ExtractedDocument, Section
+from hpcrag.search.comm import Communicator
 
 Say = Callable[[str], None]
 
@@ -76,30 +79,72 @@ def ingest(
     metadata: dict[str, str] | None = None,
     progress: bool = False,
     say: Say | None = None,
+    comm: Communicator | None = None,
 ) -> IngestReport:
-    """Ingest `paths` (files or folders) into `collection`; returns what changed."""
-    say = say or (lambda message: None)
+    """Ingest `paths` (files or folders) into `collection`; returns what changed.
+
+    Collective over `comm` (an MPI job, e.g. `srun --mpi=pmix hpcrag rag ingest ...`): each rank
+    extracts and embeds its share of the files, rank 0 writes the store and BM25, and every rank
+    builds the dense index together (`hpcrag index build` over MPI). The report is complete on rank 0.
+    """
+    from hpcrag.search.comm import LocalComm, agree
+
+    comm = comm or LocalComm()
+    rank0 = comm.rank == 0
+    say = (say or (lambda message: None)) if rank0 else (lambda message: None)
     started = time.perf_counter()
-    files = discover([Path(p) for p in paths])
-    with collection.ingest_lock():
-        old = _open_current(collection, embedder)
-        size, overlap = chunk_sizes(settings, embedder, say)
+    files = agree(comm, lambda: discover([Path(p) for p in paths]))
+    with ExitStack() as held:
+        agree(comm, lambda: held.enter_context(collection.ingest_lock()) if rank0 else None)
+        old = agree(comm, lambda: _open_current(collection, embedder))
         report = IngestReport(collection.name, old.manifest.generation if old else 0)
+        # A note of the summary (once, on rank 0), not a line in front of an error about a file.
+        size, overlap = chunk_sizes(settings, embedder, report.notes.append if rank0 else say)
+        mine = files[comm.rank :: comm.size]
         try:
-            pending = _documents(files, old, settings, embedder, size, overlap, metadata or {}, report, say)
-            report.removed = _removed(old, paths, {str(f.path) for f in files}, pending)
+            pending = agree(
+                comm,
+                lambda: _documents(mine, old, settings, embedder, size, overlap, metadata or {}, report, say),
+            )
+            found = {str(f.path) for f in files}
+            carried = agree(comm, lambda: _carried(old, paths, found) if rank0 else [])
         finally:
             if old is not None:
                 old.store.close()
-        if old is not None and not report.changed and old.manifest.chunk_tokens == size:
+        agree(comm, lambda: _embed_new(pending, collection, embedder, settings, progress and rank0, report))
+        parts = comm.gather_obj((pending, report))
+        if rank0:
+            assert parts is not None
+            pending = [item for part, _ in parts for item in part] + carried
+            report = _merged([r for _, r in parts])
+            report.removed = _removed(old, pending)
+        unchanged = comm.bcast_obj(
+            rank0 and old is not None and not report.changed and old.manifest.chunk_tokens == size
+        )
+        if unchanged:
+            assert old is not None
             report.documents, report.chunks = old.manifest.documents, old.manifest.chunks
             report.seconds["total"] = time.perf_counter() - started
             report.notes.append(f"nothing changed: generation {report.generation} stays current")
             return report
-        _embed_new(pending, collection, embedder, settings, progress, report)
-        _write_generation(collection, pending, embedder, settings, size, overlap, report, say)
+        _write_generation(collection, pending, embedder, settings, size, overlap, report, say, comm)
     report.seconds["total"] = time.perf_counter() - started
     return report
+
+
+def _merged(reports: list[IngestReport]) -> IngestReport:
+    """One report from the ranks' own: lists joined, counts summed, stage times the slowest rank's."""
+    merged = reports[0]
+    for other in reports[1:]:
+        for name in ("added", "replaced", "skipped", "refused", "notes"):
+            getattr(merged, name).extend(getattr(other, name))
+        for name in ("unchanged", "chunks_new", "chunks_embedded", "chunks_cached", "pii_masked"):
+            setattr(merged, name, getattr(merged, name) + getattr(other, name))
+        merged.injection_flagged += other.injection_flagged
+        merged.injection_dropped += other.injection_dropped
+        for stage, seconds in other.seconds.items():
+            merged.seconds[stage] = max(merged.seconds.get(stage, 0.0), seconds)
+    return merged
 
 
 @dataclass(frozen=True)
@@ -333,22 +378,35 @@ def _guarded_chunks(
     return chunks, flagged
 
 
-def _removed(
-    old: _Old | None, paths: Sequence[Path | str], found: set[str], pending: list[_Pending]
-) -> list[str]:
-    """Sources ingested before from inside the given paths that are no longer there."""
+def _carried(old: _Old | None, paths: Sequence[Path | str], found: set[str]) -> list[_Pending]:
+    """Documents of the current generation that this ingest does not touch: kept with their embeddings.
+
+    Those are the ones outside `found` (the files given or walked now), except the ones that were
+    under a given path and are gone from it.
+    """
     if old is None:
         return []
     roots = [Path(p).expanduser().absolute() for p in paths]
-    kept = {p.record.source for p in pending}
-    gone = []
-    for source in old.by_source:
-        if source in found or source in kept:
-            continue
+    carried = []
+    for source, record in old.by_source.items():
         path = Path(source)
-        if any(path == root or root in path.parents for root in roots) and not path.exists():
-            gone.append(source)
-    return sorted(gone)
+        if source in found or (
+            any(path == root or root in path.parents for root in roots) and not path.exists()
+        ):
+            continue
+        chunks = old.store.document_chunks(record.doc_id)
+        vectors = np.asarray(old.vectors[[c.row for c in chunks]], dtype=np.float32)
+        carried.append(_Pending(record, chunks, vectors))
+    return carried
+
+
+def _removed(old: _Old | None, pending: list[_Pending]) -> list[str]:
+    """Sources of the current generation that the new one drops: gone from a given folder, or given
+    but not ingested this time (skipped or refused), so that no old version of them stays queryable."""
+    if old is None:
+        return []
+    kept = {p.record.source for p in pending}
+    return sorted(source for source in old.by_source if source not in kept)
 
 
 def _embed_new(
@@ -387,54 +445,74 @@ def _write_generation(
     overlap: int,
     report: IngestReport,
     say: Say,
+    comm: Communicator,
 ) -> None:
+    """Rank 0 writes the store, embeddings and BM25; all ranks build the dense index; rank 0 publishes."""
     import shutil
 
-    from hpcrag.rag.sparse import SparseIndex
+    from hpcrag.search.comm import agree
 
+    rank0 = comm.rank == 0
     t0 = time.perf_counter()
-    pending = sorted(pending, key=lambda p: p.record.source)
+    staged = agree(comm, lambda: _stage(collection, pending) if rank0 else None)
+    generation, staging, count = comm.bcast_obj(staged)
+    try:
+        report.seconds["store"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        _build_dense(Path(staging), count, settings, comm, say)
+        report.seconds["dense_index"] = time.perf_counter() - t0
+        if rank0:
+            t0 = time.perf_counter()
+            _build_sparse(Path(staging), pending)
+            report.seconds["bm25_index"] = time.perf_counter() - t0
+            documents = len(pending)
+            manifest = CollectionManifest(
+                format_version=FORMAT_VERSION,
+                name=collection.name,
+                generation=generation,
+                embedder=embedder.name,
+                dim=embedder.dim,
+                tier=settings.tier,
+                chunk_tokens=size,
+                overlap_tokens=overlap,
+                documents=documents,
+                chunks=count,
+                updated_at=time.time(),
+            )
+        agree(comm, lambda: collection.publish(Path(staging), manifest) if rank0 else None)
+    except BaseException:
+        if rank0:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    report.generation = generation
+    report.documents, report.chunks = comm.bcast_obj(len(pending) if rank0 else None), count
+    report.notes.append(
+        "dense and BM25 indexes rebuilt from the whole collection (hpcrag's IVF cannot update in place yet)"
+    )
+
+
+def _stage(collection: Collection, pending: list[_Pending]) -> tuple[int, str, int]:
+    """A new generation folder holding the store, the embeddings and the chunk ids, in source order."""
+    pending.sort(key=lambda p: p.record.source)
     chunks = [c for p in pending for c in p.chunks]
     if not chunks:
         raise HpcragError(
             f"nothing left to index in collection {collection.name!r}; the collection is left as it was"
         )
     vectors = np.concatenate([p.vectors for p in pending if p.vectors is not None]).astype(np.float32)
-    ids = np.array([c.chunk_id for c in chunks], dtype=np.int64)
     generation, staging = collection.new_generation()
-    try:
-        ChunkStore.write(staging / "store.sqlite", [p.record for p in pending], chunks)
-        np.save(staging / "embeddings.npy", vectors)
-        np.save(staging / "chunk_ids.npy", ids)
-        report.seconds["store"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        _build_dense(staging, settings, say)
-        report.seconds["dense_index"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        SparseIndex.build([c.embed_text for c in chunks], ids).save(staging / "bm25")
-        report.seconds["bm25_index"] = time.perf_counter() - t0
-        manifest = CollectionManifest(
-            format_version=FORMAT_VERSION,
-            name=collection.name,
-            generation=generation,
-            embedder=embedder.name,
-            dim=embedder.dim,
-            tier=settings.tier,
-            chunk_tokens=size,
-            overlap_tokens=overlap,
-            documents=len(pending),
-            chunks=len(chunks),
-            updated_at=time.time(),
-        )
-        collection.publish(staging, manifest)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    report.generation = generation
-    report.documents, report.chunks = len(pending), len(chunks)
-    report.notes.append(
-        "dense and BM25 indexes rebuilt from the whole collection (hpcrag's IVF cannot update in place yet)"
-    )
+    ChunkStore.write(staging / "store.sqlite", [p.record for p in pending], chunks)
+    np.save(staging / "embeddings.npy", vectors)
+    np.save(staging / "chunk_ids.npy", np.array([c.chunk_id for c in chunks], dtype=np.int64))
+    return generation, str(staging), len(chunks)
+
+
+def _build_sparse(staging: Path, pending: list[_Pending]) -> None:
+    from hpcrag.rag.sparse import SparseIndex
+
+    chunks = [c for p in pending for c in p.chunks]
+    ids = np.array([c.chunk_id for c in chunks], dtype=np.int64)
+    SparseIndex.build([c.embed_text for c in chunks], ids).save(staging / "bm25")
 
 
 def dense_layout(count: int, nshards: int) -> tuple[int, int]:
@@ -444,11 +522,13 @@ def dense_layout(count: int, nshards: int) -> tuple[int, int]:
     return nlist, shards
 
 
-def _build_dense(staging: Path, settings: CollectionSettings, say: Say) -> None:
+def _build_dense(
+    staging: Path, count: int, settings: CollectionSettings, comm: Communicator, say: Say
+) -> None:
+    """hpcrag's IVF over the generation's embeddings (collective over `comm`), ids = chunk ids."""
     from hpcrag.search import BuildOptions, Metric, build_index
 
-    count = int(np.load(staging / "chunk_ids.npy", mmap_mode="r").shape[0])
-    nlist, nshards = dense_layout(count, settings.nshards)
+    nlist, nshards = dense_layout(count, max(settings.nshards, comm.size))
     options = BuildOptions(nlist=nlist, nshards=nshards, metric=Metric.IP, dtype="float32")
-    build_index(staging / "embeddings.npy", staging / "dense", options, ids_path=staging / "chunk_ids.npy")
-    say(f"dense index: {count:,} chunks in {nlist} lists over {nshards} shards")
+    build_index(staging / "embeddings.npy", staging / "dense", options, staging / "chunk_ids.npy", comm)
+    say(f"dense index: {count:,} chunks in {nlist} lists over {nshards} shards ({comm.size} ranks)")

