@@ -81,8 +81,14 @@ class QuerySettings(_Model):
 
 
 class GroundingSettings(_Model):
-    support_threshold: float = Field(
-        default=0.5, ge=0, le=1, description="Below this, an answer sentence is flagged as unsupported"
+    method: Literal["embedding", "lexical"] = Field(
+        default="embedding", description="Support of a sentence: embedding cosine, or content-word overlap"
+    )
+    support_threshold: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Below this, an answer sentence is flagged as unsupported (default: the method's own)",
     )
 
 

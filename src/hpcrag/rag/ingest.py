@@ -290,7 +290,6 @@ def _documents(
             document, masked = _apply_pii(document, settings)
         except HpcragError as exc:
             report.refused.append((source, str(exc)))
-            say(f"refused {source}: {exc}")
             continue
         clock["pii"] = clock.get("pii", 0.0) + time.perf_counter() - t0
         t0 = time.perf_counter()

@@ -150,7 +150,8 @@ class RagPipeline:
                 c.row: chunk.text
                 for c, chunk in zip(head, self.loaded.store.chunks([c.row for c in head]), strict=True)
             }
-            candidates = self.reranker.rerank(question, head, texts) + candidates[len(head) :]
+            # Only the reranked head goes on: its scores and the tail's fused ones are not comparable.
+            candidates = self.reranker.rerank(question, head, texts)
             seconds["rerank"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         retrieval_settings = self.settings.retrieval
@@ -281,7 +282,7 @@ class RagPipeline:
         support = support_scores(
             text,
             {s.number: s.text for s in prepared.sources},
-            embed=None,
+            embed=self.embedder.embed if self.settings.grounding.method == "embedding" else None,
             threshold=self.settings.grounding.support_threshold,
         )
         timings = {**prepared.seconds, **(seconds or {}), "postprocess": time.perf_counter() - t0}

@@ -20,11 +20,10 @@ import numpy as np
 from hpcrag.config.rag_schema import CollectionSettings
 from hpcrag.errors import HpcragError
 from hpcrag.rag.collection import Collection, CollectionManifest
-from hpcrag.rag.fusion import Candidate, fuse
+from hpcrag.rag.fusion import FUSION_MODES, Candidate, fuse
 from hpcrag.rag.store import ChunkStore
 from hpcrag.rag.types import Embedder
 
-FUSION_MODES = ("convex", "rrf", "dense", "bm25")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _SPACE = re.compile(r"\s+")
 
