@@ -57,7 +57,9 @@ def test_sbatch_ingest_over_two_ranks(nyc: SlurmTarget, corpus: Path, tmp_path: 
     pipeline = open_pipeline(collection, settings)
     try:
         found, _ = pipeline.retrieve("cancel one task of a job array", k=3)
-        names = {Path(c.document).name for c in _sources(pipeline, found)}
+        store = pipeline.loaded.store
+        doc_ids = {chunk.doc_id for chunk in store.chunks([c.row for c in found])}
+        names = {Path(d.source).name for d in store.documents_by_id(doc_ids).values()}
     finally:
         pipeline.loaded.close()
     assert names & {"job_array.html", "scancel.html"}
@@ -69,7 +71,3 @@ def test_sbatch_ingest_over_two_ranks(nyc: SlurmTarget, corpus: Path, tmp_path: 
     assert report["chunks_embedded"] == 0 and report["unchanged"] == 3
     assert report["generation"] == collection.manifest().generation == 1
 
-
-def _sources(pipeline, candidates):  # type: ignore[no-untyped-def]
-    chunks = pipeline.loaded.store.chunks([c.row for c in candidates])
-    return pipeline.loaded.store.documents_by_id(c.doc_id for c in chunks).values()

@@ -8,6 +8,7 @@ failing, and readers in WAL mode are never blocked.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,14 +19,26 @@ BUSY_TIMEOUT_S = 60.0
 
 
 def initialise(path: Path, schema: str, what: str, fix: str, journal: str = "wal") -> None:
-    """Create the file's folder and tables, or raise an error naming `what` it is and the `fix`."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with connect(path) as db:
-            db.execute(f"PRAGMA journal_mode={'WAL' if journal == 'wal' else 'DELETE'}")
-            db.executescript(schema)
-    except (OSError, sqlite3.Error) as exc:
-        raise HpcragError(f"cannot open {what} {path}: {exc}; {fix}") from None
+    """Create the file's folder and tables, or raise an error naming `what` it is and the `fix`.
+
+    Several processes may do this at once (the ranks of one job): changing the journal mode does not
+    wait for the busy timeout, so a "locked" answer is retried until the timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    mode = "wal" if journal == "wal" else "delete"
+    while True:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with connect(path) as db:
+                if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != mode:
+                    db.execute(f"PRAGMA journal_mode={mode.upper()}")
+                db.executescript(schema)
+            return
+        except sqlite3.OperationalError as exc:
+            if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
+                raise HpcragError(f"cannot open {what} {path}: {exc}; {fix}") from None
+            time.sleep(0.05)
+        except (OSError, sqlite3.Error) as exc:
+            raise HpcragError(f"cannot open {what} {path}: {exc}; {fix}") from None
 
 
 def open_connection(path: Path, check_same_thread: bool = True) -> sqlite3.Connection:
