@@ -111,6 +111,11 @@ class CollectionSettings(_Model):
         return self.tiers[self.tier]
 
     def at_tier(self, tier: str) -> CollectionSettings:
+        """The same settings at another tier (validated: an unknown tier is a clear error)."""
+        from hpcrag.errors import HpcragError
+
+        if tier.lower() not in self.tiers:
+            raise HpcragError(f"unknown tier {tier!r}; tiers: {', '.join(self.tiers)}")
         return self.model_copy(update={"tier": tier.lower()})
 
 

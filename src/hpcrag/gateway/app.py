@@ -1,10 +1,12 @@
-"""The gateway's HTTP face: the OpenAI routes, /health, /metrics, /openapi.json, and its background
-refreshes.
+"""The gateway's HTTP face: the OpenAI routes, RAG (`model: "rag:..."` and /v1/rag/query), /health,
+/metrics, /openapi.json, and its background refreshes.
 
 A request goes: key (401) → rate limit and budget (429) → body checks (400/413, `requests.py`) →
 router (404/503) → forwarder (retries before the first byte) → usage, dollars, metrics and the ledger
 row, committed before the answer's last byte leaves (503 if it cannot be). Answers carry
 `X-Hpcrag-Request-Id`, `X-Hpcrag-Tier` and `X-Hpcrag-Endpoint` so a caller can see where it went.
+A RAG request takes the same path, with its question prepared (`rag.py`) between the body checks and
+the router, and its answer's citations checked before the ledger row is committed.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import json
 import logging
 import os
 import time
@@ -34,6 +37,25 @@ from hpcrag.gateway.endpoints import EndpointTable, LiveEndpoint, known_certific
 from hpcrag.gateway.keys import ApiKey, KeyStore
 from hpcrag.gateway.openapi import openapi_document
 from hpcrag.gateway.proxy import Exchange, Forwarder, error_body, sse_event
+from hpcrag.gateway.rag import (
+    FILTERS_FIELD,
+    RAG_PREFIX,
+    CitedStream,
+    Grounded,
+    RagModel,
+    RagRefused,
+    RagService,
+    chat_body,
+    filters_of,
+    local_answer,
+    parse_model,
+    parse_query,
+    question_of,
+    retrieved,
+    routed_model,
+    settle_chat,
+    settle_query,
+)
 from hpcrag.gateway.requests import (
     InvalidRequest,
     OpenAIRequest,
@@ -45,6 +67,7 @@ from hpcrag.gateway.requests import (
 )
 from hpcrag.gateway.router import AUTO, TIER_PREFIX, Router, RouteRequest, RoutingError
 from hpcrag.metrics.gateway import GatewayMetrics
+from hpcrag.rag.pipeline import NO_SOURCES
 from hpcrag.serve.client import backend_ssl_context
 from hpcrag.serve.launcher import registry_of
 from hpcrag.serve.load import ServerLoad, parse_metrics
@@ -58,6 +81,8 @@ ROUTES = {
     "/v1/completions": "completions",
     "/v1/embeddings": "embeddings",
 }
+RAG_QUERY = "/v1/rag/query"
+CHAT_PATH = "/v1/chat/completions"
 STATE: web.AppKey[Gateway] = web.AppKey("gateway")
 OFFLOAD_BYTES = 256 * 1024
 MIN_TOKEN_CHARS = 16
@@ -80,6 +105,7 @@ class Gateway:
     router: Router
     access: Access
     metrics: GatewayMetrics
+    rag: RagService
     metrics_token: str | None = None
     certifications: frozenset[str] = frozenset()  # what a caller may ask for in X-Hpcrag-Compliance
     body_bytes_held: int = 0
@@ -107,6 +133,7 @@ class Gateway:
             router=Router(config, table, load_scorer(config.gateway)),
             access=Access(),
             metrics=metrics,
+            rag=RagService(config.rag, metrics),
             metrics_token=_metrics_token(config),
             certifications=known_certifications(config),
         )
@@ -185,6 +212,7 @@ def create_app(config: Config) -> web.Application:
         app,
         [
             *(("POST", path, handle_inference) for path in ROUTES),
+            ("POST", RAG_QUERY, handle_rag_query),
             ("GET", "/v1/models", handle_models),
             ("GET", "/v1/models/{model:.+}", handle_model),
             ("GET", "/health", handle_health),
@@ -289,9 +317,24 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
     return web.json_response(error_body(status, code, message), status=status, headers=headers)
 
 
+Handler = Callable[
+    [Gateway, web.Request, RequestRecord, ApiKey, dict[str, str], float], Awaitable[web.StreamResponse]
+]
+Settle = Callable[[Exchange, web.StreamResponse], Awaitable[web.StreamResponse]]
+
+
 async def handle_inference(request: web.Request) -> web.StreamResponse:
+    return await _admitted(request, ROUTES[request.path], _answer)
+
+
+async def handle_rag_query(request: web.Request) -> web.StreamResponse:
+    """POST /v1/rag/query: a RAG answer (or only its ranked sources) as JSON, routed and accounted."""
+    return await _admitted(request, "rag_query", _rag_query)
+
+
+async def _admitted(request: web.Request, route: str, answer: Handler) -> web.StreamResponse:
+    """Key, rate limit, budget and the bytes of bodies held; then `answer` does the rest."""
     gateway = request.app[STATE]
-    route = ROUTES[request.path]
     started = time.perf_counter()
     record = RequestRecord(
         request_id=uuid.uuid4().hex, started_at=time.time(), route=route, status=0, outcome=""
@@ -316,7 +359,7 @@ async def handle_inference(request: web.Request) -> web.StreamResponse:
         return await _finish_refusal(gateway, record, 503, "busy", message, {**ids, "Retry-After": "1"})
     gateway.body_bytes_held += size
     try:
-        return await _answer(gateway, request, record, key, route, ids, started)
+        return await answer(gateway, request, record, key, ids, started)
     finally:
         gateway.body_bytes_held -= size
 
@@ -326,10 +369,10 @@ async def _answer(
     request: web.Request,
     record: RequestRecord,
     key: ApiKey,
-    route: str,
     ids: dict[str, str],
     started: float,
 ) -> web.StreamResponse:
+    route = record.route
     try:
         raw = await _raw_body(request, gateway.config.gateway.limits)
         if len(raw) > OFFLOAD_BYTES:  # parsing megabytes would stall every other request on the loop
@@ -339,13 +382,40 @@ async def _answer(
         else:
             body, typed, route_request = _understand(gateway, request, raw, route, key)
         record.model = route_request.model
-        decision = gateway.router.route(route_request)
+        wanted = parse_model(typed.model) if route == "chat" else None
     except InvalidRequest as exc:
         return await _finish_refusal(gateway, record, exc.status, exc.code, exc.message, ids)
+    if wanted is not None:
+        record.route = "rag"
+        try:
+            return await _rag_chat(gateway, request, record, key, ids, started, body, typed, wanted)
+        finally:
+            gateway.rag.count(wanted.collection, record.status)
+    return await _routed(gateway, request, record, key, ids, started, body, typed, route_request)
+
+
+async def _routed(
+    gateway: Gateway,
+    request: web.Request,
+    record: RequestRecord,
+    key: ApiKey,
+    ids: dict[str, str],
+    started: float,
+    body: dict[str, Any],
+    typed: OpenAIRequest,
+    route_request: RouteRequest,
+    path: str | None = None,
+    edit: Callable[[bytes], bytes] | None = None,
+    settle: Settle | None = None,
+) -> web.StreamResponse:
+    """Route, forward (to `path`, else the request's own), account and commit; `edit` rewrites each
+    streamed event and `settle` the answer, before its row is committed."""
+    try:
+        decision = gateway.router.route(route_request)
     except RoutingError as exc:
-        record.decision = exc.decision
+        record.decision.update(exc.decision)
         return await _finish_refusal(gateway, record, exc.status, exc.code, str(exc), ids)
-    record.decision = decision.record()
+    record.decision.update(decision.record())
     first = decision.candidates[0].endpoint
     gateway.metrics.child(gateway.metrics.decisions, decision.wanted_tier, first.tier).inc()
     if decision.fallback:
@@ -355,8 +425,10 @@ async def _answer(
     candidates = [c.endpoint for c in decision.candidates]
     try:
         response = await gateway.forwarder.forward(
-            request, request.path, body, typed, candidates, ids, started, exchange
+            request, path or request.path, body, typed, candidates, ids, started, exchange, edit
         )
+        if settle is not None:
+            response = await settle(exchange, response)
     except asyncio.CancelledError:
         exchange.status, exchange.outcome = 499, "client_closed"
         exchange.settle_delivered()
@@ -378,6 +450,142 @@ async def _answer(
             await response.write(tail)
         await response.write_eof()
     return response
+
+
+async def _rag_chat(
+    gateway: Gateway,
+    request: web.Request,
+    record: RequestRecord,
+    key: ApiKey,
+    ids: dict[str, str],
+    started: float,
+    body: dict[str, Any],
+    typed: OpenAIRequest,
+    wanted: RagModel,
+) -> web.StreamResponse:
+    """A chat request of a `rag:` model: the last user message answered from the collection."""
+    limits = gateway.config.gateway.limits
+    try:
+        question = question_of(typed)
+        filters = filters_of(body.get(FILTERS_FIELD), FILTERS_FIELD)
+        header_tier = check_header("X-Hpcrag-Tier", request.headers.get("X-Hpcrag-Tier"), limits)
+        tier = wanted.tier or (header_tier or "").lower() or None
+        grounded = await _ground(gateway, record, wanted.collection, question, tier, filters)
+        if not grounded.prepared.sources:
+            answer, kind = await local_answer(
+                gateway.rag, grounded, record.request_id, typed.model, typed.stream
+            )
+            record.decision["rag"] = grounded.record()
+            return await _answer_here(gateway, record, ids, answer, kind)
+        model = routed_model(wanted, grounded.prepared)
+        body = chat_body(body, grounded, model, typed.max_output_tokens())
+        typed = validate("chat", body, limits)
+        route_request = _route_request(gateway, request, typed, "chat", key)
+    except (InvalidRequest, RagRefused) as exc:
+        return await _finish_refusal(gateway, record, exc.status, exc.code, exc.message, ids)
+    stream = CitedStream(grounded) if typed.stream else None
+
+    async def settle(exchange: Exchange, response: web.StreamResponse) -> web.StreamResponse:
+        response = await settle_chat(gateway.rag, grounded, stream, exchange, response)
+        record.decision["rag"] = grounded.record()
+        return response
+
+    return await _routed(
+        gateway, request, record, key, ids, started, body, typed, route_request, edit=stream, settle=settle
+    )
+
+
+async def _rag_query(
+    gateway: Gateway,
+    request: web.Request,
+    record: RequestRecord,
+    key: ApiKey,
+    ids: dict[str, str],
+    started: float,
+) -> web.StreamResponse:
+    try:
+        return await _answer_query(gateway, request, record, key, ids, started)
+    finally:
+        gateway.rag.count(record.model.removeprefix(RAG_PREFIX), record.status)
+
+
+async def _answer_query(
+    gateway: Gateway,
+    request: web.Request,
+    record: RequestRecord,
+    key: ApiKey,
+    ids: dict[str, str],
+    started: float,
+) -> web.StreamResponse:
+    limits = gateway.config.gateway.limits
+    try:
+        raw = await _raw_body(request, limits)
+        if len(raw) > OFFLOAD_BYTES:
+            query = parse_query(await asyncio.to_thread(parse_body, raw, limits))
+        else:
+            query = parse_query(parse_body(raw, limits))
+        record.model = RAG_PREFIX + query.collection
+        tier = None if query.tier == AUTO else query.tier
+        filters = filters_of(query.filters, "filters")
+        grounded = await _ground(gateway, record, query.collection, query.question, tier, filters)
+        if query.retrieve_only:
+            return await _answer_here(gateway, record, ids, json.dumps(retrieved(grounded)).encode())
+        if not grounded.prepared.sources:
+            answer = await gateway.rag.finish(grounded, NO_SOURCES)
+            record.decision["rag"] = grounded.record()
+            return await _answer_here(gateway, record, ids, json.dumps(answer.to_json()).encode())
+        model = AUTO if query.tier == AUTO else TIER_PREFIX + grounded.prepared.tier
+        body = chat_body({}, grounded, model, None)
+        typed = validate("chat", body, limits)
+        route_request = _route_request(gateway, request, typed, "chat", key)
+    except (InvalidRequest, RagRefused) as exc:
+        return await _finish_refusal(gateway, record, exc.status, exc.code, exc.message, ids)
+
+    async def settle(exchange: Exchange, response: web.StreamResponse) -> web.StreamResponse:
+        response = await settle_query(gateway.rag, grounded, exchange, response)
+        record.decision["rag"] = grounded.record()
+        return response
+
+    return await _routed(
+        gateway, request, record, key, ids, started, body, typed, route_request, path=CHAT_PATH, settle=settle
+    )
+
+
+async def _ground(
+    gateway: Gateway,
+    record: RequestRecord,
+    collection: str,
+    question: str,
+    tier: str | None,
+    filters: dict[str, list[str]],
+) -> Grounded:
+    """The question prepared; its ledger entry in `record`. A failure of ours is a 500 with a row."""
+    try:
+        grounded = await gateway.rag.ground(collection, question, tier, filters)
+    except (InvalidRequest, RagRefused):
+        raise
+    except Exception:
+        log.exception("request %s: preparing the RAG answer failed", record.request_id)
+        raise RagRefused(
+            500, "gateway_error", "the gateway failed while preparing the RAG answer; see the gateway log"
+        ) from None
+    record.decision["rag"] = grounded.record()
+    return grounded
+
+
+async def _answer_here(
+    gateway: Gateway,
+    record: RequestRecord,
+    ids: dict[str, str],
+    body: bytes,
+    content_type: str = "application/json",
+) -> web.Response:
+    """An answer the gateway makes itself (no backend, no tokens), sent once its row is committed."""
+    record.status, record.outcome = 200, "ok"
+    gateway.metrics.child(gateway.metrics.requests, "", "", "", record.route, "200").inc()
+    if not await _commit(gateway, record):
+        return _error(503, "ledger_down", LEDGER_DOWN, ids)
+    return web.Response(body=body, headers={**ids, "Content-Type": content_type})
 
 
 async def _commit(gateway: Gateway, record: RequestRecord) -> bool:
@@ -540,7 +748,7 @@ async def handle_models(request: web.Request) -> web.Response:
     key = gateway.access.authenticate(request.headers.get("Authorization"))
     if isinstance(key, Refusal):
         return _error(key.status, key.code, key.message)
-    return web.json_response({"object": "list", "data": _model_objects(gateway)})
+    return web.json_response({"object": "list", "data": await _model_objects(gateway)})
 
 
 async def handle_model(request: web.Request) -> web.Response:
@@ -550,7 +758,7 @@ async def handle_model(request: web.Request) -> web.Response:
     if isinstance(key, Refusal):
         return _error(key.status, key.code, key.message)
     wanted = request.match_info["model"]
-    models = _model_objects(gateway)
+    models = await _model_objects(gateway)
     for model in models:
         if model["id"] == wanted:
             return web.json_response(model)
@@ -561,12 +769,13 @@ async def handle_model(request: web.Request) -> web.Response:
     )
 
 
-def _model_objects(gateway: Gateway) -> list[dict[str, Any]]:
+async def _model_objects(gateway: Gateway) -> list[dict[str, Any]]:
     created = int(time.time())
     live = gateway.table.live()
     names = sorted({e.row.served_name for e in live})
     tiers = [t for t in gateway.config.tiers if any(e.tier == t for e in live)]
-    ids = [*names, *(TIER_PREFIX + t for t in tiers), AUTO]
+    collections = await asyncio.to_thread(gateway.rag.names)
+    ids = [*names, *(TIER_PREFIX + t for t in tiers), AUTO, *(RAG_PREFIX + c for c in collections)]
     return [{"id": i, "object": "model", "created": created, "owned_by": "hpcrag"} for i in ids]
 
 

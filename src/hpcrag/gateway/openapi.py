@@ -2,8 +2,9 @@
 
 Request bodies come from the same pydantic models that validate them (`gateway.requests`), with the
 configured bounds written in, so the description cannot drift from what is accepted; the answers
-follow the OpenAI API, and every refusal has the OpenAI error shape. The test suite validates the
-document with openapi-spec-validator and loads it with Schemathesis.
+follow the OpenAI API, and every refusal has the OpenAI error shape. RAG is described too: the `rag:`
+models of the chat route with their extra request and answer fields, and POST /v1/rag/query. The test
+suite validates the document with openapi-spec-validator and loads it with Schemathesis.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ import copy
 import functools
 from typing import Any
 
+from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from hpcrag.config.schema import RequestLimits
+from hpcrag.gateway.rag import FILTERS_FIELD, RagQueryRequest
 from hpcrag.gateway.requests import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -61,6 +64,39 @@ _USAGE = {
         "total_tokens": {"type": "integer"},
     },
 }
+_RAG_MODELS = (
+    "rag:COLLECTION answers the last user message (earlier turns are not sent) from the collection's "
+    "sources, at the collection's tier; rag:COLLECTION:tier-<tier> pins a tier, rag:COLLECTION:auto lets "
+    "the router choose"
+)
+_SOURCE = {
+    "type": "object",
+    "required": ["number", "chunk_id", "document", "title", "section", "scores"],
+    "properties": {
+        "number": {"type": "integer", "description": "As the answer cites it: [1]"},
+        "chunk_id": {"type": "integer"},
+        "document": {"type": "string"},
+        "title": {"type": "string"},
+        "section": {"type": "array", "items": {"type": "string"}},
+        "anchor": {"type": ["string", "null"]},
+        "scores": {"type": "object", "additionalProperties": {"type": "number"}},
+        "injection": {"type": "array", "items": {"type": "string"}, "description": "Injection findings"},
+        "excerpt": {"type": "string", "description": "The chunk's first characters (chat answers)"},
+        "text": {"type": "string", "description": "The chunk as given to the model (/v1/rag/query)"},
+    },
+}
+_CITATIONS = {
+    "type": "object",
+    "properties": {
+        "cited": {"type": "array", "items": {"type": "integer"}},
+        "removed": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "Markers that named a source not given, removed from the answer",
+        },
+        "unsupported_sentences": {"type": "array", "items": {"type": "string"}},
+    },
+}
 _ANSWERS = {
     "ChatCompletion": {
         "type": "object",
@@ -71,6 +107,44 @@ _ANSWERS = {
             "model": {"type": "string"},
             "choices": {"type": "array", "items": _OBJECT},
             "usage": _USAGE,
+            "hpcrag_sources": {
+                "type": "array",
+                "items": {"$ref": "#/components/schemas/RagSource"},
+                "description": "rag: models only: the numbered sources the answer cites (in a stream: on "
+                "the last event before data: [DONE], whose choices are empty)",
+            },
+            "hpcrag_citations": {
+                "$ref": "#/components/schemas/RagCitations",
+                "description": "rag: models only: the citations kept and removed",
+            },
+        },
+    },
+    "RagSource": _SOURCE,
+    "RagCitations": _CITATIONS,
+    "RagAnswer": {
+        "type": "object",
+        "required": ["answer", "sources", "citations", "tier"],
+        "properties": {
+            "answer": {"type": "string", "description": "The answer, citations checked against sources"},
+            "sources": {"type": "array", "items": {"$ref": "#/components/schemas/RagSource"}},
+            "citations": _CITATIONS,
+            "unsupported_sentences": {"type": "array", "items": {"type": "string"}},
+            "support": {"type": "array", "items": _OBJECT},
+            "tier": {"type": "string"},
+            "model": {"type": ["string", "null"]},
+            "usage": {"anyOf": [_USAGE, {"type": "null"}]},
+            "seconds": {"type": "object", "additionalProperties": {"type": "number"}},
+        },
+    },
+    "RagSources": {
+        "type": "object",
+        "required": ["collection", "tier", "sources"],
+        "description": "retrieve_only: the sources a model would be given, best first; no model called",
+        "properties": {
+            "collection": {"type": "string"},
+            "tier": {"type": "string"},
+            "sources": {"type": "array", "items": {"$ref": "#/components/schemas/RagSource"}},
+            "seconds": {"type": "object", "additionalProperties": {"type": "number"}},
         },
     },
     "Completion": {
@@ -124,7 +198,12 @@ _ANSWERS = {
     },
 }
 _ROUTES: list[tuple[str, type[OpenAIRequest], str, str]] = [
-    ("/v1/chat/completions", ChatCompletionRequest, "ChatCompletion", "A chat completion, routed to a tier"),
+    (
+        "/v1/chat/completions",
+        ChatCompletionRequest,
+        "ChatCompletion",
+        "A chat completion, routed to a tier; with a rag: model, an answer cited from a collection",
+    ),
     ("/v1/completions", CompletionRequest, "Completion", "A text completion, routed to a tier"),
     ("/v1/embeddings", EmbeddingRequest, "EmbeddingList", "Embeddings of the input, from an embedding tier"),
 ]
@@ -142,10 +221,14 @@ def openapi_document(limits: RequestLimits | None = None) -> dict[str, Any]:
     _bound(schemas, limits)
     schemas.update(_ANSWERS)
     schemas["Error"] = _ERROR
+    schemas["RagQueryRequest"] = copy.deepcopy(_rag_query_schema())
     paths: dict[str, Any] = {
         path: {"post": _inference(path, m, answer, summary, limits)} for path, m, answer, summary in _ROUTES
     }
-    paths["/v1/models"] = {"get": _get("The models, tiers and 'auto' served now", "ModelList")}
+    paths["/v1/rag/query"] = {"post": _rag_query(limits)}
+    paths["/v1/models"] = {
+        "get": _get("The models, tiers, 'auto' and rag:COLLECTION per collection served now", "ModelList")
+    }
     paths["/v1/models/{model}"] = {
         "get": {
             **_get("One served model (the openai client's models.retrieve)", "Model"),
@@ -225,12 +308,23 @@ def _model_schemas() -> dict[str, Any]:
     return definitions["$defs"]
 
 
+@functools.cache
+def _rag_query_schema() -> dict[str, Any]:
+    return RagQueryRequest.model_json_schema(ref_template=_REF)
+
+
 def _bound(schemas: dict[str, Any], limits: RequestLimits) -> None:
     """Write the configured bounds, which the models check at run time, into their schemas."""
     for name in ("ChatCompletionRequest", "CompletionRequest", "EmbeddingRequest"):
         properties = schemas[name]["properties"]
         properties["model"].update(minLength=1, maxLength=limits.max_model_chars)
-    schemas["ChatCompletionRequest"]["properties"]["messages"]["maxItems"] = limits.max_messages
+    chat = schemas["ChatCompletionRequest"]["properties"]
+    chat["messages"]["maxItems"] = limits.max_messages
+    # Described, not added as a property: generated bodies then stay as the models accept them.
+    chat["model"]["description"] = (
+        f"A served model, tier-<tier> or auto; {_RAG_MODELS}. A rag: request may add "
+        f'"{FILTERS_FIELD}": only documents that match, e.g. {{"source": "faq.html"}} (a list: any of)'
+    )
     for name, field in (("CompletionRequest", "prompt"), ("EmbeddingRequest", "input")):
         schemas[name]["properties"][field]["description"] = (
             f"A string, up to {limits.max_input_items} strings, token ids, or up to "
@@ -239,7 +333,7 @@ def _bound(schemas: dict[str, Any], limits: RequestLimits) -> None:
 
 
 def _inference(
-    path: str, model: type[OpenAIRequest], answer: str, summary: str, limits: RequestLimits
+    path: str, model: type[BaseModel], answer: str, summary: str, limits: RequestLimits
 ) -> dict[str, Any]:
     ok: dict[str, Any] = {"application/json": {"schema": {"$ref": _REF.format(model=answer)}}}
     if model is not EmbeddingRequest:
@@ -277,6 +371,28 @@ def _inference(
             **{status: _json(text, "Error") for status, text in _ERRORS.items()},
         },
     }
+
+
+def _rag_query(limits: RequestLimits) -> dict[str, Any]:
+    operation = _inference(
+        "/v1/rag/query",
+        RagQueryRequest,
+        "RagAnswer",
+        "A RAG answer from a collection, routed to a tier and accounted like a chat completion",
+        limits,
+    )
+    operation["responses"]["200"]["content"] = {
+        "application/json": {
+            "schema": {
+                "oneOf": [
+                    {"$ref": _REF.format(model="RagAnswer")},
+                    {"$ref": _REF.format(model="RagSources")},
+                ]
+            }
+        }
+    }
+    operation["operationId"] = "rag_query"
+    return operation
 
 
 def _header(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:

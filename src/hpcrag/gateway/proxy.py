@@ -110,11 +110,13 @@ class Forwarder:
         headers: dict[str, str],
         started: float,
         exchange: Exchange,
+        edit: Callable[[bytes], bytes] | None = None,
     ) -> web.StreamResponse:
         """The answer of the first endpoint that gives one; `exchange` records what happened. `body` is
         forwarded as sent; `typed` is the same request checked (`requests.validate`).
 
-        A streamed answer comes back prepared but unfinished: its last event is `exchange.tail`."""
+        A streamed answer comes back prepared but unfinished: its last event is `exchange.tail`. `edit`,
+        when given, rewrites each streamed event before it is written (its usage already taken)."""
         stream = typed.stream
         options = body.get("stream_options") or {}  # checked: an object, passed on with ours added
         wants = _UsageWish(typed.wants_usage, typed.wants_continuous_usage)
@@ -149,6 +151,7 @@ class Forwarder:
                         wants,
                         exchange,
                         started,
+                        edit,
                     )
                 else:
                     response = await self._once(
@@ -243,6 +246,7 @@ class Forwarder:
         wants: _UsageWish,
         exchange: Exchange,
         started: float,
+        edit: Callable[[bytes], bytes] | None,
     ) -> web.StreamResponse:
         try:
             upstream = await self.session.post(
@@ -269,6 +273,8 @@ class Forwarder:
                 exchange.ttft_s = time.perf_counter() - started
                 while event is not None and not event.startswith(DONE):
                     event = _relay(event, wants, exchange)
+                    if event and edit is not None:
+                        event = edit(event)
                     if event:
                         await response.write(event)
                     event = await _next_event(upstream.content)

@@ -100,6 +100,39 @@ class GatewayMetrics:
             "Ledger rows that could not be written at all since the gateway started (logged)",
             registry=r,
         )
+        # RAG served at the gateway (`model: rag:...`, /v1/rag/query); `collection` is "" for a name
+        # that is not a collection, so a caller cannot grow the label set.
+        self.rag_requests = Counter(
+            "hpcrag_rag_requests",
+            "RAG requests by collection and HTTP status",
+            ["collection", "status"],
+            registry=r,
+        )
+        self.rag_retrieval = Histogram(
+            "hpcrag_rag_retrieval_seconds",
+            "Time from question to prompt: PII check, retrieval, ranking and the fenced prompt",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.rag_citations_removed = Counter(
+            "hpcrag_rag_citations_removed",
+            "Citation markers removed from answers for naming a source that was not given",
+            registry=r,
+        )
+        self.rag_unsupported = Counter(
+            "hpcrag_rag_unsupported_sentences",
+            "Answer sentences that their cited sources do not back",
+            registry=r,
+        )
+        self.rag_injection_flags = Counter(
+            "hpcrag_rag_injection_flags",
+            "Retrieved chunks flagged as trying to instruct the model",
+            ["stage"],
+            registry=r,
+        )
+        self.rag_pii_masked = Counter(
+            "hpcrag_rag_pii_masked", "Texts whose personal data was masked", ["what"], registry=r
+        )
 
     def child(self, metric: MetricWrapperBase, *labels: str) -> Any:
         """`metric.labels(*labels)`, looked up once: the gateway asks for the same few on every request."""

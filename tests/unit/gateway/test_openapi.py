@@ -32,6 +32,7 @@ def test_every_route_is_described(document: dict[str, Any]) -> None:
     methods = {(path, method) for path, item in document["paths"].items() for method in item}
     assert methods == {
         *((path, "post") for path in ROUTES),
+        ("/v1/rag/query", "post"),
         ("/v1/models", "get"),
         ("/v1/models/{model}", "get"),
         ("/health", "get"),
