@@ -367,3 +367,24 @@ def test_a_new_generation_of_a_collection_is_served_without_a_restart(world) -> 
     ingest(collection, [world["docs"]], world["rag"].for_collection("strict"), world["embedder"])
     assert collection.manifest().generation == 2
     eventually(lambda: top_document().endswith("tape.md"), 30, "the new generation served")
+
+
+@pytest.mark.parametrize("stream", ["--stream", "--no-stream"])
+def test_the_cli_generates_through_the_gateway_and_shows_its_sources(world, stream: str) -> None:
+    """`hpcrag rag query` runs the pipeline in its own process and asks the gateway for tier M, whose
+    backend cites [7]: the CLI prints the answer without it, and says so."""
+    key_file = world["tmp"] / "alice.key"
+    key_file.write_text(world["key"])
+    before = len(received(world, "m"))
+    out = hpcrag(
+        world["env"], "rag", "query", "docs", "How many GPUs does a GPU node have?", "--tier", "m",
+        "--gateway", world["url"], "--api-key-file", str(key_file), stream,
+    )  # fmt: skip
+    answer, _, footer = out.partition("Sources:")
+    assert answer.strip() == CHECKED_REPLY
+    assert re.search(r"\[1\] GPU partitions: .*\(gpus\.md#", footer)
+    assert "removed citations to sources that were not given: [7]" in footer
+    sent = received(world, "m")[before:]
+    assert len(sent) == 1 and sent[0]["model"] == "medium"
+    assert sent[0].get("stream", False) is (stream == "--stream")
+    assert any("<source" in message["content"] for message in sent[0]["messages"])

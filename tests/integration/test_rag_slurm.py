@@ -70,4 +70,3 @@ def test_sbatch_ingest_over_two_ranks(nyc: SlurmTarget, corpus: Path, tmp_path: 
     report = json.loads(text[text.index("{") :])
     assert report["chunks_embedded"] == 0 and report["unchanged"] == 3
     assert report["generation"] == collection.manifest().generation == 1
-

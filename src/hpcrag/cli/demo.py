@@ -338,7 +338,7 @@ def _rag_answer(site: str, url: str, key: str) -> int:
     for source in sources:
         where = Path(source["document"]).name + (f"#{source['anchor']}" if source.get("anchor") else "")
         click.echo(f"  [{source['number']}] {' > '.join(source['section']) or source['title']} ({where})")
-    click.secho(f"{site}: RAG answer with {len(sources)} cited sources through the gateway OK", fg="green")
+    click.secho(f"{site}: RAG answer with {len(sources)} numbered sources through the gateway OK", fg="green")
     return 0
 
 
