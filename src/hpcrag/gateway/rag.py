@@ -14,7 +14,8 @@ accounts it like any other request. What this module promises:
 - A reader never sees a citation of a source that was not given: a plain answer is checked whole
   (`RagPipeline.finish`), a stream delta by delta (`CitedStream`). The answer's extra top-level fields
   (`hpcrag_sources`, `hpcrag_citations`) come on the plain answer, and on one last stream event before
-  `data: [DONE]`. PII masking of the answer applies to plain answers; streamed deltas are not masked.
+  `data: [DONE]`. Personal data in the answer is masked in both (a stream holds its text back until a
+  sentence ends, so that a number split over two deltas is masked whole).
 - One pipeline per collection generation, opened once in a thread and reopened when an ingest
   publishes a new generation (looked at no more often than every GENERATION_CHECK_S).
 """
@@ -39,7 +40,7 @@ from hpcrag.gateway.router import AUTO, TIER_PREFIX
 from hpcrag.metrics.gateway import GatewayMetrics
 from hpcrag.rag.citations import StreamingCitationFilter
 from hpcrag.rag.collection import MANIFEST, Collection, check_name, collections_root
-from hpcrag.rag.pii import PiiRefused
+from hpcrag.rag.pii import PiiRefused, StreamingMask
 from hpcrag.rag.pipeline import NO_SOURCES, Prepared, RagAnswer, RagPipeline, Source
 from hpcrag.rag.retrieve import parse_filters
 
@@ -335,11 +336,13 @@ def routed_model(wanted: RagModel, prepared: Prepared) -> str:
 
 
 class CitedStream:
-    """The `edit` of a streamed answer: each delta through the citation filter, the raw text kept."""
+    """The `edit` of a streamed answer: each delta through the citation filter and, unless the
+    collection's PII policy is off, the streaming mask; the raw text kept."""
 
     def __init__(self, grounded: Grounded) -> None:
         self.grounded = grounded
         self._filter = StreamingCitationFilter(len(grounded.prepared.sources))
+        self._mask = StreamingMask() if grounded.pipeline.settings.pii != "off" else None
         self._parts: list[str] = []
         self._base: dict[str, Any] = {"object": "chat.completion.chunk"}
         self._flushed = False
@@ -368,6 +371,8 @@ class CitedStream:
             if isinstance(content, str):
                 self._parts.append(content)
                 shown = self._filter.feed(content)
+                if self._mask is not None:
+                    shown = self._mask.feed(shown)
             if choice.get("finish_reason") is not None and not self._flushed:
                 shown = (shown or "") + self._finish()
             if shown is not None:
@@ -386,7 +391,10 @@ class CitedStream:
 
     def _finish(self) -> str:
         self._flushed = True
-        return self._filter.finish()
+        rest = self._filter.finish()
+        if self._mask is not None:
+            rest = self._mask.feed(rest) + self._mask.finish()
+        return rest
 
 
 def _event(chunk: dict[str, Any]) -> bytes:

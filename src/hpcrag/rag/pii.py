@@ -209,3 +209,35 @@ def _build_engines() -> tuple[AnalyzerEngine, AnonymizerEngine]:
         supported_languages=[_LANGUAGE],
     )
     return analyzer, AnonymizerEngine()
+
+
+class StreamingMask:
+    """Masks personal data in a text that arrives in pieces (a streamed answer).
+
+    Text is held back until a sentence or line ends, so that a number or address split over two
+    pieces is masked whole; a run of HOLD_LIMIT characters without an end is released but for its
+    last KEEP_TAIL characters, which may still be the start of one.
+    """
+
+    HOLD_LIMIT = 1024
+    KEEP_TAIL = 96
+    _END = re.compile(r"[.!?][\"')\]]*\s+|\n")
+
+    def __init__(self, guard: PiiGuard | None = None) -> None:
+        self._guard = guard or PiiGuard()
+        self._held = ""
+
+    def feed(self, text: str) -> str:
+        """What of the text so far can be shown now, masked."""
+        self._held += text
+        ends = [match.end() for match in self._END.finditer(self._held)]
+        cut = ends[-1] if ends else 0
+        if not cut and len(self._held) > self.HOLD_LIMIT:
+            cut = len(self._held) - self.KEEP_TAIL
+        ready, self._held = self._held[:cut], self._held[cut:]
+        return self._guard.mask(ready)[0] if ready else ""
+
+    def finish(self) -> str:
+        """The rest, masked: call once the text is complete."""
+        ready, self._held = self._held, ""
+        return self._guard.mask(ready)[0] if ready else ""

@@ -316,6 +316,7 @@ class RagPipeline:
     ) -> RagAnswer:
         """The whole pipeline with `generator` (streaming deltas to `on_delta` when given)."""
         from hpcrag.rag.citations import StreamingCitationFilter
+        from hpcrag.rag.pii import StreamingMask
 
         prepared = self.prepare(question, tier, filters)
         if not prepared.sources:
@@ -327,6 +328,7 @@ class RagPipeline:
             text = reply.text
         else:
             citations = StreamingCitationFilter(len(prepared.sources))
+            mask = StreamingMask() if self.settings.pii != "off" else None
             deltas: Iterator[str]
             reply, deltas = generator.stream(
                 prepared.messages, model=chosen, max_tokens=prepared.max_answer_tokens
@@ -335,9 +337,13 @@ class RagPipeline:
             for delta in deltas:
                 parts.append(delta)
                 shown = citations.feed(delta)
+                if mask is not None:
+                    shown = mask.feed(shown)
                 if shown:
                     on_delta(shown)
             tail = citations.finish()
+            if mask is not None:
+                tail = mask.feed(tail) + mask.finish()
             if tail:
                 on_delta(tail)
             text = "".join(parts)

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 from hpcrag.errors import HpcragError
-from hpcrag.rag.pii import PiiFinding, PiiGuard, PiiRefused
+from hpcrag.rag.pii import PiiFinding, PiiGuard, PiiRefused, StreamingMask
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +148,21 @@ def test_first_use_is_offline_silent_and_builds_once() -> None:
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     assert done.stdout.strip() == "1 " + str([["EMAIL_ADDRESS"]] * 4)
+
+
+def test_streaming_mask_masks_values_split_over_pieces(guard: PiiGuard) -> None:
+    text = "Card 4111 1111 1111 1111 expires soon. Mail bob@example.org\nor call +1 212 555 0100 today."
+    whole = guard.mask(text)[0]
+    for size in (1, 3, 7, 50):
+        mask = StreamingMask(guard)
+        pieces = [mask.feed(text[i : i + size]) for i in range(0, len(text), size)] + [mask.finish()]
+        assert "".join(pieces) == whole
+        assert not any("4111" in p or "bob@" in p or "555" in p for p in pieces)
+
+
+def test_streaming_mask_releases_a_long_run_without_a_sentence_end(guard: PiiGuard) -> None:
+    mask = StreamingMask(guard)
+    text = "word " * 300
+    shown = mask.feed(text)
+    assert shown == text[: len(text) - StreamingMask.KEEP_TAIL]
+    assert shown + mask.finish() == text

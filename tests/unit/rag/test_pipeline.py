@@ -144,7 +144,7 @@ def test_the_prompt_fences_numbered_sources_and_bad_citations_are_removed(loaded
 
 
 def test_streaming_gives_the_same_answer_as_a_whole_reply(loaded, embedder) -> None:
-    rag = pipeline(loaded, embedder)
+    rag = pipeline(loaded, embedder, pii="off")  # with PII masking on, a stream moves a sentence at a time
     text = "Use sbatch --array=1-100%10 job.sh [1][7]. The index is in SLURM_ARRAY_TASK_ID [2, 9]."
     whole = rag.answer(ARRAY_QUESTION, RecordingGenerator(text))
     shown: list[str] = []
@@ -154,6 +154,19 @@ def test_streaming_gives_the_same_answer_as_a_whole_reply(loaded, embedder) -> N
     assert whole.answer == "Use sbatch --array=1-100%10 job.sh [1]. The index is in SLURM_ARRAY_TASK_ID [2]."
     assert streamed.removed_citations == whole.removed_citations == ["[7]", "[2, 9]"]
     assert (streamed.model, streamed.usage) == ("test-model", {"total_tokens": 42})
+
+
+def test_pii_in_an_answer_is_masked_whole_and_streamed(loaded, embedder) -> None:
+    """A card number split over 3-character deltas never reaches the reader, plain or streamed."""
+    text = f"Charge it to {CARD} and write to alice@example.com [1]. Then submit with sbatch [1]."
+    whole = pipeline(loaded, embedder, pii="mask").answer(ARRAY_QUESTION, RecordingGenerator(text))
+    shown: list[str] = []
+    streamed = pipeline(loaded, embedder, pii="mask").answer(
+        ARRAY_QUESTION, RecordingGenerator(text), on_delta=shown.append
+    )
+    expected = "Charge it to <CREDIT_CARD> and write to <EMAIL_ADDRESS> [1]. Then submit with sbatch [1]."
+    assert whole.answer == streamed.answer == "".join(shown) == expected
+    assert not any("4111" in piece or "alice" in piece for piece in shown)
 
 
 def test_pii_in_the_question_is_masked_before_the_generator_or_refused(loaded, embedder) -> None:
