@@ -109,7 +109,7 @@ def _print_ingest(report: Any) -> None:
             f"{report.chunks_cached:,} from the cache"
         )
         if report.chunks_embedded:
-            click.echo(f"  chunks/s: whole ingest {whole:.1f}, embedder alone {alone:.1f}")
+            click.echo(f"  chunks/s: whole ingest {whole:.1f}, embedding stage {alone:.1f}")
     if report.pii_masked or report.injection_flagged:
         click.echo(
             f"  PII: {report.pii_masked} sections masked; injection: {report.injection_flagged} chunks "
@@ -187,20 +187,28 @@ def query(
             _print_retrieval(pipeline, question, where, fusion, top_k or settings.row.top_k, as_json)
             return
         generator = _generator(config, gateway_url, api_key_file, ca)
-        if settings.query.expansion or settings.query.hyde:
-            pipeline.helper = generator
-        on_delta = None if (as_json or not stream) else (lambda d: click.echo(d, nl=False))
-        answer = pipeline.answer(question, generator, tier, where, model, on_delta)
+        pipeline.helper = generator  # for query expansion and HyDE, when rag.yaml turns them on
+        on_delta = None if (as_json or not stream) else (lambda d: click.echo(_printable(d), nl=False))
+        try:
+            answer = pipeline.answer(question, generator, tier, where, model, on_delta, top_k, fusion)
+        finally:
+            generator.close()
     finally:
         pipeline.loaded.close()
     if as_json:
         echo_json(answer.to_json())
         return
     if on_delta is None:
-        click.echo(answer.answer)
+        click.echo(_printable(answer.answer))
     else:
         click.echo()
     _print_answer_footer(answer)
+
+
+def _printable(text: str) -> str:
+    """Model text as a terminal may show it: control characters other than newline and tab escaped
+    (an answer or a planted source could carry escape sequences)."""
+    return "".join(c if c in "\n\t" or c.isprintable() else shown(c) for c in text)
 
 
 def _generator(config: Config, url: str | None, key_file: Path | None, ca: Path | None) -> Any:

@@ -32,6 +32,7 @@ class TierRag(_Model):
 class EmbedderSettings(_Model):
     kind: Literal["local", "remote"] = "local"
     model: str = "all-MiniLM-L6-v2"
+    device: str = Field(default="cpu", description="local: torch device, e.g. cuda on a GPU node")
     batch_size: PositiveInt = 64
     url: str | None = Field(default=None, description="remote: base URL of an OpenAI /v1/embeddings API")
     api_key_file: str | None = Field(default=None, description="remote: file holding the bearer key")
@@ -112,10 +113,10 @@ class CollectionSettings(_Model):
 
     def at_tier(self, tier: str) -> CollectionSettings:
         """The same settings at another tier (validated: an unknown tier is a clear error)."""
-        from hpcrag.errors import HpcragError
+        from hpcrag.rag.errors import QuestionError
 
         if tier.lower() not in self.tiers:
-            raise HpcragError(f"unknown tier {tier!r}; tiers: {', '.join(self.tiers)}")
+            raise QuestionError(f"unknown tier {tier!r}; tiers: {', '.join(self.tiers)}")
         return self.model_copy(update={"tier": tier.lower()})
 
 

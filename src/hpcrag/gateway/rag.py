@@ -38,10 +38,10 @@ from hpcrag.gateway.proxy import Exchange, error_body
 from hpcrag.gateway.requests import ChatCompletionRequest, InvalidRequest, OpenAIRequest, format_path, quote
 from hpcrag.gateway.router import AUTO, TIER_PREFIX
 from hpcrag.metrics.gateway import GatewayMetrics
-from hpcrag.rag.citations import StreamingCitationFilter
 from hpcrag.rag.collection import MANIFEST, Collection, check_name, collections_root
-from hpcrag.rag.pii import PiiRefused, StreamingMask
-from hpcrag.rag.pipeline import NO_SOURCES, Prepared, RagAnswer, RagPipeline, Source
+from hpcrag.rag.errors import QuestionError
+from hpcrag.rag.pii import PiiRefused
+from hpcrag.rag.pipeline import NO_SOURCES, AnswerStream, Prepared, RagAnswer, RagPipeline, Source
 from hpcrag.rag.retrieve import parse_filters
 
 log = logging.getLogger(__name__)
@@ -248,8 +248,11 @@ class RagService:
             prepared = await asyncio.to_thread(opened.pipeline.prepare, question, tier, filters or None)
         except PiiRefused as exc:
             raise RagRefused(400, "pii_refused", str(exc)) from None
-        except HpcragError as exc:  # the question or filters: too long, empty, an unknown filter key
+        except QuestionError as exc:  # the question or filters: too long, empty, an unknown filter key
             raise RagRefused(400, "invalid_request", str(exc)) from None
+        except HpcragError as exc:  # ours: an embedding server down, a damaged generation
+            log.error("RAG collection %s: preparing an answer failed: %s", name, exc)
+            raise RagRefused(503, "rag_unavailable", str(exc)) from None
         metrics = self.metrics
         metrics.rag_retrieval.observe(sum(prepared.seconds.values()))
         if prepared.injection_flagged:
@@ -341,8 +344,8 @@ class CitedStream:
 
     def __init__(self, grounded: Grounded) -> None:
         self.grounded = grounded
-        self._filter = StreamingCitationFilter(len(grounded.prepared.sources))
-        self._mask = StreamingMask() if grounded.pipeline.settings.pii != "off" else None
+        pii = grounded.pipeline.settings.pii != "off"
+        self._shown = AnswerStream(len(grounded.prepared.sources), mask=pii)
         self._parts: list[str] = []
         self._base: dict[str, Any] = {"object": "chat.completion.chunk"}
         self._flushed = False
@@ -370,9 +373,7 @@ class CitedStream:
             shown = None
             if isinstance(content, str):
                 self._parts.append(content)
-                shown = self._filter.feed(content)
-                if self._mask is not None:
-                    shown = self._mask.feed(shown)
+                shown = self._shown.feed(content)
             if choice.get("finish_reason") is not None and not self._flushed:
                 shown = (shown or "") + self._finish()
             if shown is not None:
@@ -391,10 +392,7 @@ class CitedStream:
 
     def _finish(self) -> str:
         self._flushed = True
-        rest = self._filter.finish()
-        if self._mask is not None:
-            rest = self._mask.feed(rest) + self._mask.finish()
-        return rest
+        return self._shown.finish()
 
 
 def _event(chunk: dict[str, Any]) -> bytes:

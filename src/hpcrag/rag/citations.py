@@ -16,9 +16,11 @@ embedder is given, else by the share of the sentence's content words (stemmed) f
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 import numpy as np
 
@@ -275,16 +277,26 @@ def _cosine_scores(
     return best
 
 
+_local = threading.local()
+
+
 def _content_words(text: str) -> list[str]:
     """Stemmed words of `text` that are not stopwords."""
-    stopwords, stemmer = _lexicon()
-    words = [word for word in _WORD.findall(text.lower()) if word not in stopwords]
-    return stemmer.stemWords(words)
+    words = [word for word in _WORD.findall(text.lower()) if word not in _stopwords()]
+    return _stemmer().stemWords(words)
 
 
 @cache
-def _lexicon() -> tuple[frozenset[str], object]:
-    import Stemmer
+def _stopwords() -> frozenset[str]:
     from bm25s.stopwords import STOPWORDS_EN_PLUS
 
-    return frozenset(STOPWORDS_EN_PLUS), Stemmer.Stemmer("english")
+    return frozenset(STOPWORDS_EN_PLUS)
+
+
+def _stemmer() -> Any:
+    """This thread's stemmer: a PyStemmer instance must not be used by two threads at once."""
+    if not hasattr(_local, "stemmer"):
+        import Stemmer
+
+        _local.stemmer = Stemmer.Stemmer("english")
+    return _local.stemmer

@@ -119,8 +119,14 @@ class Collection:
     @contextmanager
     def ingest_lock(self) -> Iterator[None]:
         """Held for a whole ingest: a second ingest of the same collection is refused, not interleaved."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.path / ".lock", "w") as handle:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            handle = open(self.path / ".lock", "w")  # noqa: SIM115 - closed by the with below
+        except OSError as exc:
+            raise HpcragError(
+                f"cannot write collection {self.name!r} in {self.path}: {exc.strerror or exc}"
+            ) from None
+        with handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -133,19 +139,34 @@ class Collection:
         """A fresh temporary folder for the next generation (call under `ingest_lock`)."""
         for stale in self.path.glob("gen-*.tmp"):
             shutil.rmtree(stale, ignore_errors=True)
-        generation = self.manifest().generation + 1 if self.exists() else 1
+        current = self.manifest().generation if self.exists() else 0
+        # A folder above the current generation is one whose publish was cut short: never reuse its number.
+        numbers = [int(p.name[4:]) for p in self.path.glob("gen-[0-9]*") if p.name[4:].isdigit()]
+        generation = max([current, *numbers]) + 1
         staging = self.path / f"gen-{generation:06d}.tmp"
-        staging.mkdir(parents=True)
+        try:
+            staging.mkdir(parents=True)
+        except OSError as exc:
+            raise HpcragError(
+                f"cannot write collection {self.name!r} in {self.path}: {exc.strerror or exc}"
+            ) from None
         return generation, staging
 
     def publish(self, staging: Path, manifest: CollectionManifest) -> None:
-        """Make `staging` the current generation; drop the generations before the previous one."""
+        """Make `staging` the current generation; drop every other one but the previous."""
         final = self.generation_path(manifest.generation)
-        staging.rename(final)
-        write_atomic(self.path / MANIFEST, json.dumps(asdict(manifest), indent=2) + "\n")
+        previous = self.manifest().generation if self.exists() else None
+        try:
+            staging.rename(final)
+            write_atomic(self.path / MANIFEST, json.dumps(asdict(manifest), indent=2) + "\n")
+        except OSError as exc:
+            raise HpcragError(
+                f"cannot publish generation {manifest.generation} of collection {self.name!r}: "
+                f"{exc.strerror or exc}; the collection is left as it was"
+            ) from None
         for old in self.path.glob("gen-[0-9]*"):
             number = old.name.removeprefix("gen-")
-            if number.isdigit() and int(number) < manifest.generation - 1:
+            if number.isdigit() and int(number) not in (manifest.generation, previous):
                 shutil.rmtree(old, ignore_errors=True)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -90,6 +91,7 @@ class LocalEmbedder:
         self._dim = int((dimension or self._model.get_sentence_embedding_dimension)())
         self._max_seq_length = int(self._model.max_seq_length)
         self._tokens: HuggingFaceTokens | None = None
+        self._lock = threading.Lock()
 
     @property
     def name(self) -> str:
@@ -111,13 +113,16 @@ class LocalEmbedder:
     def embed(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.empty((0, self._dim), dtype=np.float32)
-        vectors = self._model.encode(
-            list(texts),
-            batch_size=self._batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
+        # One call at a time: the model's fast tokenizer is not safe to use from two threads at once
+        # (the gateway prepares questions and scores answers in several).
+        with self._lock:
+            vectors = self._model.encode(
+                list(texts),
+                batch_size=self._batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
 

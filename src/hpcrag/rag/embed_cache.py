@@ -32,7 +32,8 @@ class EmbeddingCache:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        initialise(self.path, _SCHEMA, "embedding cache", self._fix)
+        # DELETE, not WAL: the ranks of one ingest may write it from several nodes of a shared file system.
+        initialise(self.path, _SCHEMA, "embedding cache", self._fix, journal="delete")
         try:
             self._db = open_connection(self.path)
         except sqlite3.Error as exc:

@@ -26,16 +26,16 @@ def _secret(file: str | None, what: str) -> str | None:
 
 
 @cache
-def _local(model: str, batch_size: int) -> Embedder:
+def _local(model: str, device: str, batch_size: int) -> Embedder:
     from hpcrag.rag.embed import LocalEmbedder
 
-    return LocalEmbedder(model, batch_size=batch_size)
+    return LocalEmbedder(model, device=device, batch_size=batch_size)
 
 
 def make_embedder(settings: EmbedderSettings) -> Embedder:
     """The configured embedder; a local model is loaded once per process and shared."""
     if settings.kind == "local":
-        return _local(settings.model, settings.batch_size)
+        return _local(settings.model, settings.device, settings.batch_size)
     from hpcrag.rag.embed import RemoteEmbedder
 
     assert settings.url is not None

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from hpcrag.errors import HpcragError
@@ -21,7 +22,6 @@ class Reply:
     text: str = ""
     model: str | None = None
     usage: dict[str, Any] | None = None
-    headers: dict[str, str] = field(default_factory=dict)
 
 
 class Generator(Protocol):
@@ -48,7 +48,12 @@ class HttpGenerator:
         root = base_url.rstrip("/")
         self.url = (root if root.endswith("/v1") else root + "/v1") + "/chat/completions"
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.Client(headers=headers, timeout=timeout_s, verify=verify)
+        tls: Any = verify
+        if isinstance(verify, str):  # a CA bundle
+            from hpcrag.util.tls import client_context
+
+            tls = client_context(Path(verify))
+        self._client = httpx.Client(headers=headers, timeout=timeout_s, verify=tls)
         self.temperature = temperature
 
     def close(self) -> None:
@@ -80,7 +85,7 @@ class HttpGenerator:
             text = data["choices"][0]["message"]["content"] or ""
         except (KeyError, IndexError, TypeError):
             raise HpcragError(f"{self.url} answered without choices[0].message.content") from None
-        return Reply(text, data.get("model"), data.get("usage"), _hpcrag_headers(response.headers))
+        return Reply(text, data.get("model"), data.get("usage"))
 
     def stream(
         self, messages: list[dict[str, str]], model: str, max_tokens: int
@@ -96,7 +101,6 @@ class HttpGenerator:
             with self._client.stream("POST", self.url, json=body) as response:
                 if response.status_code != 200:
                     self._checked(response.status_code, response.read().decode("utf-8", "replace"))
-                reply.headers = _hpcrag_headers(response.headers)
                 for line in response.iter_lines():
                     if not line.startswith("data:"):
                         continue
@@ -104,10 +108,10 @@ class HttpGenerator:
                     if payload == "[DONE]":
                         break
                     event = json.loads(payload)
+                    if not isinstance(event, dict):
+                        raise HpcragError(f"{self.url} sent a stream event that is not a JSON object")
                     if "error" in event:
-                        raise HpcragError(
-                            f"{self.url} stream failed: {event['error'].get('message', event['error'])}"
-                        )
+                        raise HpcragError(f"{self.url} stream failed: {_message(event['error'])}")
                     reply.model = event.get("model", reply.model)
                     reply.usage = event.get("usage") or reply.usage
                     for choice in event.get("choices") or []:
@@ -127,12 +131,15 @@ class HttpGenerator:
         except json.JSONDecodeError:
             data = None
         if status != 200:
-            message = data.get("error", {}).get("message") if isinstance(data, dict) else text[:200]
+            message = _message(data.get("error")) if isinstance(data, dict) else text[:200]
             raise HpcragError(f"{self.url} answered {status}: {message}")
         if not isinstance(data, dict):
             raise HpcragError(f"{self.url} answered with a body that is not a JSON object")
         return data
 
 
-def _hpcrag_headers(headers: Any) -> dict[str, str]:
-    return {k.lower(): v for k, v in headers.items() if k.lower().startswith("x-hpcrag")}
+def _message(error: Any) -> str:
+    """An OpenAI error object's message (or the error as it came, shortened)."""
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return error["message"]
+    return str(error)[:200]

@@ -23,6 +23,7 @@ import numpy as np
 from hpcrag.config.rag_schema import CollectionSettings
 from hpcrag.errors import HpcragError
 from hpcrag.rag.collection import FORMAT_VERSION, Collection, CollectionManifest
+from hpcrag.rag.retrieve import read_embeddings
 from hpcrag.rag.store import ChunkRecord, ChunkStore, DocumentRecord, chunk_id, document_id
 from hpcrag.rag.types import Embedder, ExtractedDocument, Section
 from hpcrag.search.comm import Communicator
@@ -56,7 +57,8 @@ class IngestReport:
         return bool(self.added or self.replaced or self.removed)
 
     def rates(self) -> tuple[float, float]:
-        """Chunks/s of the whole ingest and of the embedder alone, over the chunks it embedded."""
+        """Chunks/s of the whole ingest and of its embedding stage (cache lookups included), over the
+        chunks it embedded."""
         total = self.seconds.get("total", 0.0)
         embed = self.seconds.get("embed", 0.0)
         whole = self.chunks_embedded / total if total else 0.0
@@ -155,13 +157,13 @@ class _File:
 
 def discover(paths: Sequence[Path]) -> list[_File]:
     """The files to ingest: named files as they are, folders walked for the formats extract reads."""
-    from hpcrag.rag.extract import SUPPORTED_SUFFIXES
+    from hpcrag.rag.extract import SUPPORTED_SUFFIXES, is_supported
 
     if not paths:
         raise HpcragError("nothing to ingest: give at least one file or folder")
     found: dict[Path, _File] = {}
     for given in paths:
-        path = given.expanduser().absolute()
+        path = given.expanduser().resolve()  # one spelling per file: ingested twice it is one document
         if not path.exists():
             raise HpcragError(f"{given} does not exist; check the path")
         if path.is_dir():
@@ -169,7 +171,7 @@ def discover(paths: Sequence[Path]) -> list[_File]:
                 raise HpcragError(f"{given} is not readable; fix its permissions")
             for file in sorted(path.rglob("*")):
                 hidden = any(part.startswith(".") for part in file.relative_to(path).parts)
-                if file.is_file() and not hidden and _suffix(file) in SUPPORTED_SUFFIXES:
+                if file.is_file() and not hidden and is_supported(file):
                     found.setdefault(file, _File(file, explicit=False))
         else:
             found[path] = _File(path, explicit=True)
@@ -179,13 +181,6 @@ def discover(paths: Sequence[Path]) -> list[_File]:
             f"{', '.join(sorted(SUPPORTED_SUFFIXES))}"
         )
     return list(found.values())
-
-
-def _suffix(path: Path) -> str:
-    suffixes = path.suffixes
-    if suffixes and suffixes[-1] == ".gz" and len(suffixes) > 1:
-        return suffixes[-2].lower()
-    return path.suffix.lower()
 
 
 @dataclass
@@ -212,8 +207,18 @@ def _open_current(collection: Collection, embedder: Embedder) -> _Old | None:
             "mixing embedders makes scores meaningless: ingest into a new collection"
         )
     folder = collection.current_path()
-    store = ChunkStore(folder / "store.sqlite")
-    vectors = np.load(folder / "embeddings.npy", mmap_mode="r")
+    try:
+        store = ChunkStore(folder / "store.sqlite")
+        try:
+            vectors = read_embeddings(folder, store.count, manifest.dim)
+        except HpcragError:
+            store.close()
+            raise
+    except HpcragError as exc:
+        raise HpcragError(
+            f"{exc} (the current generation cannot be read, so it cannot be updated: remove "
+            f"{collection.path} and ingest again; the embedding cache beside it keeps that quick)"
+        ) from None
     return _Old(manifest, store, vectors, {d.source: d for d in store.documents()})
 
 
@@ -336,8 +341,9 @@ def _apply_pii(document: ExtractedDocument, settings: CollectionSettings) -> tup
     sections = []
     for section in document.sections:
         text = guard.apply(section.text, settings.pii, what)
-        masked += text != section.text
-        sections.append(Section(section.heading_path, section.anchor, text))
+        headings = tuple(guard.apply(heading, settings.pii, what) for heading in section.heading_path)
+        masked += text != section.text or headings != section.heading_path
+        sections.append(Section(headings, section.anchor, text))
     title = guard.apply(document.title, settings.pii, what)
     return ExtractedDocument(document.source, title, document.format, sections), masked
 
@@ -385,7 +391,7 @@ def _carried(old: _Old | None, paths: Sequence[Path | str], found: set[str]) -> 
     """
     if old is None:
         return []
-    roots = [Path(p).expanduser().absolute() for p in paths]
+    roots = [Path(p).expanduser().resolve() for p in paths]
     carried = []
     for source, record in old.by_source.items():
         path = Path(source)

@@ -13,8 +13,8 @@ Three defences, used together:
   close its block nor open a fake turn, and a tokenizer never sees a real special token in it.
 - `fence_instructions` is the system-prompt text that tells the model what the blocks are.
 
-`screen` applies an `InjectionPolicy` to one chunk: "flag" keeps it and reports the findings, "drop"
-discards a chunk with findings, "off" does not look.
+The policy (`InjectionPolicy`, per collection) is applied by ingest and the pipeline: "flag" keeps a
+chunk with findings and reports them, "drop" leaves it out, "off" does not look.
 
 On the 130 Slurm HTML docs (2.4 MB of text) `detect` finds nothing.
 Documentation about LLM serving that shows chat templates is flagged for its role tokens, by design.
@@ -28,9 +28,7 @@ import re
 import secrets
 import unicodedata
 from dataclasses import dataclass
-from typing import Literal, get_args
-
-from hpcrag.errors import HpcragError
+from typing import Literal
 
 InjectionPolicy = Literal["flag", "drop", "off"]
 FindingKind = Literal["instruction", "role_marker", "fence_forgery"]
@@ -107,32 +105,12 @@ class InjectionFinding:
     excerpt: str
 
 
-@dataclass(frozen=True)
-class Screening:
-    """What an `InjectionPolicy` decided for one chunk."""
-
-    keep: bool
-    findings: tuple[InjectionFinding, ...]
-
-
 def detect(text: str) -> list[InjectionFinding]:
     """Instruction-like phrases, role tokens and source-tag forgeries in `text`, in order of position."""
     return sorted(
         (InjectionFinding(kind, span, _excerpt(text, span)) for kind, span in _matches(text, _DETECTED)),
         key=lambda finding: finding.span,
     )
-
-
-def screen(text: str, policy: InjectionPolicy) -> Screening:
-    """Apply `policy` to one retrieved chunk."""
-    if policy == "off":
-        return Screening(keep=True, findings=())
-    if policy not in get_args(InjectionPolicy):
-        raise HpcragError(
-            f"unknown injection policy {policy!r}; use one of {', '.join(get_args(InjectionPolicy))}"
-        )
-    findings = tuple(detect(text))
-    return Screening(keep=policy == "flag" or not findings, findings=findings)
 
 
 def new_nonce() -> str:

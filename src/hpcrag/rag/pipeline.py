@@ -11,6 +11,7 @@ a RAG answer is routed, budgeted and accounted like any other request.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -22,6 +23,8 @@ from hpcrag.rag.fusion import Candidate
 from hpcrag.rag.generate import Generator
 from hpcrag.rag.retrieve import LoadedCollection, Retriever, normalise_question
 from hpcrag.rag.types import Embedder
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -74,10 +77,10 @@ class RagAnswer:
     model: str | None = None
     usage: dict[str, Any] | None = None
 
-    def to_json(self, with_text: bool = True) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         return {
             "answer": self.answer,
-            "sources": [s.public(with_text) for s in self.sources],
+            "sources": [s.public() for s in self.sources],
             "citations": {"cited": self.cited, "removed": self.removed_citations},
             "unsupported_sentences": self.unsupported,
             "support": self.support,
@@ -105,6 +108,7 @@ class RagPipeline:
         self.retriever = Retriever(loaded, embedder, settings)
         self.reranker = reranker
         self.helper = helper  # writes expansions and hypothetical answers when those are on
+        self._warned = False
 
     @property
     def name(self) -> str:
@@ -129,18 +133,19 @@ class RagPipeline:
     ) -> tuple[list[Candidate], dict[str, float]]:
         """Ranked candidates after fusion, rerank and MMR: what `--retrieve-only` and eval use."""
         text, _ = self.check_question(question)
-        candidates, seconds, _ = self._rank(text, filters, fusion, k)
-        return candidates, seconds
+        return self._rank(text, filters, fusion, k)
 
     def _rank(
         self, question: str, filters: dict[str, list[str]] | None, fusion: str | None, k: int
-    ) -> tuple[list[Candidate], dict[str, float], int]:
+    ) -> tuple[list[Candidate], dict[str, float]]:
         from hpcrag.rag.mmr import mmr
 
         seconds: dict[str, float] = {}
-        query_vector = self._hyde_vector(question, seconds) if self.settings.query.hyde else None
-        search_text = self._expanded(question, seconds) if self.settings.query.expansion else question
-        retrieval = self.retriever.retrieve(search_text, filters, fusion, query_vector=query_vector)
+        hyde, expansion = self._query_helpers()
+        query_vector = self._hyde_vector(question, seconds) if hyde else None
+        search_text = self._expanded(question, seconds) if expansion else question
+        want = max(k, self.settings.retrieval.candidates)
+        retrieval = self.retriever.retrieve(search_text, filters, fusion, want, query_vector)
         seconds.update(retrieval.seconds)
         candidates = retrieval.candidates
         if self.reranker is not None and candidates:
@@ -164,7 +169,21 @@ class RagPipeline:
             document_of=self.loaded.store.document_of_rows(),
         )
         seconds["mmr"] = time.perf_counter() - t0
-        return picked, seconds, len(candidates)
+        return picked, seconds
+
+    def _query_helpers(self) -> tuple[bool, bool]:
+        """(HyDE, expansion) as configured, both off (with one warning) when no generator was given."""
+        wanted = (self.settings.query.hyde, self.settings.query.expansion)
+        if any(wanted) and self.helper is None:
+            if not self._warned:
+                log.warning(
+                    "collection %s: query.hyde/query.expansion need a generator and this pipeline has "
+                    "none (the gateway's rag: models and `rag eval` give none): skipped",
+                    self.name,
+                )
+                self._warned = True
+            return False, False
+        return wanted
 
     def _expanded(self, question: str, seconds: dict[str, float]) -> str:
         """The question plus a few alternative phrasings written by the helper model (BM25 recall)."""
@@ -188,15 +207,20 @@ class RagPipeline:
         return vector / max(float((vector**2).sum()) ** 0.5, 1e-12)
 
     def _ask(self, instruction: str, question: str) -> str:
-        if self.helper is None:
-            raise HpcragError("query expansion and HyDE need a generator (the gateway); none was given")
+        assert self.helper is not None  # _query_helpers turns both off without one
         messages = [{"role": "user", "content": f"{instruction}\n\n{question}"}]
         return self.helper.complete(messages, model=f"tier-{self.settings.tier}", max_tokens=128).text
 
     def prepare(
-        self, question: str, tier: str | None = None, filters: dict[str, list[str]] | None = None
+        self,
+        question: str,
+        tier: str | None = None,
+        filters: dict[str, list[str]] | None = None,
+        top_k: int | None = None,
+        fusion: str | None = None,
     ) -> Prepared:
-        """Everything before generation: the chat messages and the sources they number."""
+        """Everything before generation: the chat messages and the sources they number (the tier's
+        top_k of them unless `top_k` says otherwise)."""
         from hpcrag.rag import injection
         from hpcrag.rag.prompt import PromptSource, build_prompt
 
@@ -205,7 +229,7 @@ class RagPipeline:
         text, masked = self.check_question(question)
         seconds: dict[str, float] = {"question": time.perf_counter() - started}
         question_flags = len(injection.detect(text)) if settings.injection != "off" else 0
-        candidates, ranked_seconds, _ = self._rank(text, filters, None, settings.row.top_k)
+        candidates, ranked_seconds = self._rank(text, filters, fusion, top_k or settings.row.top_k)
         seconds.update(ranked_seconds)
         t0 = time.perf_counter()
         sources, flagged, dropped = self._sources(candidates, settings)
@@ -279,12 +303,16 @@ class RagPipeline:
             from hpcrag.rag.pii import PiiGuard
 
             text, _ = PiiGuard().mask(text)
-        support = support_scores(
-            text,
-            {s.number: s.text for s in prepared.sources},
-            embed=self.embedder.embed if self.settings.grounding.method == "embedding" else None,
-            threshold=self.settings.grounding.support_threshold,
-        )
+        try:
+            support = support_scores(
+                text,
+                {s.number: s.text for s in prepared.sources},
+                embed=self.embedder.embed if self.settings.grounding.method == "embedding" else None,
+                threshold=self.settings.grounding.support_threshold,
+            )
+        except HpcragError as exc:  # a remote embedder gone: the answer stands, its support is unknown
+            log.warning("collection %s: support of an answer not scored: %s", self.name, exc)
+            support = []
         timings = {**prepared.seconds, **(seconds or {}), "postprocess": time.perf_counter() - t0}
         return RagAnswer(
             answer=text,
@@ -313,13 +341,14 @@ class RagPipeline:
         filters: dict[str, list[str]] | None = None,
         model: str | None = None,
         on_delta: Any | None = None,
+        top_k: int | None = None,
+        fusion: str | None = None,
     ) -> RagAnswer:
         """The whole pipeline with `generator` (streaming deltas to `on_delta` when given)."""
-        from hpcrag.rag.citations import StreamingCitationFilter
-        from hpcrag.rag.pii import StreamingMask
-
-        prepared = self.prepare(question, tier, filters)
+        prepared = self.prepare(question, tier, filters, top_k, fusion)
         if not prepared.sources:
+            if on_delta is not None:
+                on_delta(NO_SOURCES)
             return self.finish(prepared, NO_SOURCES)
         t0 = time.perf_counter()
         chosen = model or f"tier-{prepared.tier}"
@@ -327,8 +356,7 @@ class RagPipeline:
             reply = generator.complete(prepared.messages, model=chosen, max_tokens=prepared.max_answer_tokens)
             text = reply.text
         else:
-            citations = StreamingCitationFilter(len(prepared.sources))
-            mask = StreamingMask() if self.settings.pii != "off" else None
+            shown = AnswerStream(len(prepared.sources), mask=self.settings.pii != "off")
             deltas: Iterator[str]
             reply, deltas = generator.stream(
                 prepared.messages, model=chosen, max_tokens=prepared.max_answer_tokens
@@ -336,20 +364,34 @@ class RagPipeline:
             parts = []
             for delta in deltas:
                 parts.append(delta)
-                shown = citations.feed(delta)
-                if mask is not None:
-                    shown = mask.feed(shown)
-                if shown:
-                    on_delta(shown)
-            tail = citations.finish()
-            if mask is not None:
-                tail = mask.feed(tail) + mask.finish()
-            if tail:
-                on_delta(tail)
+                if ready := shown.feed(delta):
+                    on_delta(ready)
+            if rest := shown.finish():
+                on_delta(rest)
             text = "".join(parts)
         result = self.finish(prepared, text, {"generate": time.perf_counter() - t0})
         result.model, result.usage = reply.model, reply.usage
         return result
+
+
+class AnswerStream:
+    """A streamed answer made fit to show, piece by piece: citations of sources that were not given
+    removed, and personal data masked (`mask`), so the reader sees what `finish` would return."""
+
+    def __init__(self, n_sources: int, mask: bool) -> None:
+        from hpcrag.rag.citations import StreamingCitationFilter
+        from hpcrag.rag.pii import StreamingMask
+
+        self._citations = StreamingCitationFilter(n_sources)
+        self._mask = StreamingMask() if mask else None
+
+    def feed(self, delta: str) -> str:
+        shown = self._citations.feed(delta)
+        return self._mask.feed(shown) if self._mask is not None else shown
+
+    def finish(self) -> str:
+        rest = self._citations.finish()
+        return rest if self._mask is None else self._mask.feed(rest) + self._mask.finish()
 
 
 NO_SOURCES = (

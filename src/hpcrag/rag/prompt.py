@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from hpcrag.errors import HpcragError
+from hpcrag.rag.errors import QuestionError
 
 MESSAGE_OVERHEAD_TOKENS = 8  # role markers and separators a chat template adds around each message
 MIN_TRUNCATED_SHARE = 1 / 3  # a cut source must keep at least this share of its tokens
@@ -92,7 +92,7 @@ def build_prompt(
 
     messages, tokens = assemble([])
     if tokens > room:
-        raise HpcragError(
+        raise QuestionError(
             f"the question and instructions take {tokens} tokens but the budget leaves {room} "
             f"({budget_tokens} minus {max_answer_tokens} for the answer); shorten the question or raise "
             "the tier's context_tokens"

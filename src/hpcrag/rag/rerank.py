@@ -1,7 +1,8 @@
 """Optional rerank stage: re-score fused candidates with a model that reads the query and passage together.
 
-Two HTTP implementations, both off unless `rag.yaml` turns one on, both reachable through the gateway or
-directly (a bearer key, a timeout, and an HpcragError naming the URL, never the key, when a call fails):
+Two HTTP implementations, both off unless `rag.yaml` turns one on (a bearer key, a timeout, and an
+HpcragError naming the URL, never the key, when a call fails). The cross-encoder is called on its vLLM
+server directly (the gateway has no rerank route); the LLM judge is any chat API, the gateway included:
 
 - `CrossEncoderReranker`: a cross-encoder served by vLLM, through its rerank API (POST /v1/rerank,
   {"model", "query", "documents", "top_n"} -> {"results": [{"index", "relevance_score"}]}) or its score

@@ -20,6 +20,7 @@ import numpy as np
 from hpcrag.config.rag_schema import CollectionSettings
 from hpcrag.errors import HpcragError
 from hpcrag.rag.collection import Collection, CollectionManifest
+from hpcrag.rag.errors import QuestionError
 from hpcrag.rag.fusion import FUSION_MODES, Candidate, fuse
 from hpcrag.rag.store import ChunkStore
 from hpcrag.rag.types import Embedder
@@ -31,16 +32,16 @@ _SPACE = re.compile(r"\s+")
 def normalise_question(question: str, max_chars: int) -> str:
     """NFKC, control characters and lone surrogates gone, whitespace collapsed; bounded in length."""
     if not isinstance(question, str):
-        raise HpcragError("the question must be text")
+        raise QuestionError("the question must be text")
     if len(question) > max_chars:
-        raise HpcragError(
+        raise QuestionError(
             f"the question is {len(question):,} characters; the limit is {max_chars:,} "
             "(rag.yaml query.max_question_chars): shorten it"
         )
     text = question.encode("utf-8", "replace").decode("utf-8")
     text = _SPACE.sub(" ", _CONTROL.sub(" ", unicodedata.normalize("NFKC", text))).strip()
     if not text:
-        raise HpcragError("the question is empty; ask something")
+        raise QuestionError("the question is empty; ask something")
     return text
 
 
@@ -57,7 +58,7 @@ def parse_filters(items: list[str] | dict[str, Any] | None) -> dict[str, list[st
         for item in items:
             key, sep, value = item.partition("=")
             if not sep or not key.strip():
-                raise HpcragError(f"bad filter {item!r}: write key=value, e.g. source=faq.html")
+                raise QuestionError(f"bad filter {item!r}: write key=value, e.g. source=faq.html")
             pairs.append((key.strip(), value.strip()))
     filters: dict[str, list[str]] = {}
     for key, value in pairs:
@@ -73,22 +74,24 @@ class LoadedCollection:
 
         self.collection = collection
         self.manifest: CollectionManifest = collection.manifest()
-        self.folder = collection.current_path()
+        self.folder = collection.generation_path(self.manifest.generation)
         self.store = ChunkStore(self.folder / "store.sqlite")
-        self.vectors = np.load(self.folder / "embeddings.npy", mmap_mode="r")
-        if self.vectors.shape != (self.store.count, self.manifest.dim):
-            raise HpcragError(f"{self.folder}: embeddings do not match the store; re-ingest the collection")
-        self.sparse = SparseIndex.load(self.folder / "bm25")
-        self.dense: Any
-        if search_endpoint is not None:
-            from hpcrag.search.client import SearchClient
+        try:
+            self.vectors = read_embeddings(self.folder, self.store.count, self.manifest.dim)
+            self.sparse = SparseIndex.load(self.folder / "bm25")
+            self.dense: Any
+            self.nlist = _nlist(self.folder / "dense")
+            if search_endpoint is not None:
+                from hpcrag.search.client import SearchClient
 
-            self.dense = SearchClient.from_endpoint_file(search_endpoint)
-        else:
-            from hpcrag.search import DistributedIndex
+                self.dense = SearchClient.from_endpoint_file(search_endpoint)
+            else:
+                from hpcrag.search import DistributedIndex
 
-            self.dense = DistributedIndex.open(self.folder / "dense", threads=1)
-        self.nlist = _nlist(self.folder / "dense")
+                self.dense = DistributedIndex.open(self.folder / "dense", threads=1)
+        except BaseException:
+            self.store.close()
+            raise
 
     @property
     def name(self) -> str:
@@ -104,7 +107,25 @@ class LoadedCollection:
 def _nlist(dense: Path) -> int:
     import json
 
-    return int(json.loads((dense / "manifest.json").read_text())["nlist"])
+    try:
+        return int(json.loads((dense / "manifest.json").read_text())["nlist"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise HpcragError(f"{dense} is missing or damaged ({exc}); re-ingest the collection") from None
+
+
+def read_embeddings(folder: Path, rows: int, dim: int) -> np.ndarray:
+    """A generation's embeddings (memory-mapped), checked against its store's rows and the dimension."""
+    path = folder / "embeddings.npy"
+    try:
+        vectors = np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as exc:
+        raise HpcragError(f"{path} is missing or damaged ({exc}); re-ingest the collection") from None
+    if vectors.shape != (rows, dim):
+        raise HpcragError(
+            f"{path} holds {vectors.shape} embeddings, the store {rows} chunks of dimension {dim}; "
+            "re-ingest the collection"
+        )
+    return vectors
 
 
 @dataclass
@@ -138,7 +159,7 @@ class Retriever:
         """Fused candidates for an already normalised (and PII-checked) question."""
         mode = fusion or self.settings.retrieval.fusion
         if mode not in FUSION_MODES:
-            raise HpcragError(f"unknown fusion {mode!r}; use one of {', '.join(FUSION_MODES)}")
+            raise QuestionError(f"unknown fusion {mode!r}; use one of {', '.join(FUSION_MODES)}")
         want = candidates or self.settings.retrieval.candidates
         seconds: dict[str, float] = {}
         store = self.loaded.store

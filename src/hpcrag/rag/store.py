@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from hpcrag.errors import HpcragError
+from hpcrag.rag.errors import QuestionError
 from hpcrag.util.sqlite import open_connection
 
 SCHEMA = """
@@ -218,7 +219,7 @@ class ChunkStore:
         keys = set(BUILTIN_FILTER_KEYS) | {k for d in documents for k in d.metadata}
         unknown = sorted(set(filters) - keys)
         if unknown:
-            raise HpcragError(
+            raise QuestionError(
                 f"unknown filter key {unknown[0]!r}; this collection filters on: {', '.join(sorted(keys))}"
             )
         doc_ok = {
@@ -227,12 +228,13 @@ class ChunkStore:
             if all(_doc_matches(d, k, v) for k, v in filters.items() if k != "section")
         }
         mask = np.zeros(self.count, dtype=bool)
-        sections = filters.get("section")
+        sections = [s.casefold() for s in filters.get("section", [])]
         query = "SELECT row, doc_id, heading_path FROM chunks"
         for r in self._db.execute(query):
-            if r["doc_id"] in doc_ok and (
-                not sections or any(s.casefold() in r["heading_path"].casefold() for s in sections)
-            ):
+            if r["doc_id"] not in doc_ok:
+                continue
+            headings = [h.casefold() for h in json.loads(r["heading_path"])] if sections else []
+            if not sections or any(s in h for s in sections for h in headings):
                 mask[r["row"]] = True
         return mask
 
