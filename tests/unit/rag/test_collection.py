@@ -159,6 +159,21 @@ def test_a_crashed_ingest_leftover_is_removed_by_the_next(tmp_path: Path, docs, 
     assert sorted(p.name for p in collection.path.glob("gen-*")) == ["gen-000001", "gen-000002"]
 
 
+def test_a_publish_cut_short_never_blocks_the_next_ingest(tmp_path: Path, docs, fake) -> None:
+    """A generation folder that was renamed into place but never named by collection.json (the process
+    died in between) is skipped over and then removed, never reused."""
+    folder = docs()
+    collection = Collection(tmp_path / "rag", "docs")
+    ingest(collection, [folder], SETTINGS, fake)
+    orphan = collection.path / "gen-000002"
+    orphan.mkdir()
+    (orphan / "store.sqlite").write_bytes(b"never published")
+    (folder / "gpus.md").unlink()
+    report = ingest(collection, [folder], SETTINGS, fake)
+    assert report.generation == collection.manifest().generation == 3
+    assert sorted(p.name for p in collection.path.glob("gen-*")) == ["gen-000001", "gen-000003"]
+
+
 def test_a_second_ingest_of_the_same_collection_is_refused(tmp_path: Path, docs, fake) -> None:
     collection = Collection(tmp_path / "rag", "docs")
     with (

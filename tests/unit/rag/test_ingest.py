@@ -159,19 +159,27 @@ def test_html_title_heading_path_and_anchor_reach_the_chunks(tmp_path: Path, doc
 
 
 def test_pii_in_documents_is_masked_or_refused(tmp_path: Path, docs, embedder) -> None:
-    contact = "# Support\n\nWrite to alice.admin@example.org. The sample form shows SSN " + SSN + ".\n"
+    contact = (
+        "# Support\n\nWrite to alice.admin@example.org. The sample form shows SSN " + SSN + ".\n\n"
+        "## Escalation: bob.boss@example.org\n\nCall the duty officer.\n"
+    )
     folder = docs({"contact.md": contact, "modules.txt": CORPUS["modules.txt"]})
     masked = Collection(tmp_path / "rag", "masked")
     report = ingest(masked, [folder], settings(pii="mask"), embedder)
-    assert report.pii_masked == 1 and report.refused == []
+    assert (
+        report.pii_masked == 2 and report.refused == []
+    )  # two sections: one by its text, one by its heading
     loaded = LoadedCollection(masked)
     try:
         chunks = {name: c for name, c in all_chunks(loaded.store)}
         text = chunks["contact.md"]
         assert SSN not in text.text and SSN not in text.embed_text and "alice.admin" not in text.embed_text
         # Presidio knows 078-05-1120 as the famous invalid SSN; it is still masked, as a phone number.
-        assert text.text == "Write to <EMAIL_ADDRESS>. The sample form shows SSN <PHONE_NUMBER>."
-        assert [d.pii_masked for d in loaded.store.documents() if d.name == "contact.md"] == [1]
+        assert text.text.startswith("Write to <EMAIL_ADDRESS>. The sample form shows SSN <PHONE_NUMBER>.")
+        # The two small sections are merged into one chunk, which names the second by its (masked) heading.
+        assert text.text.endswith("\n\nEscalation: <EMAIL_ADDRESS>\nCall the duty officer.")
+        assert "bob.boss" not in text.embed_text and "bob.boss" not in str(text.metadata)
+        assert [d.pii_masked for d in loaded.store.documents() if d.name == "contact.md"] == [2]
         for word in ("1120", "078", "alice"):
             assert loaded.sparse.search(word, 10)[0].size == 0, word
     finally:
