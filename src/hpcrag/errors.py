@@ -3,3 +3,8 @@
 
 class HpcragError(Exception):
     """Base of every error hpcrag raises on purpose; the CLI prints these without a traceback."""
+
+
+class QuestionError(HpcragError):
+    """A question that cannot be answered as asked (empty, too long, an unknown filter key or tier, no
+    room in the context budget): the asker's to fix, so a service answers it 400."""

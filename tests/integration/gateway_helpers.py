@@ -35,7 +35,7 @@ def row(site: str, job_id: str, tier: str, served: str, port: int, usd: float) -
 
 def gateway_env(tmp: Path, metrics_token: str = METRICS_TOKEN) -> dict[str, str]:
     """The environment of a gateway of its own under `tmp`: a copy of site-configs with quick
-    refreshes, its own registry and database, and a metrics token."""
+    refreshes, its own registry, database and RAG collections folder, and a metrics token."""
     config_dir = tmp / "site configs"
     shutil.copytree(CONFIG_DIR, config_dir)
     quick_gateway_settings(config_dir)
@@ -44,6 +44,7 @@ def gateway_env(tmp: Path, metrics_token: str = METRICS_TOKEN) -> dict[str, str]
         "HPCRAG_REGISTRY": str(tmp / "registry.sqlite"),
         "HPCRAG_GATEWAY_DB": str(tmp / "gateway.sqlite"),
         "HPCRAG_METRICS_TOKEN": metrics_token,
+        "HPCRAG_RAG_DIR": str(tmp / "rag"),  # no collection but the test's own shows as a rag: model
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,14 +18,16 @@ from tests.integration.helpers import eventually, job_state, sbatch_wrap
 ENV = {"HPCRAG_CONFIG_DIR": str(CONFIG_DIR), "HPCRAG_PROFILE": "dev", "PATH": "/usr/bin:/bin"}
 
 
-def hpcrag(*args: str) -> subprocess.CompletedProcess[str]:
+def hpcrag(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "hpcrag", *args], capture_output=True, text=True, env=ENV, timeout=900
-    )
+        [sys.executable, "-m", "hpcrag", *args], capture_output=True, text=True, env={**ENV, **(env or {})},
+        timeout=900,
+    )  # fmt: skip
 
 
 def test_demo_runs_mpi_on_both_sites(nyc: SlurmTarget, tmp_path: Path) -> None:
-    proc = hpcrag("demo", "--workdir", str(tmp_path / "demo logs"))
+    rag_dir = tmp_path / "collections"  # the demo's RAG collection, kept out of the repository's .run/
+    proc = hpcrag("demo", "--workdir", str(tmp_path / "demo logs"), env={"HPCRAG_RAG_DIR": str(rag_dir)})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = [line for line in proc.stdout.splitlines() if "allreduce" in line]
     assert len(lines) == 2
@@ -33,9 +36,16 @@ def test_demo_runs_mpi_on_both_sites(nyc: SlurmTarget, tmp_path: Path) -> None:
         assert f"on cluster {site}, partition tier-s: 4 ranks on node7, node8" in line
         assert "allreduce 10 (expected 10) OK" in line
     assert "nyc: vector search over 2 ranks: recall@10 " in proc.stdout
-    assert proc.stdout.count("COMPLETED") == 4  # two MPI checks, the index build and the search
+    # two MPI checks, the index build, the search and the RAG ingest
+    assert proc.stdout.count("COMPLETED") == 5
     assert "nyc: vLLM tier s healthy at http://" in proc.stdout and "tokens: " in proc.stdout
     assert "routed 'auto' to tier s (slurm/nyc/" in proc.stdout
+    assert "11 Slurm doc pages, collection slurm-docs: generation 1, 11 documents" in proc.stdout
+    sources = re.findall(r"^  \[(\d)\] .+ \((\w+\.html)(#[^)]*)?\)$", proc.stdout, re.MULTILINE)
+    assert [n for n, _, _ in sources] == ["1", "2", "3"]
+    assert {page for _, page, _ in sources} <= {"job_array.html", "scancel.html", "faq.html", "sbatch.html"}
+    assert "nyc: RAG answer with 3 numbered sources through the gateway OK" in proc.stdout
+    assert (rag_dir / "slurm-docs" / "collection.json").is_file()
     assert "nyc: serve down: job " in proc.stdout
 
 

@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, StringConstraints, model_validator
 
+from hpcrag.errors import QuestionError
+
 CollectionName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
 RagTier = Literal["s", "m", "l", "xl"]
 
@@ -93,11 +95,10 @@ class GroundingSettings(_Model):
     )
 
 
-class CollectionSettings(_Model):
-    """The effective settings of one collection at one tier."""
+class _PipelineSettings(_Model):
+    """What a collection may set for itself: shared by rag.yaml's top level and its overrides."""
 
-    tier: RagTier
-    tiers: dict[RagTier, TierRag]
+    tiers: dict[RagTier, TierRag] = Field(min_length=4)
     embedder: EmbedderSettings = EmbedderSettings()
     retrieval: RetrievalSettings = RetrievalSettings()
     rerank: RerankSettings = RerankSettings()
@@ -107,33 +108,28 @@ class CollectionSettings(_Model):
     injection: Literal["flag", "drop", "off"] = "flag"
     nshards: PositiveInt = Field(default=2, description="Shards of the dense index")
 
+
+class CollectionSettings(_PipelineSettings):
+    """The effective settings of one collection at one tier."""
+
+    tier: RagTier
+
     @property
     def row(self) -> TierRag:
         return self.tiers[self.tier]
 
     def at_tier(self, tier: str) -> CollectionSettings:
         """The same settings at another tier (validated: an unknown tier is a clear error)."""
-        from hpcrag.rag.errors import QuestionError
-
         if tier.lower() not in self.tiers:
             raise QuestionError(f"unknown tier {tier!r}; tiers: {', '.join(self.tiers)}")
         return self.model_copy(update={"tier": tier.lower()})
 
 
-class RagSettings(_Model):
+class RagSettings(_PipelineSettings):
     """The whole of `rag.yaml`."""
 
     collections_dir: str = Field(description="Folder of the collections (relative: from the repository)")
     default_tier: RagTier = "s"
-    tiers: dict[RagTier, TierRag] = Field(min_length=4)
-    embedder: EmbedderSettings = EmbedderSettings()
-    retrieval: RetrievalSettings = RetrievalSettings()
-    rerank: RerankSettings = RerankSettings()
-    query: QuerySettings = QuerySettings()
-    grounding: GroundingSettings = GroundingSettings()
-    pii: Literal["mask", "refuse", "off"] = "mask"
-    injection: Literal["flag", "drop", "off"] = "flag"
-    nshards: PositiveInt = 2
     collections: dict[CollectionName, dict[str, Any]] = Field(
         default={}, description="Per-collection overrides of any key above but collections_dir"
     )

@@ -33,13 +33,12 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, TypeAdapter, ValidationError
 
 from hpcrag.config.rag_schema import CollectionName, RagSettings
-from hpcrag.errors import HpcragError
+from hpcrag.errors import HpcragError, QuestionError
 from hpcrag.gateway.proxy import Exchange, error_body
 from hpcrag.gateway.requests import ChatCompletionRequest, InvalidRequest, OpenAIRequest, format_path, quote
 from hpcrag.gateway.router import AUTO, TIER_PREFIX
 from hpcrag.metrics.gateway import GatewayMetrics
 from hpcrag.rag.collection import MANIFEST, Collection, check_name, collections_root
-from hpcrag.rag.errors import QuestionError
 from hpcrag.rag.pii import PiiRefused
 from hpcrag.rag.pipeline import NO_SOURCES, AnswerStream, Prepared, RagAnswer, RagPipeline, Source
 from hpcrag.rag.retrieve import parse_filters

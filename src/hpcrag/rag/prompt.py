@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from hpcrag.rag.errors import QuestionError
+from hpcrag.errors import QuestionError
 
 MESSAGE_OVERHEAD_TOKENS = 8  # role markers and separators a chat template adds around each message
 MIN_TRUNCATED_SHARE = 1 / 3  # a cut source must keep at least this share of its tokens

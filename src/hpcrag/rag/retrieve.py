@@ -18,9 +18,8 @@ from typing import Any
 import numpy as np
 
 from hpcrag.config.rag_schema import CollectionSettings
-from hpcrag.errors import HpcragError
+from hpcrag.errors import HpcragError, QuestionError
 from hpcrag.rag.collection import Collection, CollectionManifest
-from hpcrag.rag.errors import QuestionError
 from hpcrag.rag.fusion import FUSION_MODES, Candidate, fuse
 from hpcrag.rag.store import ChunkStore
 from hpcrag.rag.types import Embedder

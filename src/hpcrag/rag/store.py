@@ -19,8 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from hpcrag.errors import HpcragError
-from hpcrag.rag.errors import QuestionError
+from hpcrag.errors import HpcragError, QuestionError
 from hpcrag.util.sqlite import open_connection
 
 SCHEMA = """
