@@ -229,7 +229,7 @@ def _generator(config: Config, url: str | None, key_file: Path | None, ca: Path 
     if not key:
         raise HpcragError(
             "generation goes through the gateway and needs an API key: --api-key-file or $HPCRAG_API_KEY "
-            "(`hpcrag gateway keys create`), or use --retrieve-only"
+            "(`hpcrag gateway keys add NAME`), or use --retrieve-only"
         )
     return HttpGenerator(url, key, verify=str(ca) if ca else True)
 

@@ -213,7 +213,7 @@ BAD_INPUT: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     "no gateway key": (
         lambda t: ["query", "docs", "How do I submit an array job?"],
         "error: generation goes through the gateway and needs an API key: --api-key-file or $HPCRAG_API_KEY "
-        "(`hpcrag gateway keys create`), or use --retrieve-only",
+        "(`hpcrag gateway keys add NAME`), or use --retrieve-only",
     ),
 }
 
