@@ -320,6 +320,17 @@ def _bound(schemas: dict[str, Any], limits: RequestLimits) -> None:
         properties["model"].update(minLength=1, maxLength=limits.max_model_chars)
     chat = schemas["ChatCompletionRequest"]["properties"]
     chat["messages"]["maxItems"] = limits.max_messages
+    # What the checks also refuse, said in the schema: a model name with control characters, and a
+    # message without content (an assistant's may carry tool_calls instead).
+    chat["model"]["pattern"] = r"^[^\x00-\x1f\x7f-\x9f]*$"
+    with_content = {"required": ["content"], "properties": {"content": {"type": ["string", "array"]}}}
+    schemas["Message"]["allOf"] = [
+        {
+            "if": {"properties": {"role": {"const": "assistant"}}},
+            "then": {"anyOf": [with_content, {"required": ["tool_calls"]}]},
+            "else": with_content,
+        }
+    ]
     # Described, not added as a property: generated bodies then stay as the models accept them.
     chat["model"]["description"] = (
         f"A served model, tier-<tier> or auto; {_RAG_MODELS}. A rag: request may add "
