@@ -285,7 +285,7 @@ def _documents(
             continue
         t0 = time.perf_counter()
         try:
-            document = extract(file.path)
+            document = extract(file.path, data=data)
         except ExtractError as exc:
             _problem(file, str(exc), report)
             continue

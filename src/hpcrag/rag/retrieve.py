@@ -84,6 +84,7 @@ class LoadedCollection:
                 from hpcrag.search.client import SearchClient
 
                 self.dense = SearchClient.from_endpoint_file(search_endpoint)
+                self._check_service(search_endpoint)
             else:
                 from hpcrag.search import DistributedIndex
 
@@ -91,6 +92,17 @@ class LoadedCollection:
         except BaseException:
             self.store.close()
             raise
+
+    def _check_service(self, endpoint: Path) -> None:
+        """The service must hold this generation's dense index, file for file."""
+        from hpcrag.search.layout import read_manifest
+
+        if self.dense.health().get("fingerprint") != read_manifest(self.folder / "dense").fingerprint():
+            self.dense.close()
+            raise HpcragError(
+                f"the search service of {endpoint} does not hold generation {self.manifest.generation} of "
+                f"collection {self.name!r}; serve it with `hpcrag index serve {self.folder / 'dense'}`"
+            )
 
     @property
     def name(self) -> str:

@@ -67,6 +67,14 @@ class Manifest:
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1) + "\n"
 
+    def fingerprint(self) -> str:
+        """One digest of every file's checksum: two indexes with equal fingerprints hold the same data."""
+        digest = hashlib.sha256(self.centroids.sha256.encode())
+        for shard in self.shards:
+            for name in sorted(shard.files):
+                digest.update(shard.files[name].sha256.encode())
+        return digest.hexdigest()[:32]
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
         data = dict(data)

@@ -127,7 +127,7 @@ def openapi_document(options: ServiceOptions, nlist: int) -> dict[str, Any]:
             },
             "/health": {
                 "get": {
-                    "summary": "Liveness; with the token also the index's shape",
+                    "summary": "Liveness; with the token also the index's shape and fingerprint",
                     "responses": {
                         "200": {
                             "description": "Serving",
@@ -144,6 +144,10 @@ def openapi_document(options: ServiceOptions, nlist: int) -> dict[str, Any]:
                                             "dim": {"type": "integer"},
                                             "metric": {"type": "string"},
                                             "nlist": {"type": "integer"},
+                                            "fingerprint": {
+                                                "type": "string",
+                                                "description": "A digest of the index files' checksums",
+                                            },
                                         },
                                     }
                                 }

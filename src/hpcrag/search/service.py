@@ -15,7 +15,7 @@ ranks sit in `DistributedIndex.follow()`, asleep while no work comes.
                         -> {"ids": [[...]], "distances": [[...]], "shards_touched": [...]}
                         or a .npy body (Content-Type: application/x-npy) with ?k=&nprobe=
                         -> an .npz with ids, distances, shards_touched (for NumPy clients)
-    GET  /health        {"status": "ok"}; with the token also the index's shape
+    GET  /health        {"status": "ok"}; with the token also the index's shape and fingerprint
     GET  /metrics       Prometheus text format (token required unless `public_metrics`)
     GET  /openapi.json  the OpenAPI 3 description of these routes
 
@@ -411,6 +411,7 @@ class SearchService:
                 "dim": manifest.dim,
                 "metric": manifest.metric,
                 "nlist": manifest.nlist,
+                "fingerprint": manifest.fingerprint(),
             }
         )
 

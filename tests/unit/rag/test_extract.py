@@ -415,6 +415,15 @@ def test_missing_directory_and_unreadable(tmp_path: Path, monkeypatch: pytest.Mo
         extract(locked)
 
 
+def test_given_bytes_are_extracted_instead_of_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "guide.md", "# On disk\n\nold text\n")
+    doc = extract(path, data=b"# In memory\n\nnew text\n")
+    assert (doc.source, doc.title) == (os.path.abspath(path), "In memory")
+    assert [(s.heading_path, s.text) for s in doc.sections] == [(("In memory",), "new text")]
+    with pytest.raises(ExtractError, match=r"guide\.md is empty"):
+        extract(path, data=b" \n")
+
+
 def test_supported_suffixes() -> None:
     assert {
         ".html",
