@@ -356,4 +356,10 @@ def eval_set(out_dir: Path, html_dir: Path) -> None:
     from hpcrag.rag.evalset import build_slurm_faq_set
 
     summary = build_slurm_faq_set(html_dir, out_dir / "corpus", out_dir / "qa.jsonl")
-    click.echo(str(summary))
+    skipped = len(summary.skipped_short) + len(summary.skipped_indistinct)
+    click.echo(
+        f"wrote {summary.corpus_dir} ({summary.pages_copied} pages, the FAQ's question text removed) and "
+        f"{summary.qa_path} ({summary.items_written} of {summary.questions_found} FAQ questions; "
+        f"{skipped} skipped: answers too short or not distinct)"
+    )
+    click.echo(f"next: hpcrag rag ingest NAME {summary.corpus_dir} && hpcrag rag eval NAME {summary.qa_path}")

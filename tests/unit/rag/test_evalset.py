@@ -211,3 +211,19 @@ def test_real_slurm_faq(tmp_path: Path) -> None:
     snippets = [item.relevant[0].contains or "" for item in items]
     assert [s for s in snippets if s not in text] == []
     assert all(40 <= len(s) <= 120 for s in snippets)
+
+
+def test_the_cli_writes_the_set_and_says_what_it_wrote(html_dir: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from hpcrag.cli.main import cli
+
+    out = tmp_path / "eval set"
+    result = CliRunner().invoke(cli, ["rag", "eval-set", str(out), "--html-dir", str(html_dir)])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        f"wrote {out / 'corpus'} (2 pages, the FAQ's question text removed) and {out / 'qa.jsonl'} "
+        "(2 of 3 FAQ questions; 1 skipped: answers too short or not distinct)",
+        f"next: hpcrag rag ingest NAME {out / 'corpus'} && hpcrag rag eval NAME {out / 'qa.jsonl'}",
+    ]
+    assert len(load_qa(out / "qa.jsonl")) == 2
