@@ -13,7 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, StringConstraint
 
 from hpcrag.errors import QuestionError
 
-CollectionName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
+COLLECTION_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+CollectionName = Annotated[str, StringConstraints(pattern=COLLECTION_NAME_PATTERN)]
 RagTier = Literal["s", "m", "l", "xl"]
 
 

@@ -309,15 +309,26 @@ class _UsageWish:
     continuous: bool
 
 
-def _relay(event: bytes, wants: _UsageWish, exchange: Exchange) -> bytes:
-    """Take the usage out of one event; return the event as the caller asked for it (b"": drop it)."""
+def event_object(event: bytes) -> dict[str, Any] | None:
+    """The JSON object of one `data: {...}` stream event; None for any other event."""
     if not event.startswith(b"data: {"):
-        return event
+        return None
     try:
         chunk = json.loads(event[6:])
     except ValueError:
-        return event
-    if not isinstance(chunk, dict):
+        return None
+    return chunk if isinstance(chunk, dict) else None
+
+
+def compact_event(chunk: dict[str, Any]) -> bytes:
+    """A stream event carrying `chunk`, as compact as vLLM writes its own."""
+    return f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n".encode()
+
+
+def _relay(event: bytes, wants: _UsageWish, exchange: Exchange) -> bytes:
+    """Take the usage out of one event; return the event as the caller asked for it (b"": drop it)."""
+    chunk = event_object(event)
+    if chunk is None:
         return event
     if chunk.get("choices"):
         exchange.content_chunks += any(_has_text(c) for c in chunk["choices"] if isinstance(c, dict))
@@ -332,7 +343,7 @@ def _relay(event: bytes, wants: _UsageWish, exchange: Exchange) -> bytes:
         chunk["usage"] = None
     else:
         del chunk["usage"]
-    return f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n".encode()
+    return compact_event(chunk)
 
 
 def _has_text(choice: dict[str, Any]) -> bool:

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, TypeAd
 
 from hpcrag.config.rag_schema import CollectionName, RagSettings
 from hpcrag.errors import HpcragError, QuestionError
-from hpcrag.gateway.proxy import Exchange, error_body
+from hpcrag.gateway.proxy import Exchange, compact_event, error_body, event_object
 from hpcrag.gateway.requests import ChatCompletionRequest, InvalidRequest, OpenAIRequest, format_path, quote
 from hpcrag.gateway.router import AUTO, TIER_PREFIX
 from hpcrag.metrics.gateway import GatewayMetrics
@@ -354,13 +354,8 @@ class CitedStream:
         return "".join(self._parts)
 
     def __call__(self, event: bytes) -> bytes:
-        if not event.startswith(b"data: {"):
-            return event
-        try:
-            chunk = json.loads(event[6:])
-        except ValueError:
-            return event
-        if not isinstance(chunk, dict) or not isinstance(chunk.get("choices"), list):
+        chunk = event_object(event)
+        if chunk is None or not isinstance(chunk.get("choices"), list):
             return event
         self._base = {k: chunk[k] for k in ("id", "object", "created", "model") if k in chunk}
         changed = False
@@ -378,7 +373,7 @@ class CitedStream:
             if shown is not None:
                 delta["content"] = shown
                 changed = True
-        return _event(chunk) if changed else event
+        return compact_event(chunk) if changed else event
 
     def closing(self) -> bytes:
         """The events before `data: [DONE]`: text the filter still held, then sources and citations."""
@@ -386,16 +381,12 @@ class CitedStream:
         rest = "" if self._flushed else self._finish()
         if rest:
             choice = {"index": 0, "delta": {"content": rest}, "finish_reason": None}
-            events += _event({**self._base, "choices": [choice]})
-        return events + _event({**self._base, "choices": [], **self.grounded.extras()})
+            events += compact_event({**self._base, "choices": [choice]})
+        return events + compact_event({**self._base, "choices": [], **self.grounded.extras()})
 
     def _finish(self) -> str:
         self._flushed = True
         return self._shown.finish()
-
-
-def _event(chunk: dict[str, Any]) -> bytes:
-    return f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n".encode()
 
 
 async def settle_chat(
@@ -493,7 +484,7 @@ async def local_answer(
         {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
         {**base, "choices": [], **grounded.extras()},
     ]
-    return b"".join(map(_event, events)) + b"data: [DONE]\n\n", "text/event-stream"
+    return b"".join(map(compact_event, events)) + b"data: [DONE]\n\n", "text/event-stream"
 
 
 def retrieved(grounded: Grounded) -> dict[str, Any]:

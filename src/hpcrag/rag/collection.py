@@ -29,13 +29,14 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from hpcrag.config.rag_schema import COLLECTION_NAME_PATTERN
 from hpcrag.errors import HpcragError
 from hpcrag.paths import repo_root
 from hpcrag.util.files import write_atomic
 
 MANIFEST = "collection.json"
 FORMAT_VERSION = 1
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")  # as rag.yaml's collection names
+_NAME = re.compile(COLLECTION_NAME_PATTERN)
 
 
 @dataclass(frozen=True)

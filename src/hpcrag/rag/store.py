@@ -119,6 +119,9 @@ class ChunkStore:
         self._chunk_ids = np.array([r[0] for r in rows], dtype=np.int64)
         self._sorter = np.argsort(self._chunk_ids)
         self._doc_of_row = np.array([r[1] for r in rows], dtype=np.int64)
+        # Read once: a generation's store never changes, and filters consult these on every query.
+        self._documents = [(r[0], _document(r)) for r in self._db.execute("SELECT rowid, * FROM documents")]
+        self._filter_keys = set(BUILTIN_FILTER_KEYS) | {k for _, d in self._documents for k in d.metadata}
 
     def close(self) -> None:
         self._db.close()
@@ -214,27 +217,24 @@ class ChunkStore:
 
     def filter_mask(self, filters: dict[str, list[str]]) -> np.ndarray:
         """Rows whose chunk passes every filter key (values of one key are alternatives)."""
-        documents = self.documents()
-        keys = set(BUILTIN_FILTER_KEYS) | {k for d in documents for k in d.metadata}
-        unknown = sorted(set(filters) - keys)
+        unknown = sorted(set(filters) - self._filter_keys)
         if unknown:
             raise QuestionError(
-                f"unknown filter key {unknown[0]!r}; this collection filters on: {', '.join(sorted(keys))}"
+                f"unknown filter key {unknown[0]!r}; this collection filters on: "
+                f"{', '.join(sorted(self._filter_keys))}"
             )
-        doc_ok = {
-            d.doc_id
-            for d in documents
+        passing = [
+            rowid
+            for rowid, d in self._documents
             if all(_doc_matches(d, k, v) for k, v in filters.items() if k != "section")
-        }
-        mask = np.zeros(self.count, dtype=bool)
+        ]
+        mask = np.isin(self._doc_of_row, passing)
         sections = [s.casefold() for s in filters.get("section", [])]
-        query = "SELECT row, doc_id, heading_path FROM chunks"
-        for r in self._db.execute(query):
-            if r["doc_id"] not in doc_ok:
-                continue
-            headings = [h.casefold() for h in json.loads(r["heading_path"])] if sections else []
-            if not sections or any(s in h for s in sections for h in headings):
-                mask[r["row"]] = True
+        if sections:  # headings are read only for a section filter, and only for the rows still in
+            marks = np.flatnonzero(mask)
+            for row, chunk in zip(marks, self.chunks(marks), strict=True):
+                headings = [h.casefold() for h in chunk.heading_path]
+                mask[row] = any(s in h for s in sections for h in headings)
         return mask
 
 
