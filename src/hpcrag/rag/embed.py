@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +66,9 @@ def _model_label(model: str) -> str:
     return MINILM if model in _MINILM_NAMES else str(model_folder(model))
 
 
+@cache
 def tokens_of_model(model: str) -> HuggingFaceTokens:
-    """The tokenizer (tokenizer.json) of a model named as `model_folder` takes it."""
+    """The tokenizer (tokenizer.json) of a model named as `model_folder` takes it (loaded once; no torch)."""
     from tokenizers import Tokenizer
 
     path = model_folder(model) / "tokenizer.json"

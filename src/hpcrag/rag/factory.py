@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hpcrag.config.rag_schema import CollectionSettings, EmbedderSettings, RerankSettings
 from hpcrag.errors import HpcragError
 from hpcrag.rag.collection import Collection
 from hpcrag.rag.types import Embedder
+
+if TYPE_CHECKING:
+    from hpcrag.rag.rerank import Reranker
 
 
 def _secret(file: str | None, what: str) -> str | None:
@@ -52,7 +55,7 @@ def make_embedder(settings: EmbedderSettings) -> Embedder:
     )
 
 
-def make_reranker(settings: RerankSettings) -> Any | None:
+def make_reranker(settings: RerankSettings) -> Reranker | None:
     if settings.kind == "none":
         return None
     from hpcrag.rag import rerank

@@ -70,20 +70,6 @@ def fuse(
     return _candidates(fused, {"dense": dense_side, "bm25": sparse_side}, chunk_ids)
 
 
-def fuse_convex(
-    dense: SideResult | None, sparse: SideResult | None, *, chunk_ids: ChunkIds, alpha: float = DEFAULT_ALPHA
-) -> list[Candidate]:
-    """alpha * minmax(dense) + (1 - alpha) * minmax(bm25); a side a candidate is missing from gives 0."""
-    return fuse("convex", dense, sparse, chunk_ids=chunk_ids, alpha=alpha)
-
-
-def fuse_rrf(
-    dense: SideResult | None, sparse: SideResult | None, *, chunk_ids: ChunkIds, k: int = DEFAULT_RRF_K
-) -> list[Candidate]:
-    """Reciprocal-rank fusion: the sum over sides of 1 / (k + rank)."""
-    return fuse("rrf", dense, sparse, chunk_ids=chunk_ids, rrf_k=k)
-
-
 def _side(result: SideResult | None) -> dict[int, float]:
     """Row -> best score of one side, dropping the -1 rows an index pads short results with."""
     if result is None:

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hpcrag.config.rag_schema import CollectionSettings
 from hpcrag.errors import HpcragError
@@ -23,6 +23,9 @@ from hpcrag.rag.fusion import Candidate
 from hpcrag.rag.generate import Generator
 from hpcrag.rag.retrieve import LoadedCollection, Retriever, normalise_question
 from hpcrag.rag.types import Embedder
+
+if TYPE_CHECKING:
+    from hpcrag.rag.rerank import Reranker
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +102,7 @@ class RagPipeline:
         loaded: LoadedCollection,
         embedder: Embedder,
         settings: CollectionSettings,
-        reranker: Any | None = None,
+        reranker: Reranker | None = None,
         helper: Generator | None = None,
     ) -> None:
         self.loaded = loaded

@@ -139,9 +139,9 @@ class HashEmbedder:
         return self._max_tokens
 
     def tokenizer(self) -> TokenCounter:
-        from hpcrag.rag.chunk import minilm_tokens
+        from hpcrag.rag.embed import MINILM, tokens_of_model
 
-        return minilm_tokens()
+        return tokens_of_model(MINILM)
 
     def embed(self, texts: list[str]) -> np.ndarray:
         self.calls.append(list(texts))

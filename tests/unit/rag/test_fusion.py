@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from hpcrag.errors import HpcragError
-from hpcrag.rag.fusion import FUSION_MODES, fuse, fuse_convex, fuse_rrf
+from hpcrag.rag.fusion import FUSION_MODES, fuse
 
 IDS = np.arange(1000, 1010, dtype=np.int64)  # chunk id of row r is 1000 + r
 
@@ -19,7 +19,7 @@ def by_row(candidates):
 
 
 def test_convex_normalises_each_side_and_weights_dense_by_alpha():
-    fused = by_row(fuse_convex(DENSE, SPARSE, chunk_ids=IDS, alpha=0.7))
+    fused = by_row(fuse("convex", DENSE, SPARSE, chunk_ids=IDS, alpha=0.7))
     # dense: 3 -> 1, 1 -> 0.5, 5 -> 0; bm25: 1 -> 1, 7 -> 0.5, 3 -> 0
     assert fused[3].score == pytest.approx(0.7)
     assert fused[1].score == pytest.approx(0.7 * 0.5 + 0.3 * 1.0)
@@ -33,27 +33,27 @@ def test_convex_normalises_each_side_and_weights_dense_by_alpha():
 
 
 def test_convex_order_is_by_score_then_row():
-    assert [c.row for c in fuse_convex(DENSE, SPARSE, chunk_ids=IDS)] == [3, 1, 7, 5]
-    tied = fuse_convex(([4, 2], [0.5, 0.5]), None, chunk_ids=IDS, alpha=0.7)
+    assert [c.row for c in fuse("convex", DENSE, SPARSE, chunk_ids=IDS)] == [3, 1, 7, 5]
+    tied = fuse("convex", ([4, 2], [0.5, 0.5]), None, chunk_ids=IDS, alpha=0.7)
     assert [(c.row, c.score) for c in tied] == [(2, 0.7), (4, 0.7)]  # an all-equal side normalises to 1
 
 
 def test_alpha_extremes_follow_one_side():
-    assert [c.row for c in fuse_convex(DENSE, SPARSE, chunk_ids=IDS, alpha=1.0)][:3] == [3, 1, 5]
-    assert [c.row for c in fuse_convex(DENSE, SPARSE, chunk_ids=IDS, alpha=0.0)][:3] == [1, 7, 3]
+    assert [c.row for c in fuse("convex", DENSE, SPARSE, chunk_ids=IDS, alpha=1.0)][:3] == [3, 1, 5]
+    assert [c.row for c in fuse("convex", DENSE, SPARSE, chunk_ids=IDS, alpha=0.0)][:3] == [1, 7, 3]
 
 
 def test_rrf_sums_reciprocal_ranks():
-    fused = by_row(fuse_rrf(DENSE, SPARSE, chunk_ids=IDS, k=60))
+    fused = by_row(fuse("rrf", DENSE, SPARSE, chunk_ids=IDS, rrf_k=60))
     assert fused[1].score == pytest.approx(1 / 62 + 1 / 61)
     assert fused[3].score == pytest.approx(1 / 61 + 1 / 63)
     assert fused[7].score == pytest.approx(1 / 62)
-    assert [c.row for c in fuse_rrf(DENSE, SPARSE, chunk_ids=IDS)] == [1, 3, 7, 5]
+    assert [c.row for c in fuse("rrf", DENSE, SPARSE, chunk_ids=IDS)] == [1, 3, 7, 5]
 
 
 def test_ranks_come_from_scores_not_input_order():
     shuffled = ([5, 3, 1], [0.5, 0.9, 0.7])
-    fused = by_row(fuse_rrf(shuffled, None, chunk_ids=IDS))
+    fused = by_row(fuse("rrf", shuffled, None, chunk_ids=IDS))
     assert {row: c.ranks["dense"] for row, c in fused.items()} == {3: 1, 1: 2, 5: 3}
 
 
