@@ -80,6 +80,7 @@ def _scan_tasks(
     vectors: np.ndarray,  # (n, d) uint16 (raw float16 bits) or float32
     ids: np.ndarray,  # (n,) int64
     sqnorms: np.ndarray,  # (n,) float32
+    allowed: np.ndarray,  # (n,) uint8, 0 = skip the row (deleted, or outside a filter); empty = all
     table: np.ndarray,  # (65536,) float32
     metric: int,
     out_keys: np.ndarray,  # (candidate rows, k) float32
@@ -87,6 +88,7 @@ def _scan_tasks(
 ) -> None:
     d = queries.shape[1]
     k = out_keys.shape[1]
+    masked = allowed.size > 0
     for task in numba.prange(task_begin.size):
         lo = task_begin[task]
         rows = task_end[task] - lo
@@ -106,6 +108,8 @@ def _scan_tasks(
             best[:] = -1
             query = queries[q]
             for r in range(rows):
+                if masked and allowed[lo + r] == 0:
+                    continue
                 dot = np.float32(0.0)
                 for j in range(d):
                     dot += query[j] * block[r, j]
@@ -160,9 +164,11 @@ def scan_lists(
     offsets: np.ndarray,
     k: int,
     l2: bool,
+    allowed: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Best k (keys, ids) per query over its probed lists, best first; keys are distances for l2
-    and negated inner products otherwise; missing neighbours are (inf, -1)."""
+    and negated inner products otherwise; missing neighbours are (inf, -1). Rows where `allowed`
+    (uint8 per row) is 0 are skipped."""
     if vectors.dtype not in (np.float16, np.float32):
         raise TypeError(f"the Numba scan reads float16 or float32 vectors, got {vectors.dtype}")
     queries = np.ascontiguousarray(queries, dtype=np.float32)
@@ -181,6 +187,7 @@ def scan_lists(
             vectors.view(np.uint16) if vectors.dtype == np.float16 else vectors,
             np.ascontiguousarray(ids, dtype=np.int64),
             np.ascontiguousarray(sqnorms, dtype=np.float32),
+            np.empty(0, np.uint8) if allowed is None else np.ascontiguousarray(allowed, dtype=np.uint8),
             half_table(),
             METRIC_L2 if l2 else METRIC_IP,
             out_keys,

@@ -20,13 +20,13 @@ import numpy as np
 
 from hpcrag.errors import HpcragError
 from hpcrag.search import layout
+from hpcrag.search.attributes import MISSING, AttributeSchema, encode_rows, infer_schema, read_attributes_file
 from hpcrag.search.comm import Communicator, LocalComm, agree
 from hpcrag.search.grouping import group_lists
-from hpcrag.search.inputs import check_finite, load_ids, open_vectors
+from hpcrag.search.inputs import check_finite, check_storable, load_ids, open_vectors
 from hpcrag.search.metric import Metric, prepare
 
 STORAGE_DTYPES = ("float16", "float32")
-FLOAT16_MAX = float(np.finfo(np.float16).max)
 TRAIN_POINTS_PER_LIST = 256
 GROUPING_SAMPLE = 20000
 
@@ -57,18 +57,24 @@ def build_index(
     ids_path: Path | None = None,
     comm: Communicator | None = None,
     progress: Progress | None = None,
+    attributes_path: Path | None = None,
+    schema: AttributeSchema | None = None,
 ) -> layout.Manifest:
-    """Build the index of `vectors_path` into `out` (collective over `comm`); returns its manifest."""
+    """Build the index of `vectors_path` into `out` (collective over `comm`); returns its manifest.
+
+    `attributes_path` is a JSON Lines file, one object per vector; `schema` declares their types
+    (default: inferred from the file)."""
     comm = comm or LocalComm()
     say = progress if (progress and comm.rank == 0) else (lambda message: None)
     out = Path(out)
     vectors = agree(comm, lambda: _validate(vectors_path, out, options, comm.size))
     ids = agree(comm, lambda: _ids_for(ids_path, vectors.shape[0]))
+    schema, attributes = agree(comm, lambda: _attributes_for(attributes_path, schema, vectors.shape[0]))
     workdir = Path(comm.bcast_obj(_make_workdir(out) if comm.rank == 0 else None))
     done = False
     try:
-        manifest = _build(vectors, ids, workdir, options, comm, say)
-        agree(comm, lambda: _publish(workdir, out, options.overwrite) if comm.rank == 0 else None)
+        manifest = _build(vectors, ids, (schema, attributes), workdir, options, comm, say)
+        agree(comm, lambda: publish(workdir, out, options.overwrite) if comm.rank == 0 else None)
         say(f"index written to {out}")
         done = True
         return manifest
@@ -108,13 +114,25 @@ def _ids_for(ids_path: Path | None, count: int) -> np.ndarray:
     return load_ids(ids_path, count)
 
 
+def _attributes_for(
+    path: Path | None, schema: AttributeSchema | None, count: int
+) -> tuple[AttributeSchema, np.ndarray]:
+    """The schema and the (count, A) int64 attribute columns of every vector (A = 0 without a file)."""
+    if path is None:
+        schema = schema or AttributeSchema()
+        return schema, np.full((count, len(schema.columns)), MISSING, dtype=np.int64)
+    rows = read_attributes_file(Path(path), count)
+    schema = (schema or AttributeSchema()).extended(infer_schema(rows))
+    return schema, encode_rows(schema, rows)
+
+
 def _make_workdir(out: Path) -> str:
     workdir = out.parent / f".{out.name}.building-{uuid.uuid4().hex[:8]}"
     workdir.mkdir(parents=True)
     return str(workdir)
 
 
-def _publish(workdir: Path, out: Path, overwrite: bool) -> None:
+def publish(workdir: Path, out: Path, overwrite: bool) -> None:
     """Swap the finished index into place; an old index is removed only after the new one is there."""
     if out.exists():
         if not overwrite and any(out.iterdir()):
@@ -130,6 +148,7 @@ def _publish(workdir: Path, out: Path, overwrite: bool) -> None:
 def _build(
     vectors: np.ndarray,
     ids: np.ndarray,
+    described: tuple[AttributeSchema, np.ndarray],
     workdir: Path,
     options: BuildOptions,
     comm: Communicator,
@@ -137,6 +156,8 @@ def _build(
 ) -> layout.Manifest:
     started = time.monotonic()
     n, dim = vectors.shape
+    schema, attributes = described
+    columns = len(schema.columns)
     trained = agree(comm, lambda: _train(vectors, options, say) if comm.rank == 0 else None)
     centroids = comm.bcast_obj(trained[0] if comm.rank == 0 else None)
     quantizer = coarse_quantizer(centroids, options.metric)
@@ -146,8 +167,9 @@ def _build(
     chunks += [(hi, hi)] * (rounds - len(chunks))
 
     say(f"assigning {n:,} vectors to {options.nlist} lists on {comm.size} rank(s)")
-    list_of = agree(comm, lambda: _assign(vectors, chunks, quantizer, options, say))
+    list_of, error = agree(comm, lambda: _assign(vectors, chunks, quantizer, centroids, options, say))
     counts = np.sum(comm.allgather_obj(np.bincount(list_of, minlength=options.nlist)), axis=0)
+    error = sum(comm.allgather_obj(error))
     list_shard = None
     if comm.rank == 0:
         sample_probes = quantizer.search(trained[1], options.grouping_nprobe())[1]
@@ -156,20 +178,21 @@ def _build(
     shard_rank = np.arange(options.nshards) % comm.size
     say(f"grouped {options.nlist} lists into {options.nshards} shards; exchanging rows")
 
-    record = np.dtype([("list", np.int32), ("id", np.int64), ("vector", options.dtype, (dim,))])
+    record = shard_record(options.dtype, dim, columns)
     received: list[np.ndarray] = []
     for index, (start, stop) in enumerate(chunks):
         rows = np.empty(stop - start, dtype=record)
         rows["list"] = list_of[start - lo : stop - lo]
         rows["id"] = ids[start:stop]
         rows["vector"] = prepare(np.asarray(vectors[start:stop]), options.metric, "vectors", start)
+        rows["attributes"] = attributes[start:stop]
         owner = shard_rank[list_shard[rows["list"]]]
         received.extend(comm.alltoallv([rows[owner == rank] for rank in range(comm.size)]))
         say(f"exchanged round {index + 1}/{rounds}")
     mine = np.concatenate(received) if received else np.empty(0, dtype=record)
 
     entries = [
-        _write_shard(workdir, shard, mine[list_shard[mine["list"]] == shard], options.nlist)
+        write_shard(workdir, shard, mine[list_shard[mine["list"]] == shard], options.nlist)
         for shard in range(options.nshards)
         if shard_rank[shard] == comm.rank
     ]
@@ -194,7 +217,10 @@ def _build(
                 "niter": options.niter,
                 "seconds": round(time.monotonic() - started, 3),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "trained_vectors": n,
+                "quantization_error": error / max(n, 1),
             },
+            attributes=schema.to_json(),
         )
         layout.write_manifest(workdir, manifest)
     return comm.bcast_obj(manifest)
@@ -242,10 +268,12 @@ def _assign(
     vectors: np.ndarray,
     chunks: list[tuple[int, int]],
     quantizer,
+    centroids: np.ndarray,
     options: BuildOptions,
     say: Progress,
-) -> np.ndarray:
-    parts = []
+) -> tuple[np.ndarray, float]:
+    """Each row's list, and the sum of squared distances from rows to their centroids."""
+    parts, error = [], 0.0
     total = sum(stop - start for start, stop in chunks)
     done, last = 0, time.monotonic()
     for start, stop in chunks:
@@ -254,20 +282,40 @@ def _assign(
         raw = np.asarray(vectors[start:stop])
         check_finite(raw, "vectors", start)
         rows = prepare(raw, options.metric, "vectors", start)
-        if options.dtype == "float16" and np.abs(rows).max() > FLOAT16_MAX:
-            raise HpcragError(
-                f"vectors rows {start}..{stop - 1} exceed the float16 range (|x| > {FLOAT16_MAX:g}); "
-                "build with --dtype float32"
-            )
-        parts.append(quantizer.search(rows, 1)[1][:, 0].astype(np.int32))
+        check_storable(rows, options.dtype, start)
+        lists = quantizer.search(rows, 1)[1][:, 0].astype(np.int32)
+        parts.append(lists)
+        error += squared_error(rows, centroids, lists)
         done += stop - start
         if time.monotonic() - last > 2.0 or done == total:
             say(f"assigned {done:,}/{total:,} rows on rank 0 ({100 * done / max(total, 1):.0f}%)")
             last = time.monotonic()
-    return np.concatenate(parts) if parts else np.empty(0, dtype=np.int32)
+    return (np.concatenate(parts) if parts else np.empty(0, dtype=np.int32)), error
 
 
-def _write_shard(workdir: Path, shard: int, rows: np.ndarray, nlist: int) -> layout.ShardEntry:
+def squared_error(rows: np.ndarray, centroids: np.ndarray, lists: np.ndarray) -> float:
+    """Sum over rows of the squared L2 distance to their list's centroid: how well the lists fit."""
+    error = 0.0
+    for lo in range(0, rows.shape[0], 65536):
+        part = rows[lo : lo + 65536].astype(np.float32) - centroids[lists[lo : lo + 65536]]
+        error += float(np.einsum("ij,ij->", part, part, dtype=np.float64))
+    return error
+
+
+def shard_record(dtype: str, dim: int, columns: int) -> np.dtype:
+    """One row as it travels between ranks and is written: list, id, vector, attributes."""
+    return np.dtype(
+        [
+            ("list", np.int32),
+            ("id", np.int64),
+            ("vector", dtype, (dim,)),
+            ("attributes", np.int64, (columns,)),
+        ]
+    )
+
+
+def write_shard(workdir: Path, shard: int, rows: np.ndarray, nlist: int) -> layout.ShardEntry:
+    """Write one shard's rows (`shard_record`), grouped by list and by id within a list."""
     rows = rows[np.lexsort((rows["id"], rows["list"]))]
     vectors = rows["vector"]
     offsets = np.concatenate([[0], np.cumsum(np.bincount(rows["list"], minlength=nlist))]).astype(np.int64)
@@ -279,5 +327,7 @@ def _write_shard(workdir: Path, shard: int, rows: np.ndarray, nlist: int) -> lay
         "sqnorms.npy": sqnorms,
         "list_offsets.npy": offsets,
     }
+    if rows["attributes"].shape[1]:
+        arrays[layout.ATTRIBUTES] = rows["attributes"]
     files = {name: layout.save_array(folder / name, array) for name, array in arrays.items()}
     return layout.ShardEntry(shard=shard, ntotal=len(rows), files=files)

@@ -1,21 +1,33 @@
-"""The Python face of the distributed index: open it over a communicator and search it.
+"""The Python face of the distributed index: open it over a communicator, search it, update it.
 
-Every rank opens the index and loads the shards it owns (shard s lives on rank s % size). Rank 0
-routes: it validates a batch, finds each query's probed lists and broadcasts the batch with them;
-each rank scans only the probed lists it owns; the top-k reduction brings the answer to rank 0.
+Every rank opens the index, loads the shards it owns (shard s lives on rank s % size) and replays
+the update log (`wal.py`) on top of them. Rank 0 routes: it validates a batch, finds each query's
+probed lists and broadcasts the batch with them; each rank scans only the probed lists it owns; the
+top-k reduction brings the answer to rank 0.
+
+Updates (`add`, `upsert`, `delete`) are validated on rank 0, which assigns each new vector to its
+nearest list, appends one record to the log under the writer lock (durable before it returns) and
+broadcasts it; every rank applies what concerns its shards (`live.py`). One record per call makes
+an upsert atomic: no search sees the id missing or twice. Writers in other processes (another
+replica, the CLI) are picked up by `refresh()` and before every write.
+
+Filters (`filters.py`) become a row mask inside the scan. When a filter matches so few rows that
+probing `nprobe` lists would miss neighbours (or would read more rows than the matches), every rank
+scans its matching rows exactly instead; the result says which strategy ran.
 
 Two ways to drive it:
-- SPMD: every rank calls `search(...)`; rank 0's arguments count, and only rank 0 gets the result.
-- Service: rank 0 calls `search` whenever it likes; the other ranks sit in `follow()` until rank 0
+- SPMD: every rank calls the same method; rank 0's arguments count, and only rank 0 gets the result.
+- Service: rank 0 calls methods whenever it likes; the other ranks sit in `follow()` until rank 0
   calls `close()`.
-A bad batch is refused on rank 0 before any rank does work, and the same error is raised on every
-rank that is inside `search`, so no rank is left waiting.
+A bad call is refused on rank 0 before any rank changes anything, and the same error is raised on
+every rank that is inside the call, so no rank is left waiting.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +36,26 @@ import numpy as np
 from hpcrag.errors import HpcragError
 from hpcrag.search import layout
 from hpcrag.search.arrays import to_numpy
+from hpcrag.search.attributes import AttributeSchema, encode_rows, infer_schema
 from hpcrag.search.backends import make_scanner
 from hpcrag.search.comm import Communicator, LocalComm, agree
 from hpcrag.search.device import array_module_for
-from hpcrag.search.inputs import check_queries, check_search_params
+from hpcrag.search.exact import exact_scan
+from hpcrag.search.filters import Filter, compile_filter
+from hpcrag.search.inputs import check_ids, check_queries, check_search_params, check_storable
+from hpcrag.search.live import LiveShards
 from hpcrag.search.metric import Metric, prepare
 from hpcrag.search.reduction import reduce_topk
 from hpcrag.search.router import Router
-from hpcrag.search.store import LocalLists, load_shard
+from hpcrag.search.store import Segment, load_shard
 from hpcrag.search.threads import limit_threads, threads_per_rank
 from hpcrag.search.topk import empty_topk
+from hpcrag.search.wal import ServingLock, Update, UpdateLog
+
+STRATEGIES = ("auto", "ivf", "exact")
+# auto: scan exactly when the matching rows are no more than IVF would read, or when the probed lists
+# would hold fewer than this many matches per neighbour asked for (too few to find the true top-k).
+MIN_EXPECTED_MATCHES_PER_K = 50
 
 
 @dataclass(frozen=True)
@@ -42,10 +64,22 @@ class SearchResult:
     distances: np.ndarray  # (nq, k) float32: similarity for ip/cosine, squared distance for l2
     shards_touched: np.ndarray  # (nq,) shards that scanned for each query
     seconds: float
+    strategy: str = "ivf"  # "ivf": the probed lists; "exact": every matching row
+    seq: int = 0  # the last update this answer reflects
 
     @property
     def mean_shards_touched(self) -> float:
         return float(self.shards_touched.mean()) if self.shards_touched.size else 0.0
+
+
+@dataclass(frozen=True)
+class UpdateResult:
+    seq: int  # the log position after this update: a search with `seq >= this` reflects it
+    added: int = 0  # new ids
+    replaced: int = 0  # ids that held a live row before (upsert)
+    deleted: int = 0
+    unknown_ids: tuple[int, ...] = ()  # ids a delete did not find (not an error unless strict)
+    declared: dict[str, str] | None = None  # attributes this update declared
 
 
 class DistributedIndex:
@@ -54,7 +88,7 @@ class DistributedIndex:
         root: Path,
         manifest: layout.Manifest,
         comm: Communicator,
-        lists: LocalLists,
+        live: LiveShards,
         router: Router | None,
         scan_backend: str = "kernels",
     ) -> None:
@@ -62,10 +96,15 @@ class DistributedIndex:
         self.manifest = manifest
         self.comm = comm
         self.metric = Metric(manifest.metric)
-        self._lists = lists
-        self._scan = make_scanner(scan_backend, lists, self.metric, comm.xp, manifest.nlist)
+        self.schema = AttributeSchema(tuple(manifest.attributes.items()))
+        self.seq = manifest.base_seq
+        self._live = live
+        self._scan = make_scanner(scan_backend, self.metric, comm.xp, manifest.nlist)
         self._router = router
-        self._owned = comm.xp.asarray(lists.owned)  # once, not per batch: on the GPU it is a copy
+        self._owned = comm.xp.asarray(live.owned)  # once, not per batch: on the GPU it is a copy
+        self._log = UpdateLog(root, manifest.base_seq) if comm.rank == 0 else None
+        self._serving = ServingLock(root) if comm.rank == 0 else None
+        self._ntotal = manifest.ntotal
 
     @classmethod
     def open(
@@ -77,7 +116,8 @@ class DistributedIndex:
         threads: int | None = None,
         scan_backend: str = "kernels",
     ) -> DistributedIndex:
-        """Collective: open the index in `root` on every rank of `comm` (default: this process only)."""
+        """Collective: open the index in `root` on every rank of `comm` (default: this process only),
+        with every logged update applied."""
         root = Path(root)
         comm = comm or LocalComm(array_module_for(device))
         xp = comm.xp
@@ -85,86 +125,334 @@ class DistributedIndex:
             limit_threads(threads or threads_per_rank(comm.local_size))
         manifest = agree(comm, lambda: _checked_manifest(root, comm.size))
         owned = [shard for shard in range(manifest.nshards) if shard % comm.size == comm.rank]
-        shards = agree(comm, lambda: [load_shard(root, manifest, s, verify, xp) for s in owned])
+        bases = agree(comm, lambda: {s: load_shard(root, manifest, s, verify, xp) for s in owned})
         list_shard = np.asarray(manifest.list_shard, dtype=np.int64)
         centroids = agree(comm, lambda: _load_centroids(root, manifest, verify) if comm.rank == 0 else None)
         router = Router(centroids, Metric(manifest.metric), list_shard, xp) if comm.rank == 0 else None
-        lists = LocalLists(shards, list_shard, owned)
-        return cls(root, manifest, comm, lists, router, scan_backend)
+        live = LiveShards(bases, list_shard, manifest.nlist, len(manifest.attributes), xp)
+        index = cls(root, manifest, comm, live, router, scan_backend)
+        replay = agree(comm, lambda: index._log.read_new() if comm.rank == 0 else None)
+        index._apply(comm.bcast_obj(replay))
+        return index
 
     @property
     def dim(self) -> int:
         return self.manifest.dim
 
+    def segments(self, shard: int) -> list[Segment]:
+        """The segments of an owned shard: its base, then the deltas of rows added since."""
+        return self._live.shards[shard]
+
     @property
     def ntotal(self) -> int:
-        return self.manifest.ntotal
+        """Live vectors: the base rows plus those added, less those deleted."""
+        return self._ntotal
 
-    def search(self, queries: Any = None, k: int = 10, nprobe: int = 1) -> SearchResult | None:
-        """Collective on the ranks that call it: the result on rank 0, None elsewhere."""
+    # -- searching ------------------------------------------------------------------------------
+
+    def search(
+        self,
+        queries: Any = None,
+        k: int = 10,
+        nprobe: int = 1,
+        filter: Filter | Mapping[str, Any] | None = None,
+        strategy: str = "auto",
+    ) -> SearchResult | None:
+        """Collective on the ranks that call it: the result on rank 0, None elsewhere.
+
+        `filter` is a filter spec (see `filters.py`) or a compiled `Filter`; `strategy` forces "ivf"
+        (the probed lists) or "exact" (every matching row); "auto" picks per batch."""
         if self.comm.rank != 0:
-            header = self.comm.announce(None)
-            if header["op"] == "error":
-                raise HpcragError(header["message"])
-            if header["op"] == "stop":
-                raise HpcragError("rank 0 closed the index while this rank was searching")
-            self._follower_search(header)
+            self._follow_until("search")
             return None
         try:
             check_search_params(k, nprobe, self.manifest.nlist)
+            check_strategy(strategy)
+            flt = self.compile_filter(filter)
             batch = check_queries(self.comm.xp.asarray(queries), self.dim)
             batch = prepare(batch, self.metric, "queries")
         except HpcragError as exc:
             self.comm.announce({"op": "error", "message": str(exc)})
             raise
-        return self._root_search(batch, k, nprobe)
+        return self._root_search(batch, k, nprobe, flt, strategy)
 
-    def follow(self) -> None:
-        """Non-root ranks: serve rank 0's searches until it calls `close()`; idle, they sleep."""
-        while True:
-            header = self.comm.announce(None)
-            if header["op"] == "stop":
-                return
-            if header["op"] == "search":
-                self._follower_search(header)
+    def compile_filter(self, spec: Filter | Mapping[str, Any] | None) -> Filter | None:
+        """A filter spec checked against this index's attributes (rank 0's view)."""
+        if spec is None or isinstance(spec, Filter):
+            return spec
+        return compile_filter(spec, self.schema)
 
-    def close(self) -> None:
-        """Rank 0: release the ranks waiting in `follow()`."""
-        if self.comm.rank == 0 and self.comm.size > 1:
-            self.comm.announce({"op": "stop"})
-
-    def _root_search(self, batch: Any, k: int, nprobe: int) -> SearchResult:
+    def _root_search(
+        self, batch: Any, k: int, nprobe: int, flt: Filter | None, strategy: str
+    ) -> SearchResult:
         started = time.perf_counter()
         nq = batch.shape[0]
         probes = self._router.probe(batch, nprobe)
-        self.comm.announce({"op": "search", "k": k, "nprobe": nprobe, "nq": nq})
+        header = {"op": "search", "k": k, "nprobe": nprobe, "nq": nq, "filter": flt, "strategy": strategy}
+        self.comm.announce(header)
         batch = self.comm.bcast_array(batch, batch.shape, batch.dtype)
         probes = self.comm.bcast_array(probes, probes.shape, probes.dtype)
-        scores, ids = reduce_topk(self.comm, *self._scan_owned(batch, probes, k), k, self.metric)
+        (scores, ids), chosen, touched = self._scan_owned(batch, probes, header)
+        scores, ids = reduce_topk(self.comm, scores, ids, k, self.metric)
         host_probes = to_numpy(probes)
         return SearchResult(
             ids=to_numpy(ids),
             distances=to_numpy(scores).astype(np.float32),
-            shards_touched=self._router.shards_touched(host_probes),
+            shards_touched=(
+                self._router.shards_touched(host_probes) if chosen == "ivf" else np.full(nq, touched)
+            ),
             seconds=time.perf_counter() - started,
+            strategy=chosen,
+            seq=self.seq,
         )
 
     def _follower_search(self, header: dict[str, Any]) -> None:
         xp, nq, k = self.comm.xp, header["nq"], header["k"]
         batch = self.comm.bcast_array(None, (nq, self.dim), xp.float32)
         probes = self.comm.bcast_array(None, (nq, header["nprobe"]), xp.int64)
-        reduce_topk(self.comm, *self._scan_owned(batch, probes, k), k, self.metric)
+        (scores, ids), _, _ = self._scan_owned(batch, probes, header)
+        reduce_topk(self.comm, scores, ids, k, self.metric)
 
-    def _scan_owned(self, batch: Any, probes: Any, k: int) -> tuple[Any, Any]:
-        """This rank's top-k for every query of the batch; queries it owns no list of stay empty."""
-        xp = self.comm.xp
+    def _scan_owned(
+        self, batch: Any, probes: Any, header: dict[str, Any]
+    ) -> tuple[tuple[Any, Any], str, int]:
+        """This rank's top-k for every query, the strategy that ran and (exact) the shards with matches."""
+        xp, k, flt, strategy = self.comm.xp, header["k"], header["filter"], header["strategy"]
+        parts, counts = self._live.parts(flt)
+        chosen, touched = ("ivf" if strategy == "auto" else strategy), 0
+        if chosen == "exact" or (strategy == "auto" and flt is not None):
+            per_shard: dict[int, int] = {}
+            for part in self.comm.allgather_obj(counts):
+                per_shard.update(part)
+            touched = sum(1 for count in per_shard.values() if count)
+            if strategy == "auto":
+                chosen = self._choose(sum(per_shard.values()), header["nprobe"], k)
+        if chosen == "exact":
+            return exact_scan(batch, parts, k, self.metric, xp), chosen, touched
         owned = self._owned[probes]
         rows = xp.flatnonzero(owned.any(axis=1))
         scores, ids = empty_topk(xp, batch.shape[0], k, self.metric.worst)
         if rows.size:
             local_probes = xp.where(owned[rows], probes[rows], -1)
-            scores[rows], ids[rows] = self._scan(batch[rows], local_probes, k)
-        return scores, ids
+            scores[rows], ids[rows] = self._scan(batch[rows], local_probes, k, parts)
+        return (scores, ids), chosen, touched
+
+    def _choose(self, matching: int, nprobe: int, k: int) -> str:
+        share = nprobe / self.manifest.nlist
+        probed_rows = self._ntotal * share
+        if matching <= probed_rows or matching * share < MIN_EXPECTED_MATCHES_PER_K * k:
+            return "exact"
+        return "ivf"
+
+    # -- updating -------------------------------------------------------------------------------
+
+    def add(
+        self,
+        vectors: Any = None,
+        ids: Any = None,
+        attributes: Sequence[Mapping[str, Any] | None] | None = None,
+        declare: Mapping[str, str] | None = None,
+    ) -> UpdateResult | None:
+        """Collective: add new ids (an id already in the index is an error: use `upsert`)."""
+        return self._update("add", vectors, ids, attributes, declare, strict=True)
+
+    def upsert(
+        self,
+        vectors: Any = None,
+        ids: Any = None,
+        attributes: Sequence[Mapping[str, Any] | None] | None = None,
+        declare: Mapping[str, str] | None = None,
+    ) -> UpdateResult | None:
+        """Collective: add or replace; of ids repeated in one call the last row counts."""
+        return self._update("upsert", vectors, ids, attributes, declare, strict=False)
+
+    def delete(self, ids: Any = None, strict: bool = False) -> UpdateResult | None:
+        """Collective: delete ids; ids not in the index are reported, or with `strict` refused."""
+        return self._update("delete", None, ids, None, None, strict)
+
+    def refresh(self) -> int:
+        """Rank 0: apply what other writers appended to the log since; returns the state's seq."""
+        if self._log.has_new():
+            records = self._log.read_new()
+            if records:
+                self._broadcast_apply(records)
+        return self.seq
+
+    def _update(
+        self,
+        kind: str,
+        vectors: Any,
+        ids: Any,
+        attributes: Sequence[Mapping[str, Any] | None] | None,
+        declare: Mapping[str, str] | None,
+        strict: bool,
+    ) -> UpdateResult | None:
+        if self.comm.rank != 0:
+            self._follow_until("done")
+            return None
+        try:
+            result = self._root_update(kind, vectors, ids, attributes, declare, strict)
+        except HpcragError as exc:
+            self.comm.announce({"op": "error", "message": str(exc)})
+            raise
+        self.comm.announce({"op": "done"})
+        return result
+
+    def _root_update(
+        self,
+        kind: str,
+        vectors: Any,
+        ids: Any,
+        attributes: Sequence[Mapping[str, Any] | None] | None,
+        declare: Mapping[str, str] | None,
+        strict: bool,
+    ) -> UpdateResult:
+        ids = check_ids(ids)
+        if kind == "delete":
+            ids = np.unique(ids)
+            with self._log.writing() as unseen:
+                self._broadcast_apply(unseen)
+                present = self._contains(ids)
+                unknown = tuple(int(i) for i in ids[~present])
+                if strict and unknown:
+                    raise HpcragError(
+                        f"{len(unknown)} of {ids.size} ids are not in the index "
+                        f"(first: {list(unknown[:5])}); nothing was deleted"
+                    )
+                if present.any():
+                    self._append_and_apply(Update("delete", ids=ids[present]))
+            return UpdateResult(seq=self.seq, deleted=int(present.sum()), unknown_ids=unknown)
+        rows, ids, encoded, schema = self._checked_rows(kind, vectors, ids, attributes, declare)
+        lists = np.asarray(to_numpy(self._router.probe(self.comm.xp.asarray(rows), 1)))[:, 0]
+        stored = np.asarray(to_numpy(rows)).astype(self.manifest.dtype)
+        new_columns = dict(schema.columns[len(self.schema.columns) :])
+        with self._log.writing() as unseen:
+            self._broadcast_apply(unseen)
+            present = self._contains(ids)
+            if kind == "add" and present.any():
+                taken = ids[present][:5].tolist()
+                raise HpcragError(
+                    f"{int(present.sum())} ids are already in the index (first: {taken}); "
+                    "use upsert to replace them, or delete them first"
+                )
+            update = Update("put", ids=ids, lists=lists.astype(np.int64), vectors=stored, attributes=encoded)
+            self._append_and_apply(replace(update, columns=new_columns or None))
+        return UpdateResult(
+            seq=self.seq,
+            added=int((~present).sum()),
+            replaced=int(present.sum()),
+            declared=new_columns or None,
+        )
+
+    def _checked_rows(
+        self,
+        kind: str,
+        vectors: Any,
+        ids: np.ndarray,
+        attributes: Sequence[Mapping[str, Any] | None] | None,
+        declare: Mapping[str, str] | None,
+    ) -> tuple[Any, np.ndarray, np.ndarray, AttributeSchema]:
+        """Rows ready to log: prepared vectors, unique ids, encoded attributes, the schema they need."""
+        rows = check_queries(self.comm.xp.asarray(vectors), self.dim, what="vectors")
+        if rows.shape[0] != ids.size:
+            raise HpcragError(f"{rows.shape[0]} vectors but {ids.size} ids: give one id per vector")
+        if attributes is not None and len(attributes) != ids.size:
+            raise HpcragError(f"{len(attributes)} attribute rows for {ids.size} vectors: give one per vector")
+        rows = prepare(rows, self.metric, "vectors")
+        check_storable(rows, self.manifest.dtype)
+        unique, first = np.unique(ids, return_index=True)
+        if unique.size != ids.size:
+            if kind == "add":
+                repeated = ids[np.setdiff1d(np.arange(ids.size), first)][0]
+                raise HpcragError(
+                    f"id {int(repeated)} appears more than once in this call; ids must be unique "
+                    "(upsert keeps the last row of a repeated id)"
+                )
+            last = ids.size - 1 - np.unique(ids[::-1], return_index=True)[1]
+            keep = np.sort(last)
+            rows, ids = rows[self.comm.xp.asarray(keep)], ids[keep]
+            attributes = None if attributes is None else [attributes[i] for i in keep]
+        schema = self.schema
+        if declare:
+            schema = schema.extended(AttributeSchema(tuple(declare.items())))
+        if attributes is not None:
+            undeclared = {name for row in attributes if row for name in row} - set(schema.names)
+            if undeclared:
+                inferred = infer_schema(
+                    [{n: v for n, v in row.items() if n in undeclared} for row in attributes if row]
+                )
+                schema = schema.extended(inferred)
+        encoded = encode_rows(schema, attributes if attributes is not None else [None] * ids.size)
+        return rows, ids, encoded, schema
+
+    def _append_and_apply(self, update: Update) -> None:
+        self._broadcast_apply([replace(update, seq=self._log.append(update))])
+
+    def _broadcast_apply(self, records: list[Update]) -> None:
+        if records:
+            self.comm.announce({"op": "apply"})
+            self._apply(self.comm.bcast_obj(records))
+
+    def _apply(self, records: list[Update]) -> None:
+        """Every rank: apply logged records in order (what concerns this rank's shards)."""
+        if not records:
+            return
+        for update in records:
+            if update.columns:
+                self.schema = self.schema.extended(AttributeSchema(tuple(update.columns.items())))
+                self._live.widen(len(self.schema.columns))
+            if update.kind == "delete":
+                self._live.delete(update.ids)
+            elif update.kind == "put":
+                self._live.put(update.ids, update.lists, update.vectors, update.attributes)
+            self.seq = update.seq
+        self._ntotal = sum(self.comm.allgather_obj(sum(self._live.live_rows().values())))
+
+    def _contains(self, ids: np.ndarray) -> np.ndarray:
+        self.comm.announce({"op": "contains", "n": int(ids.size)})
+        ids = self.comm.bcast_array(ids, ids.shape, ids.dtype)
+        found = self.comm.gather_obj(self._live.contains(ids))
+        return np.logical_or.reduce(found) if self.comm.rank == 0 else found
+
+    # -- the followers' side ---------------------------------------------------------------------
+
+    def follow(self) -> None:
+        """Non-root ranks: serve rank 0's calls until it calls `close()`; idle, they sleep."""
+        self._follow_until("stop")
+
+    def _follow_until(self, last: str) -> None:
+        """Serve rank 0's steps until the one that ends the call this rank is in (`last`)."""
+        while True:
+            header = self.comm.announce(None)
+            op = header["op"]
+            if op == "stop":
+                if last == "stop":
+                    return
+                raise HpcragError("rank 0 closed the index while this rank was in a call")
+            if op == "error":
+                if last != "stop":
+                    raise HpcragError(header["message"])
+            elif op == "search":
+                self._follower_search(header)
+            elif op == "apply":
+                self._apply(self.comm.bcast_obj(None))
+            elif op == "contains":
+                ids = self.comm.bcast_array(None, (header["n"],), np.int64)
+                self.comm.gather_obj(self._live.contains(ids))
+            if op == last:
+                return
+
+    def close(self) -> None:
+        """Rank 0: release the ranks waiting in `follow()`, and the index."""
+        if self.comm.rank == 0:
+            if self.comm.size > 1:
+                self.comm.announce({"op": "stop"})
+            self._serving.close()
+
+
+def check_strategy(strategy: str) -> None:
+    if strategy not in STRATEGIES:
+        raise HpcragError(f"unknown filter strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
 
 
 def _checked_manifest(root: Path, ranks: int) -> layout.Manifest:

@@ -23,6 +23,7 @@ from hpcrag.errors import HpcragError
 from hpcrag.search.arrays import array_module
 
 VECTOR_DTYPES = (np.float32, np.float16)
+FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
 def open_vectors(path: Path) -> np.ndarray:
@@ -62,8 +63,9 @@ def _open_fvecs(path: Path) -> np.ndarray:
     return rows[:, 1:].view(np.float32)
 
 
-def load_ids(path: Path, count: int) -> np.ndarray:
-    """User ids for `count` vectors: int64, unique, non-negative (-1 means "no neighbour")."""
+def load_ids(path: Path, count: int | None, unique: bool = True) -> np.ndarray:
+    """User ids for `count` vectors (None: any number): int64, non-negative (-1 means "no neighbour"),
+    and unique unless told otherwise (an upsert keeps the last of repeated ids)."""
     path = Path(path)
     if not path.is_file():
         raise HpcragError(f"ids file not found: {path}")
@@ -71,16 +73,46 @@ def load_ids(path: Path, count: int) -> np.ndarray:
         ids = np.load(path)
     except (ValueError, OSError) as exc:
         raise HpcragError(f"{path}: not a readable .npy file ({exc})") from None
-    if ids.ndim != 1 or ids.shape[0] != count:
-        raise HpcragError(f"{path}: expected {count} ids (one per vector), found shape {ids.shape}")
+    if ids.ndim != 1 or (count is not None and ids.shape[0] != count):
+        expected = "a 1-D array" if count is None else f"{count} ids (one per vector)"
+        raise HpcragError(f"{path}: expected {expected}, found shape {ids.shape}")
     if not np.issubdtype(ids.dtype, np.integer):
         raise HpcragError(f"{path}: ids must be integers, found {ids.dtype}")
     ids = ids.astype(np.int64)
     if ids.size and ids.min() < 0:
         raise HpcragError(f"{path}: ids must be >= 0 (-1 marks an empty result slot)")
-    if np.unique(ids).size != ids.size:
+    if unique and np.unique(ids).size != ids.size:
         raise HpcragError(f"{path}: ids must be unique")
     return ids
+
+
+def check_ids(ids: Any) -> np.ndarray:
+    """Ids given to an update: a non-empty 1-D list or array of integers >= 0, as int64."""
+    if ids is None:
+        raise HpcragError("no ids given: give one int64 id per vector (or per row to delete)")
+    array = np.asarray(ids)
+    if array.ndim == 0:
+        array = array[None]
+    if array.ndim != 1 or array.size == 0:
+        raise HpcragError(f"ids: expected a non-empty list of integers, found shape {array.shape}")
+    if array.dtype == bool or not np.issubdtype(array.dtype, np.integer):
+        raise HpcragError(f"ids must be integers, found {array.dtype}")
+    if array.min() < 0 or (array.dtype == np.uint64 and array.max() > np.iinfo(np.int64).max):
+        raise HpcragError("ids must be between 0 and 2**63-1 (-1 marks an empty result slot)")
+    return array.astype(np.int64)
+
+
+def check_storable(rows: Any, dtype: str, first_row: int = 0) -> None:
+    """Refuse rows that the index's storage dtype cannot hold (float16 overflows at 65504)."""
+    if dtype != "float16" or rows.shape[0] == 0:
+        return
+    xp = array_module(rows)
+    big = xp.flatnonzero(xp.abs(rows).max(axis=1) > FLOAT16_MAX)
+    if big.size:
+        raise HpcragError(
+            f"vectors row {first_row + int(big[0])} exceeds the float16 range (|x| > {FLOAT16_MAX:g}) "
+            "this index stores; scale the vectors, or build the index with --dtype float32"
+        )
 
 
 def check_finite(rows: Any, what: str, first_row: int = 0) -> None:

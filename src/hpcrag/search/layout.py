@@ -6,6 +6,8 @@
     DIR/shard-0003/         vectors.npy (n, dim) float16|float32, rows grouped by list
                             ids.npy (n,) int64, sqnorms.npy (n,) float32 (for l2),
                             list_offsets.npy (nlist+1,) int64: list L is rows [off[L], off[L+1])
+                            attributes.npy (n, A) int64 when the index declares attributes
+    DIR/updates.wal         updates since the shards were written (`wal.py`), replayed at open
 
 Loading checks the version, every file's size and (by default) its checksum, and refuses a damaged
 index with a message naming the file. Writers produce files through a temporary name and a rename.
@@ -29,6 +31,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 CENTROIDS = "centroids.npy"
 SHARD_ARRAYS = ("vectors.npy", "ids.npy", "sqnorms.npy", "list_offsets.npy")
+ATTRIBUTES = "attributes.npy"
 
 
 class IndexFormatError(HpcragError):
@@ -61,6 +64,8 @@ class Manifest:
     centroids: FileEntry
     shards: list[ShardEntry]
     build: dict[str, Any] = field(default_factory=dict)
+    attributes: dict[str, str] = field(default_factory=dict)  # name -> type, in column order
+    base_seq: int = 0  # the last update folded into the shards; the log goes on from there
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 

@@ -14,7 +14,8 @@ import numpy as np
 from hpcrag.search.metric import Metric, prepare
 
 
-def ivf_flat(base: np.ndarray, centroids: np.ndarray, metric: Metric) -> Any:
+def ivf_flat(base: np.ndarray, centroids: np.ndarray, metric: Metric, ids: np.ndarray | None = None) -> Any:
+    """With `ids`, rows carry those ids (the survivors of updates); else their row numbers."""
     import faiss
 
     dim = base.shape[1]
@@ -22,16 +23,25 @@ def ivf_flat(base: np.ndarray, centroids: np.ndarray, metric: Metric) -> Any:
     quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
     index = faiss.IndexIVFFlat(quantizer, dim, centroids.shape[0], metric.faiss_metric())
     index.is_trained = True
-    index.add(prepare(base, metric, "base"))
+    _add(index, prepare(base, metric, "base"), ids)
     return index
 
 
-def exact(base: np.ndarray, metric: Metric) -> Any:
+def exact(base: np.ndarray, metric: Metric, ids: np.ndarray | None = None) -> Any:
     import faiss
 
     index = faiss.IndexFlat(base.shape[1], metric.faiss_metric())
-    index.add(prepare(base, metric, "base"))
+    if ids is not None:
+        index = faiss.IndexIDMap2(index)
+    _add(index, prepare(base, metric, "base"), ids)
     return index
+
+
+def _add(index: Any, rows: np.ndarray, ids: np.ndarray | None) -> None:
+    if ids is None:
+        index.add(rows)
+    else:
+        index.add_with_ids(rows, np.ascontiguousarray(ids, dtype=np.int64))
 
 
 def search(index: Any, queries: np.ndarray, k: int, metric: Metric, nprobe: int | None = None) -> Any:

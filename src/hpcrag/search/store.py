@@ -1,66 +1,74 @@
-"""The inverted lists one rank owns, loaded from its shards and checked against the manifest.
+"""Segments: rows grouped by inverted list, the unit every scan reads.
 
-A rank may own several shards (fewer ranks than shards); lists are addressed by their global id.
-On the CPU the arrays stay memory-mapped; on the GPU they are copied to the device once.
+A shard's base segment is loaded from its folder and checked against the manifest (on the CPU the
+arrays stay memory-mapped; on the GPU they are copied to the device once). Updates add small delta
+segments beside it (`live.py`). Every segment spans all `nlist` lists, most of them empty, so a
+scan addresses lists by their global id in any segment. Attributes and the live-row mask stay on
+the host: they are read by NumPy to build the masks a scan takes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from hpcrag.search import layout
+from hpcrag.search.attributes import MISSING
 from hpcrag.search.layout import IndexFormatError
 
 
-@dataclass
-class ShardArrays:
+@dataclass(eq=False)
+class Segment:
     vectors: Any  # (n, dim) float16|float32
     ids: Any  # (n,) int64
     sqnorms: Any  # (n,) float32
     offsets: np.ndarray  # (nlist+1,) int64, always on the host: it drives the scan loop
+    attributes: np.ndarray  # (n, A) int64 on the host, MISSING where a row lacks one
+    live: np.ndarray | None = None  # (n,) uint8 on the host, 0 = deleted; None while nothing is
+    delta: bool = False  # rows added since the shard was written
+    cache: dict[str, Any] = field(default_factory=dict)  # a backend's derived copies (device lists)
+
+    @property
+    def rows(self) -> int:
+        return int(self.offsets[-1])
+
+    def list_of_rows(self) -> np.ndarray:
+        return np.repeat(np.arange(self.offsets.size - 1, dtype=np.int64), np.diff(self.offsets))
+
+    def live_rows(self) -> int:
+        return self.rows if self.live is None else int(self.live.sum())
 
 
-class LocalLists:
-    """Global list id -> that list's vectors, ids and squared norms, for the lists this rank owns."""
-
-    def __init__(self, shards: list[ShardArrays], list_shard: np.ndarray, owned_shards: list[int]) -> None:
-        self.shards = shards
-        self.slot_of_shard = {shard: slot for slot, shard in enumerate(owned_shards)}
-        self.list_shard = list_shard
-        self.owned = np.isin(list_shard, owned_shards)
-
-    def size(self, list_id: int) -> int:
-        arrays = self.shards[self.slot_of_shard[int(self.list_shard[list_id])]]
-        return int(arrays.offsets[list_id + 1] - arrays.offsets[list_id])
-
-    def get(self, list_id: int) -> tuple[Any, Any, Any]:
-        arrays = self.shards[self.slot_of_shard[int(self.list_shard[list_id])]]
-        lo, hi = int(arrays.offsets[list_id]), int(arrays.offsets[list_id + 1])
-        return arrays.vectors[lo:hi], arrays.ids[lo:hi], arrays.sqnorms[lo:hi]
+def widen_attributes(attributes: np.ndarray, columns: int) -> np.ndarray:
+    """`attributes` with MISSING columns appended up to `columns` (the schema grew)."""
+    if attributes.shape[1] >= columns:
+        return attributes
+    extra = np.full((attributes.shape[0], columns - attributes.shape[1]), MISSING, dtype=np.int64)
+    return np.concatenate([attributes, extra], axis=1)
 
 
-def load_shard(root: Path, manifest: layout.Manifest, shard: int, verify: bool, xp: Any) -> ShardArrays:
+def load_shard(root: Path, manifest: layout.Manifest, shard: int, verify: bool, xp: Any) -> Segment:
     """Load and check one shard; every inconsistency names the file and says to rebuild."""
     entry = manifest.shards[shard]
     folder = layout.shard_dir(root, shard)
     missing = set(layout.SHARD_ARRAYS) - set(entry.files)
     if missing:
         raise IndexFormatError(f"{root / layout.MANIFEST}: shard {shard} lacks {sorted(missing)}")
-    arrays = {
-        name: layout.load_array(folder / name, entry.files[name], verify) for name in layout.SHARD_ARRAYS
-    }
+    names = [*layout.SHARD_ARRAYS, *([layout.ATTRIBUTES] if layout.ATTRIBUTES in entry.files else [])]
+    arrays = {name: layout.load_array(folder / name, entry.files[name], verify) for name in names}
     n = entry.ntotal
     expected = {
         "vectors.npy": ((n, manifest.dim), manifest.dtype),
         "ids.npy": ((n,), "int64"),
         "sqnorms.npy": ((n,), "float32"),
         "list_offsets.npy": ((manifest.nlist + 1,), "int64"),
+        layout.ATTRIBUTES: ((n, len(manifest.attributes)), "int64"),
     }
-    for name, (shape, dtype) in expected.items():
+    for name in names:
+        shape, dtype = expected[name]
         array = arrays[name]
         if array.shape != shape or array.dtype != np.dtype(dtype):
             raise IndexFormatError(
@@ -72,5 +80,8 @@ def load_shard(root: Path, manifest: layout.Manifest, shard: int, verify: bool, 
         raise IndexFormatError(
             f"{folder / 'list_offsets.npy'} is damaged (offsets out of order); rebuild the index"
         )
+    attributes = arrays.get(layout.ATTRIBUTES)
+    if attributes is None:
+        attributes = np.full((n, len(manifest.attributes)), MISSING, dtype=np.int64)
     on_device = [xp.asarray(arrays[name]) for name in ("vectors.npy", "ids.npy", "sqnorms.npy")]
-    return ShardArrays(*on_device, offsets=offsets)
+    return Segment(*on_device, offsets=offsets, attributes=np.asarray(attributes))

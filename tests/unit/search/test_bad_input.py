@@ -43,7 +43,7 @@ def test_nan_or_inf_in_vectors(tmp_path: Path, bad_value: float, message: str) -
 def test_values_beyond_float16(tmp_path: Path) -> None:
     base = BASE.copy()
     base[5, 0] = 1e6
-    with pytest.raises(HpcragError, match=r"exceed the float16 range.*--dtype float32"):
+    with pytest.raises(HpcragError, match=r"row 5 exceeds the float16 range.*--dtype float32"):
         _build(tmp_path, base, metric=Metric.L2)
     _assert_nothing_left(tmp_path)
 

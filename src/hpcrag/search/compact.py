@@ -1,0 +1,156 @@
+"""Offline compaction: fold the update log into new shards, and say whether a rebuild would help.
+
+The index is opened as one process (every logged update replayed), each shard's live rows (base
+rows not deleted, and the rows added since) are written as a new generation beside the index, which
+is swapped in by renames like a build (`build.publish`): a reader sees the old index or the new,
+and a failed compaction leaves the old one as it was. The new manifest's `base_seq` is the last
+update folded in, so the log starts empty from there.
+
+It is offline: it refuses while any process has the index open (a search service, a job), since
+those hold the old generation's files and would not see the swap. Updates are held off for its
+duration by the writer lock.
+
+Drift: updates go to their nearest list under centroids trained on the original vectors. When much
+of the index was added since (over `ADDED_SHARE_ADVISE`), or its vectors now sit farther from their
+centroids than at training (mean squared distance over `ERROR_RATIO_ADVISE` times the build's), new
+centroids would fit better: the report advises `hpcrag index build` again.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from hpcrag.errors import HpcragError
+from hpcrag.search import layout
+from hpcrag.search.arrays import to_numpy
+from hpcrag.search.build import Progress, publish, shard_record, squared_error, write_shard
+from hpcrag.search.index import DistributedIndex
+from hpcrag.search.wal import UpdateLog, served_elsewhere
+
+ADDED_SHARE_ADVISE = 0.2
+ERROR_RATIO_ADVISE = 1.2
+
+
+@dataclass(frozen=True)
+class Drift:
+    added_share: float  # live vectors added since the centroids were trained, over all live vectors
+    error_ratio: float | None  # mean squared distance to centroids now / at training (None: unknown)
+    rebuild_advised: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class CompactReport:
+    seq: int  # the last update folded in
+    vectors: int  # live vectors after compaction
+    rows_dropped: int  # deleted and replaced rows removed from the shards
+    rows_folded: int  # rows added by updates, now part of the shards
+    drift: Drift
+    seconds: float
+
+
+def compact_index(root: Path | str, progress: Progress | None = None) -> CompactReport:
+    """Fold every logged update of the index in `root` into new shards (one process, offline)."""
+    root = Path(root)
+    say = progress or (lambda message: None)
+    manifest = layout.read_manifest(root)
+    if served_elsewhere(root):
+        raise HpcragError(
+            f"the index in {root} is open in another process (a search service or a job); compaction "
+            "is offline: stop those first (updates they acknowledged are in the log and are kept)"
+        )
+    started = time.monotonic()
+    log = UpdateLog(root, manifest.base_seq)
+    with log.writing():
+        index = DistributedIndex.open(root)
+        try:
+            say(f"folding updates up to #{index.seq} into {manifest.nshards} shards")
+            report, workdir = _write_generation(root, index, manifest)
+        finally:
+            index.close()
+        try:
+            publish(workdir, root, overwrite=True)
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+    return replace(report, seconds=round(time.monotonic() - started, 3))
+
+
+def _write_generation(
+    root: Path, index: DistributedIndex, manifest: layout.Manifest
+) -> tuple[CompactReport, Path]:
+    workdir = root.parent / f".{root.name}.compacting-{uuid.uuid4().hex[:8]}"
+    workdir.mkdir()
+    try:
+        centroids = np.load(root / layout.CENTROIDS)
+        columns = len(index.schema.columns)
+        record = shard_record(manifest.dtype, manifest.dim, columns)
+        shards, counts = [], np.zeros(manifest.nlist, dtype=np.int64)
+        dropped = folded = added_live = 0
+        error = 0.0
+        for shard in range(manifest.nshards):
+            rows = []
+            for segment in index.segments(shard):
+                keep = np.arange(segment.rows) if segment.live is None else np.flatnonzero(segment.live)
+                dropped += segment.rows - keep.size
+                part = np.empty(keep.size, dtype=record)
+                part["list"] = segment.list_of_rows()[keep]
+                part["id"] = np.asarray(to_numpy(segment.ids))[keep]
+                part["vector"] = np.asarray(to_numpy(segment.vectors))[keep]
+                part["attributes"] = segment.attributes[keep]
+                if segment.delta:
+                    folded += segment.rows
+                    added_live += keep.size
+                rows.append(part)
+            mine = np.concatenate(rows)
+            counts += np.bincount(mine["list"], minlength=manifest.nlist)
+            error += squared_error(mine["vector"], centroids, mine["list"])
+            shards.append(write_shard(workdir, shard, mine, manifest.nlist))
+        total = int(counts.sum())
+        trained = manifest.build.get("trained_vectors", manifest.ntotal)
+        since_training = manifest.build.get("added_since_training", 0) + added_live
+        drift = _drift(since_training / max(total, 1), error / max(total, 1), manifest.build)
+        new = replace(
+            manifest,
+            ntotal=total,
+            list_counts=[int(c) for c in counts],
+            centroids=layout.save_array(workdir / layout.CENTROIDS, centroids),
+            shards=shards,
+            attributes=index.schema.to_json(),
+            base_seq=index.seq,
+            build={
+                **manifest.build,
+                "trained_vectors": trained,
+                "added_since_training": since_training,
+                "compacted": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            },
+        )
+        layout.write_manifest(workdir, new)
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    report = CompactReport(
+        seq=index.seq, vectors=total, rows_dropped=dropped, rows_folded=folded, drift=drift, seconds=0.0
+    )
+    return report, workdir
+
+
+def _drift(added_share: float, error_now: float, build: dict) -> Drift:
+    at_training = build.get("quantization_error")
+    ratio = error_now / at_training if at_training else None
+    reasons = []
+    if added_share > ADDED_SHARE_ADVISE:
+        reasons.append(f"{added_share:.0%} of the vectors were added after the centroids were trained")
+    if ratio is not None and ratio > ERROR_RATIO_ADVISE:
+        reasons.append(f"vectors sit {ratio:.2f}x farther (squared) from their centroids than at training")
+    if reasons:
+        reason = "; ".join(reasons) + ": rebuild the index (hpcrag index build) for new centroids"
+    else:
+        reason = "the centroids still fit the vectors; no rebuild needed"
+    return Drift(added_share, ratio, bool(reasons), reason)
