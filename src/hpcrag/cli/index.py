@@ -145,6 +145,21 @@ def build(
 @click.option("--k", type=int, default=10, show_default=True)
 @click.option("--nprobe", type=int, default=1, show_default=True)
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Result .npz (ids, distances).")
+@click.option(
+    "--filter",
+    "filters",
+    multiple=True,
+    metavar="COND",
+    help="Only vectors whose attributes match: name=v, name!=v, name>=v, name<v, 'name in a,b', or a JSON "
+    "filter; repeated conditions are AND-ed.",
+)
+@click.option(
+    "--strategy",
+    type=click.Choice(["auto", "ivf", "exact"]),
+    default="auto",
+    show_default=True,
+    help="ivf: scan the probed lists; exact: every matching vector; auto: exact when a filter is selective.",
+)
 @device_option
 @verify_option
 @scan_backend_option
@@ -155,6 +170,8 @@ def search(
     k: int,
     nprobe: int,
     out: Path,
+    filters: tuple[str, ...],
+    strategy: str,
     device: str,
     verify: bool,
     scan_backend: str,
@@ -178,15 +195,21 @@ def search(
         opened = DistributedIndex.open(
             index_dir, comm, device=device, verify=verify, scan_backend=scan_backend
         )
-        queries = agree(comm, lambda: load_queries(queries_path, opened.dim) if comm.rank == 0 else None)
-        result = opened.search(queries, k=k, nprobe=nprobe)
+        def inputs() -> tuple:
+            from hpcrag.search.filters import parse_filter_args
+
+            return load_queries(queries_path, opened.dim), parse_filter_args(filters, opened.schema)
+
+        queries, flt = agree(comm, lambda: inputs() if comm.rank == 0 else (None, None))
+        result = opened.search(queries, k=k, nprobe=nprobe, filter=flt, strategy=strategy)
         if result is not None:
             _save_result(out, result)
             qps = len(result.ids) / result.seconds if result.seconds else float("inf")
+            filtered = f"; filter {flt.describe()}, {result.strategy} scan" if flt is not None else ""
             click.echo(
                 f"{len(result.ids)} queries, k={k}, nprobe={nprobe}: {result.seconds:.3f} s "
                 f"({qps:,.0f} queries/s) on {comm.size} rank(s); mean shards touched "
-                f"{result.mean_shards_touched:.2f} of {opened.manifest.nshards}; wrote {out}"
+                f"{result.mean_shards_touched:.2f} of {opened.manifest.nshards}{filtered}; wrote {out}"
             )
 
     _collective(comm_kind, device, body)
@@ -337,12 +360,15 @@ def serve(
 def info(index_dir: Path, verify: bool, as_json: bool) -> None:
     """Describe an index and check its files (sizes always, checksums unless --no-verify)."""
     from hpcrag.search import layout
+    from hpcrag.search.wal import UpdateLog
 
     manifest = layout.read_manifest(index_dir)
     layout.check_file(index_dir / layout.CENTROIDS, manifest.centroids, verify)
     for shard in manifest.shards:
         for name, entry in shard.files.items():
             layout.check_file(layout.shard_dir(index_dir, shard.shard) / name, entry, verify)
+    log = UpdateLog(index_dir, manifest.base_seq)
+    pending = log.read_new()
     summary = {
         "path": str(index_dir),
         "format_version": manifest.format_version,
@@ -354,6 +380,8 @@ def info(index_dir: Path, verify: bool, as_json: bool) -> None:
         "shards": [{"shard": s.shard, "vectors": s.ntotal} for s in manifest.shards],
         "checked": "sizes and checksums" if verify else "sizes",
         "build": manifest.build,
+        "attributes": manifest.attributes,
+        "updates": {"folded_up_to": manifest.base_seq, "pending": len(pending), "last": log.last_seq},
     }
     if as_json:
         echo_json(summary)
@@ -364,6 +392,13 @@ def info(index_dir: Path, verify: bool, as_json: bool) -> None:
     )
     for shard in manifest.shards:
         click.echo(f"  shard {shard.shard}: {shard.ntotal} vectors")
+    if manifest.attributes:
+        click.echo("  attributes: " + ", ".join(f"{n}:{t}" for n, t in manifest.attributes.items()))
+    if pending:
+        click.echo(
+            f"  {len(pending)} updates logged since the shards were written (#{manifest.base_seq + 1}.."
+            f"#{log.last_seq}); searches apply them; `hpcrag index compact` folds them in"
+        )
 
 
 def _save_result(out: Path, result: SearchResult) -> None:

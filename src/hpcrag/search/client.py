@@ -1,7 +1,10 @@
-"""A Python client for `hpcrag index serve`: NumPy in, NumPy out, over the service's binary form.
+"""A Python client for `hpcrag index serve`: NumPy in, NumPy out, over the service's binary forms.
 
 It sends the service's bearer token (given, else $HPCRAG_SEARCH_TOKEN, or read with the URL from the
 service's endpoint file) and speaks HTTPS with a CA file (and a client certificate) when asked.
+Failures come in two kinds, so that a caller with several replicas knows what to retry elsewhere:
+`ServiceUnavailable` (unreachable, or a 5xx: the service's fault) and `RequestRefused` (a 4xx: the
+request's fault, which another replica would refuse too).
 """
 
 from __future__ import annotations
@@ -16,7 +19,19 @@ from typing import Any
 import numpy as np
 
 from hpcrag.errors import HpcragError
-from hpcrag.search.index import SearchResult
+from hpcrag.search.index import SearchResult, UpdateResult
+
+
+class ServiceUnavailable(HpcragError):
+    """The service could not answer: unreachable, timed out, or a 5xx. Another replica may."""
+
+    def __init__(self, message: str, connected: bool) -> None:
+        super().__init__(message)
+        self.connected = connected  # False: the request never reached the service
+
+
+class RequestRefused(HpcragError):
+    """The service refused the request itself (a 4xx); any replica would."""
 
 
 class SearchClient:
@@ -76,16 +91,34 @@ class SearchClient:
     def health(self) -> dict[str, Any]:
         return self._checked(self._request("GET", "/health")).json()
 
-    def search(self, queries: Any, k: int = 10, nprobe: int = 1) -> SearchResult:
-        """Search a (nq, d) batch (or one vector); raises HpcragError with the service's reason."""
+    def search(
+        self,
+        queries: Any,
+        k: int = 10,
+        nprobe: int = 1,
+        filter: dict[str, Any] | None = None,
+        strategy: str = "auto",
+        min_seq: int = 0,
+    ) -> SearchResult:
+        """Search a (nq, d) batch (or one vector); raises HpcragError with the service's reason.
+
+        `filter` is a filter spec (see `hpcrag.search.filters`); `min_seq` asks for a state that
+        includes that update (the `seq` an update returned)."""
         body = io.BytesIO()
         np.save(body, np.asarray(queries, dtype=np.float32), allow_pickle=False)
+        params: dict[str, Any] = {"k": k, "nprobe": nprobe}
+        if filter is not None:
+            params["filter"] = json.dumps(filter)
+        if strategy != "auto":
+            params["strategy"] = strategy
+        if min_seq:
+            params["min_seq"] = min_seq
         started = time.perf_counter()
         response = self._checked(
             self._request(
                 "POST",
                 "/search",
-                params={"k": k, "nprobe": nprobe},
+                params=params,
                 content=body.getvalue(),
                 headers={"Content-Type": "application/x-npy"},
             )
@@ -96,6 +129,70 @@ class SearchClient:
             distances=arrays["distances"],
             shards_touched=arrays["shards_touched"],
             seconds=time.perf_counter() - started,
+            strategy=str(arrays["strategy"]),
+            seq=int(arrays["seq"]),
+        )
+
+    def add(
+        self,
+        vectors: Any,
+        ids: Any,
+        attributes: list[dict[str, Any] | None] | None = None,
+        declare: dict[str, str] | None = None,
+    ) -> UpdateResult:
+        """Add new ids (durable when this returns)."""
+        return self._update("add", {"vectors": vectors, "ids": ids}, attributes, declare)
+
+    def upsert(
+        self,
+        vectors: Any,
+        ids: Any,
+        attributes: list[dict[str, Any] | None] | None = None,
+        declare: dict[str, str] | None = None,
+    ) -> UpdateResult:
+        """Add or replace ids, atomically (durable when this returns)."""
+        return self._update("upsert", {"vectors": vectors, "ids": ids}, attributes, declare)
+
+    def delete(self, ids: Any, strict: bool = False) -> UpdateResult:
+        """Delete ids; unknown ones are reported in `unknown_ids` unless `strict` refuses them."""
+        return self._update("delete", {"ids": ids, "strict": strict}, None, None)
+
+    def _update(
+        self,
+        kind: str,
+        arrays: dict[str, Any],
+        attributes: list[dict[str, Any] | None] | None,
+        declare: dict[str, str] | None,
+    ) -> UpdateResult:
+        if attributes is not None or declare is not None:
+            body = {name: np.asarray(value).tolist() for name, value in arrays.items()}
+            body.update({"attributes": attributes, "declare": declare})
+            response = self._checked(self._request("POST", f"/{kind}", json=body))
+        else:
+            buffer = io.BytesIO()
+            strict = arrays.pop("strict", False)
+            vectors = arrays.get("vectors")
+            packed = {"ids": np.asarray(arrays["ids"], dtype=np.int64)}
+            if vectors is not None:
+                packed["vectors"] = np.asarray(vectors, dtype=np.float32)
+            np.savez(buffer, **packed)
+            response = self._checked(
+                self._request(
+                    "POST",
+                    f"/{kind}",
+                    params={"strict": "1"} if strict else None,
+                    content=buffer.getvalue(),
+                    headers={"Content-Type": "application/x-npz"},
+                )
+            )
+        answer = response.json()
+        return UpdateResult(
+            seq=answer["seq"],
+            added=answer["added"],
+            replaced=answer["replaced"],
+            deleted=answer["deleted"],
+            unknown_ids=tuple(answer["unknown_ids"]),
+            declared=answer["declared"],
         )
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -104,7 +201,8 @@ class SearchClient:
         try:
             return self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise HpcragError(f"search service at {self.url} unreachable ({exc})") from None
+            connected = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+            raise ServiceUnavailable(f"search service at {self.url} unreachable ({exc})", connected) from None
 
     def _checked(self, response: Any) -> Any:
         if response.status_code == 200:
@@ -113,4 +211,7 @@ class SearchClient:
             reason = response.json()["error"]
         except (ValueError, KeyError, TypeError):
             reason = response.text.strip() or response.reason_phrase
-        raise HpcragError(f"search service {self.url} answered {response.status_code}: {reason}")
+        message = f"search service {self.url} answered {response.status_code}: {reason}"
+        if response.status_code >= 500:
+            raise ServiceUnavailable(message, connected=True)
+        raise RequestRefused(message)

@@ -105,6 +105,7 @@ class DistributedIndex:
         self._log = UpdateLog(root, manifest.base_seq) if comm.rank == 0 else None
         self._serving = ServingLock(root) if comm.rank == 0 else None
         self._ntotal = manifest.ntotal
+        self._closed = False
 
     @classmethod
     def open(
@@ -322,12 +323,15 @@ class DistributedIndex:
                 if present.any():
                     self._append_and_apply(Update("delete", ids=ids[present]))
             return UpdateResult(seq=self.seq, deleted=int(present.sum()), unknown_ids=unknown)
-        rows, ids, encoded, schema = self._checked_rows(kind, vectors, ids, attributes, declare)
+        rows, ids, attributes = self._checked_rows(kind, vectors, ids, attributes)
         lists = np.asarray(to_numpy(self._router.probe(self.comm.xp.asarray(rows), 1)))[:, 0]
         stored = np.asarray(to_numpy(rows)).astype(self.manifest.dtype)
-        new_columns = dict(schema.columns[len(self.schema.columns) :])
         with self._log.writing() as unseen:
+            # Other writers' records first: the schema and the ids below are checked against them.
             self._broadcast_apply(unseen)
+            schema = self._schema_for(attributes, declare)
+            encoded = encode_rows(schema, attributes if attributes is not None else [None] * ids.size)
+            new_columns = dict(schema.columns[len(self.schema.columns) :])
             present = self._contains(ids)
             if kind == "add" and present.any():
                 taken = ids[present][:5].tolist()
@@ -350,9 +354,8 @@ class DistributedIndex:
         vectors: Any,
         ids: np.ndarray,
         attributes: Sequence[Mapping[str, Any] | None] | None,
-        declare: Mapping[str, str] | None,
-    ) -> tuple[Any, np.ndarray, np.ndarray, AttributeSchema]:
-        """Rows ready to log: prepared vectors, unique ids, encoded attributes, the schema they need."""
+    ) -> tuple[Any, np.ndarray, Sequence[Mapping[str, Any] | None] | None]:
+        """Prepared vectors with unique ids (an upsert keeps the last row of a repeated id)."""
         rows = check_queries(self.comm.xp.asarray(vectors), self.dim, what="vectors")
         if rows.shape[0] != ids.size:
             raise HpcragError(f"{rows.shape[0]} vectors but {ids.size} ids: give one id per vector")
@@ -368,22 +371,24 @@ class DistributedIndex:
                     f"id {int(repeated)} appears more than once in this call; ids must be unique "
                     "(upsert keeps the last row of a repeated id)"
                 )
-            last = ids.size - 1 - np.unique(ids[::-1], return_index=True)[1]
-            keep = np.sort(last)
+            keep = np.sort(ids.size - 1 - np.unique(ids[::-1], return_index=True)[1])
             rows, ids = rows[self.comm.xp.asarray(keep)], ids[keep]
             attributes = None if attributes is None else [attributes[i] for i in keep]
+        return rows, ids, attributes
+
+    def _schema_for(
+        self, attributes: Sequence[Mapping[str, Any] | None] | None, declare: Mapping[str, str] | None
+    ) -> AttributeSchema:
+        """The schema with what this update declares, and what its undeclared attributes imply."""
         schema = self.schema
         if declare:
             schema = schema.extended(AttributeSchema(tuple(declare.items())))
         if attributes is not None:
             undeclared = {name for row in attributes if row for name in row} - set(schema.names)
             if undeclared:
-                inferred = infer_schema(
-                    [{n: v for n, v in row.items() if n in undeclared} for row in attributes if row]
-                )
-                schema = schema.extended(inferred)
-        encoded = encode_rows(schema, attributes if attributes is not None else [None] * ids.size)
-        return rows, ids, encoded, schema
+                rows = [{n: v for n, v in row.items() if n in undeclared} for row in attributes if row]
+                schema = schema.extended(infer_schema(rows))
+        return schema
 
     def _append_and_apply(self, update: Update) -> None:
         self._broadcast_apply([replace(update, seq=self._log.append(update))])
@@ -419,6 +424,7 @@ class DistributedIndex:
     def follow(self) -> None:
         """Non-root ranks: serve rank 0's calls until it calls `close()`; idle, they sleep."""
         self._follow_until("stop")
+        self._closed = True
 
     def _follow_until(self, last: str) -> None:
         """Serve rank 0's steps until the one that ends the call this rank is in (`last`)."""
@@ -443,11 +449,16 @@ class DistributedIndex:
                 return
 
     def close(self) -> None:
-        """Rank 0: release the ranks waiting in `follow()`, and the index."""
+        """Release the index. Rank 0 releases the ranks in `follow()`; in SPMD use every rank calls it."""
+        if self._closed:
+            return
+        self._closed = True
         if self.comm.rank == 0:
             if self.comm.size > 1:
                 self.comm.announce({"op": "stop"})
             self._serving.close()
+        else:
+            self._follow_until("stop")
 
 
 def check_strategy(strategy: str) -> None:

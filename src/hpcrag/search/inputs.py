@@ -14,6 +14,7 @@ import io
 import json
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +154,7 @@ def check_search_params(k: int, nprobe: int, nlist: int) -> None:
         raise HpcragError(f"nprobe must be between 1 and nlist ({nlist}), got {nprobe}")
 
 
-SEARCH_FIELDS = ("queries", "k", "nprobe")
+SEARCH_FIELDS = ("queries", "k", "nprobe", "filter", "strategy", "min_seq")
 _DECIMAL = re.compile(r"[0-9]{1,9}")
 
 
@@ -161,7 +162,7 @@ class RequestTooLarge(HpcragError):
     """A request beyond one of the service's limits (answered with 413)."""
 
 
-def _shown(value: Any) -> str:
+def shown(value: Any) -> str:
     """A value as a message may quote it: short, whatever the caller sent."""
     text = (
         json.dumps(value)
@@ -171,69 +172,87 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _refuse_constant(name: str) -> Any:
+def refuse_constant(name: str) -> Any:
     raise HpcragError(
         f"the request body is not valid JSON ({name} is not a JSON number); send finite numbers"
     )
 
 
-def parse_search_json(raw: bytes, max_queries: int) -> tuple[np.ndarray, int, int]:
-    """(queries, k, nprobe) from a JSON body {"queries": [[...], ...], "k": 10, "nprobe": 1}."""
+@dataclass(frozen=True)
+class SearchRequest:
+    queries: np.ndarray
+    k: int = 10
+    nprobe: int = 1
+    filter: Any = None  # a filter spec (filters.py), compiled against the index's attributes later
+    strategy: str = "auto"
+    min_seq: int = 0  # answer only from a state that includes this update (read your writes)
+
+
+def parse_search_json(raw: bytes, max_queries: int) -> SearchRequest:
+    """A search from a JSON body {"queries": [[...], ...], "k": 10, "nprobe": 1, "filter": {...},
+    "strategy": "auto", "min_seq": 0}."""
     try:
-        body = json.loads(raw, parse_constant=_refuse_constant)
+        body = json.loads(raw, parse_constant=refuse_constant)
     except RecursionError:
         raise HpcragError('the request body nests JSON too deeply; send {"queries": [[...]], ...}') from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer with too many digits
-        raise HpcragError(f"the request body is not valid JSON ({_first_line(exc)})") from None
+        raise HpcragError(f"the request body is not valid JSON ({first_line(exc)})") from None
     if not isinstance(body, dict) or "queries" not in body:
         raise HpcragError('expected a JSON object {"queries": [[...]], "k": 10, "nprobe": 8}')
     unknown = sorted(set(body) - set(SEARCH_FIELDS))
     if unknown:
-        raise HpcragError(f"unknown field {_shown(unknown[0])}; valid fields: {', '.join(SEARCH_FIELDS)}")
-    return (
-        _json_queries(body["queries"], max_queries),
+        raise HpcragError(f"unknown field {shown(unknown[0])}; valid fields: {', '.join(SEARCH_FIELDS)}")
+    strategy = body.get("strategy", "auto")
+    if not isinstance(strategy, str):
+        raise HpcragError(f'"strategy" must be "auto", "ivf" or "exact", got {shown(strategy)}')
+    return SearchRequest(
+        json_vectors(body["queries"], max_queries),
         _json_int(body, "k", 10),
         _json_int(body, "nprobe", 1),
+        body.get("filter"),
+        strategy,
+        _json_int(body, "min_seq", 0),
     )
 
 
-def _first_line(exc: Exception) -> str:
+def first_line(exc: Exception) -> str:
     return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
 
 
 def _json_int(body: Mapping[str, Any], name: str, default: int) -> int:
     value = body.get(name, default)
     if type(value) is not int:  # bool is an int to Python, not to a caller
-        raise HpcragError(f'"{name}" must be an integer (like 10), got {_shown(value)}')
+        raise HpcragError(f'"{name}" must be an integer (like 10), got {shown(value)}')
     return value
 
 
-def _json_queries(queries: Any, max_queries: int) -> np.ndarray:
+def json_vectors(queries: Any, max_queries: int, name: str = "queries") -> np.ndarray:
+    """A JSON list of vectors (or one vector) as float32 rows, at most `max_queries` of them."""
     if not isinstance(queries, list) or not queries:
         raise HpcragError(
-            f'"queries" must be a non-empty list of vectors (lists of numbers), got {_shown(queries)}'
+            f'"{name}" must be a non-empty list of vectors (lists of numbers), got {shown(queries)}'
         )
     rows = queries if isinstance(queries[0], list) else [queries]
     if len(rows) > max_queries:
         raise RequestTooLarge(
-            f'"queries" holds {len(rows)} vectors, more than the limit of {max_queries} per request '
-            "(--max-queries); split them over several requests"
+            f'"{name}" holds {len(rows)} vectors, more than the limit of {max_queries} per request'
+            f"{' (--max-queries)' if name == 'queries' else ''}; split them over several requests"
         )
     for number, row in enumerate(rows):
         if type(row) is not list:
-            raise HpcragError(f'"queries" row {number} must be a list of numbers, got {_shown(row)}')
+            raise HpcragError(f'"{name}" row {number} must be a list of numbers, got {shown(row)}')
         if not set(map(type, row)) <= {int, float}:  # bool is an int to Python: it fails here too
             bad = next(x for x in row if type(x) not in (int, float))
             raise HpcragError(
-                f'"queries" row {number} holds {_shown(bad)}: vectors hold numbers only '
+                f'"{name}" row {number} holds {shown(bad)}: vectors hold numbers only '
                 "(not strings, booleans or null)"
             )
     try:
         array = np.array(rows, dtype=np.float64)
     except OverflowError:
-        raise HpcragError('"queries" holds an integer beyond the float range; send finite numbers') from None
+        raise HpcragError(f'"{name}" holds an integer beyond the float range; send finite numbers') from None
     except ValueError:
-        raise HpcragError('"queries" rows differ in length: every vector needs the index dimension') from None
+        raise HpcragError(f'"{name}" rows differ in length: every vector needs the index dimension') from None
     with np.errstate(over="ignore"):  # beyond float32 becomes inf, which check_queries names by row
         return array.astype(np.float32)
 
@@ -252,7 +271,7 @@ def parse_search_npy(raw: bytes, max_queries: int) -> np.ndarray:
         else:
             raise ValueError(f".npy format version {version} is not read here; save with numpy.save")
     except Exception as exc:  # numpy's header parser lets tokenize and syntax errors through too
-        raise HpcragError(f"the request body is not a .npy array ({_first_line(exc)})") from None
+        raise HpcragError(f"the request body is not a .npy array ({first_line(exc)})") from None
     if dtype.hasobject or dtype.kind not in "fiu":
         raise HpcragError(f"queries: expected numbers (float32 best), found {dtype}")
     if len(shape) not in (1, 2):
@@ -277,12 +296,12 @@ def parse_query_params(pairs: Iterable[tuple[str, str]], defaults: Mapping[str, 
     values, seen = dict(defaults), set()
     for name, text in pairs:
         if name not in defaults:
-            raise HpcragError(f"unknown query parameter {_shown(name)}; valid: {', '.join(defaults)}")
+            raise HpcragError(f"unknown query parameter {shown(name)}; valid: {', '.join(defaults)}")
         if name in seen:
             raise HpcragError(f"query parameter {name} is given more than once; give it once")
         if not _DECIMAL.fullmatch(text):
             raise HpcragError(
-                f"query parameter {name} must be a positive integer (like {name}=10), got {_shown(text)}"
+                f"query parameter {name} must be a positive integer (like {name}=10), got {shown(text)}"
             )
         seen.add(name)
         values[name] = int(text)

@@ -11,11 +11,21 @@ ahead of it, however many queries those hold (see `FairBatches`). When the waiti
 (k, nprobe) and number at most `max_batch`, a one-query request is in the very next batch. The other
 ranks sit in `DistributedIndex.follow()`, asleep while no work comes.
 
-    POST /search        JSON {"queries": [[...], ...], "k": 10, "nprobe": 8}
-                        -> {"ids": [[...]], "distances": [[...]], "shards_touched": [...]}
+Updates wait in the same queue as searches; the main thread applies those that arrived before each
+batch, and between batches also what other writers (the CLI, another replica of the index) appended
+to the index's update log. Every batch thus answers from one state, named by its `seq`; a search
+with `min_seq` is answered only from a state at least that recent (a 503 to retry, otherwise).
+
+    POST /search        JSON {"queries": [[...], ...], "k": 10, "nprobe": 8, "filter": {...},
+                        "strategy": "auto|ivf|exact", "min_seq": 0}
+                        -> {"ids": [[...]], "distances": [[...]], "shards_touched": [...],
+                            "strategy": "ivf", "seq": 12}
                         or a .npy body (Content-Type: application/x-npy) with ?k=&nprobe=
-                        -> an .npz with ids, distances, shards_touched (for NumPy clients)
-    GET  /health        {"status": "ok"}; with the token also the index's shape and fingerprint
+                        (&filter=JSON&strategy=&min_seq=) -> an .npz with the same arrays
+    POST /add, /upsert, /delete
+                        updates (`update_inputs.py`), applied between batches in arrival order
+                        and durable before the answer {"seq": ..., "added": ..., ...}
+    GET  /health        {"status": "ok"}; with the token also the index's shape, fingerprint and seq
     GET  /metrics       Prometheus text format (token required unless `public_metrics`)
     GET  /openapi.json  the OpenAPI 3 description of these routes
 
@@ -48,15 +58,19 @@ from typing import Any
 import numpy as np
 
 from hpcrag.errors import HpcragError
-from hpcrag.search.index import DistributedIndex, SearchResult
+from hpcrag.search.filters import Filter
+from hpcrag.search.index import DistributedIndex, SearchResult, UpdateResult, check_strategy
 from hpcrag.search.inputs import (
     RequestTooLarge,
+    SearchRequest,
     check_queries,
     check_search_params,
     parse_query_params,
     parse_search_json,
     parse_search_npy,
+    shown,
 )
+from hpcrag.search.update_inputs import UpdateRequest, parse_update_json, parse_update_npz
 from hpcrag.util.http_server import add_routes, bearer_token, protocol_logger
 
 NPY = "application/x-npy"
@@ -80,13 +94,15 @@ class ServiceOptions:
     max_queries: int = 4096  # per request; more is a 413
     max_body_bytes: int = 64 * MIB  # per request body, checked before and while reading; more is a 413
     max_inflight_body_bytes: int = 512 * MIB  # over all requests at once; more is a 503 (Retry-After)
+    max_update_rows: int = 65536  # vectors (or ids) per update request; more is a 413
     endpoint_file: Path | None = None
     token: str | None = None  # None: generate one (written to the endpoint file)
     tls: ssl.SSLContext | None = None
     public_metrics: bool = False  # /metrics without the token (a Prometheus on a trusted network)
 
     def __post_init__(self) -> None:
-        for name in ("max_batch", "max_k", "max_queries", "max_body_bytes", "max_inflight_body_bytes"):
+        limits = ("max_batch", "max_k", "max_queries", "max_body_bytes", "max_inflight_body_bytes")
+        for name in (*limits, "max_update_rows"):
             if getattr(self, name) < 1:
                 raise HpcragError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.port <= 65535:
@@ -118,11 +134,18 @@ def service_token(token_file: Path | None = None) -> str | None:
     return None
 
 
+class Behind(HpcragError):
+    """This replica has not yet applied an update the request asks to see (503, retry)."""
+
+
 @dataclass
 class _Pending:
     queries: np.ndarray
     k: int
     nprobe: int
+    filter: Filter | None = None
+    strategy: str = "auto"
+    min_seq: int = 0
     future: Future = field(default_factory=Future)
     assigned: int = 0  # rows handed to batches so far
     parts: list[SearchResult] = field(default_factory=list)
@@ -132,14 +155,25 @@ class _Pending:
     def unassigned(self) -> int:
         return len(self.queries) - self.assigned
 
+    @property
+    def kind(self) -> tuple[int, int, str | None, str]:
+        """Requests of one kind can share a batch: one (k, nprobe, filter, strategy) per search."""
+        return self.k, self.nprobe, None if self.filter is None else self.filter.key, self.strategy
+
+
+@dataclass
+class _Update:
+    request: UpdateRequest
+    future: Future = field(default_factory=Future)
+
 
 class FairBatches:
     """Requests waiting for the ranks, cut into batches that share their room fairly.
 
-    Each batch serves the (k, nprobe) of the request at the head of the line; its room of `max_batch`
-    rows is shared by water-filling among the waiting requests of that kind (each gets an equal share,
-    what a small one leaves goes to the others), and the line turns by one after every batch. A
-    request of 50,000 queries thus runs in chunks between other requests instead of before them.
+    Each batch serves the kind (k, nprobe, filter) of the request at the head of the line; its room
+    of `max_batch` rows is shared by water-filling among the waiting requests of that kind (each gets
+    an equal share, what a small one leaves goes to the others), and the line turns by one after every
+    batch. A request of 50,000 queries thus runs in chunks between other requests, not before them.
 
     The bound: after each batch the head has either finished or gone to the back, and newcomers join
     at the back, so a request moves up at least one place per batch and is served, at the latest,
@@ -166,7 +200,7 @@ class FairBatches:
         if not self._line:
             return []
         head = self._line[0]
-        members = [p for p in self._line if (p.k, p.nprobe) == (head.k, head.nprobe)]
+        members = [p for p in self._line if p.kind == head.kind]
         share = dict.fromkeys(map(id, members), 0)
         room = max_rows
         while room:
@@ -235,7 +269,25 @@ class _Metrics:
         )
         info = Gauge("hpcrag_index_info", "The served index", ["metric", "dim", "nlist"], registry=registry)
         info.labels(index.metric.value, str(index.dim), str(index.manifest.nlist)).set(1)
-        Gauge("hpcrag_index_vectors", "Vectors in the index", registry=registry).set(index.ntotal)
+        self.vectors = Gauge("hpcrag_index_vectors", "Live vectors in the index", registry=registry)
+        self.vectors.set(index.ntotal)
+        self.seq = Gauge("hpcrag_index_update_seq", "The last update applied", registry=registry)
+        self.seq.set(index.seq)
+        self.updates = Counter(
+            "hpcrag_index_updates",
+            "Update requests by kind and HTTP status",
+            ["kind", "status"],
+            registry=registry,
+        )
+        self.update_rows = Counter(
+            "hpcrag_index_update_rows", "Vectors added, replaced or deleted", ["change"], registry=registry
+        )
+        self.strategies = Counter(
+            "hpcrag_search_strategy_queries",
+            "Queries by scan strategy (ivf, exact)",
+            ["strategy"],
+            registry=registry,
+        )
         Gauge("hpcrag_index_shards", "Shards of the index", registry=registry).set(index.manifest.nshards)
         Gauge("hpcrag_search_ranks", "Ranks serving the index", registry=registry).set(index.comm.size)
 
@@ -253,8 +305,9 @@ class SearchService:
         self.options = options
         self.token = options.token or secrets.token_urlsafe(32)
         self.metrics = _Metrics(index)
-        self._queue: queue.Queue[_Pending] = queue.Queue()
+        self._queue: queue.Queue[_Pending | _Update] = queue.Queue()
         self._batches = FairBatches()
+        self._updates: deque[_Update] = deque()
         self._stopping = threading.Event()
         self._ready = threading.Event()
         # JSON parsing and encoding hold the GIL for long: off the event loop, two at a time at most.
@@ -298,7 +351,8 @@ class SearchService:
 
     def _batch_loop(self) -> None:
         while not self._stopping.is_set():
-            self._collect(timeout=0.0 if len(self._batches) else 0.2)
+            self._collect(timeout=0.0 if len(self._batches) or self._updates else 0.2)
+            self._apply_updates()
             if not len(self._batches):
                 continue
             deadline = time.perf_counter() + self.options.max_wait_s
@@ -306,6 +360,7 @@ class SearchService:
                 left = deadline - time.perf_counter()
                 if left <= 0 or not self._collect(timeout=left):
                     break
+            self._apply_updates()
             chunks = self._batches.take(self.options.max_batch)
             self.metrics.queue_depth.set(len(self._batches) + self._queue.qsize())
             if chunks:
@@ -317,18 +372,58 @@ class SearchService:
             first = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
         except queue.Empty:
             return False
-        self._batches.add(first)
+        self._enqueue(first)
         while True:
             try:
-                self._batches.add(self._queue.get_nowait())
+                self._enqueue(self._queue.get_nowait())
             except queue.Empty:
                 return True
 
+    def _enqueue(self, item: _Pending | _Update) -> None:
+        if isinstance(item, _Update):
+            self._updates.append(item)
+        else:
+            self._batches.add(item)
+
+    def _apply_updates(self) -> None:
+        """Apply the updates that arrived, in order, then what other writers logged meanwhile."""
+        while self._updates:
+            update = self._updates.popleft()
+            if not _started(update.future):
+                continue
+            request = update.request
+            try:
+                if request.kind == "delete":
+                    result = self.index.delete(request.ids, strict=request.strict)
+                else:
+                    write = self.index.add if request.kind == "add" else self.index.upsert
+                    result = write(request.vectors, request.ids, request.attributes, request.declare)
+            except HpcragError as exc:
+                update.future.set_exception(exc)
+                continue
+            update.future.set_result(result)
+        self.index.refresh()
+        self.metrics.vectors.set(self.index.ntotal)
+        self.metrics.seq.set(self.index.seq)
+
     def _run_batch(self, chunks: list[tuple[_Pending, int, int]]) -> None:
         first = chunks[0][0]
+        behind = [c for c in chunks if c[0].min_seq > self.index.seq]
+        if behind:
+            for pending, _, _ in behind:
+                pending.future.set_exception(
+                    Behind(
+                        f"this replica has applied updates up to #{self.index.seq}; the request asks for "
+                        f"#{pending.min_seq} (min_seq): retry in a moment, or on another replica"
+                    )
+                )
+            self._batches.drop([p for p, _, _ in behind])
+            chunks = [c for c in chunks if c not in behind]
+            if not chunks:
+                return
         queries = np.concatenate([p.queries[start:end] for p, start, end in chunks])
         try:
-            result = self.index.search(queries, first.k, first.nprobe)
+            result = self.index.search(queries, first.k, first.nprobe, first.filter, first.strategy)
         except Exception as exc:
             failed = [p for p, _, _ in chunks]
             self._batches.drop(failed)
@@ -341,13 +436,19 @@ class SearchService:
         self.metrics.batch_seconds.observe(result.seconds)
         self.metrics.queries.inc(len(queries))
         self.metrics.shard_visits.inc(int(result.shards_touched.sum()))
+        self.metrics.strategies.labels(result.strategy).inc(len(queries))
         offset = 0
         for pending, start, end in chunks:
             rows = slice(offset, offset + end - start)
             offset += end - start
             pending.parts.append(
                 SearchResult(
-                    result.ids[rows], result.distances[rows], result.shards_touched[rows], result.seconds
+                    result.ids[rows],
+                    result.distances[rows],
+                    result.shards_touched[rows],
+                    result.seconds,
+                    result.strategy,
+                    result.seq,
                 )
             )
             if end == len(pending.queries):
@@ -367,6 +468,9 @@ class SearchService:
             app,
             [
                 ("POST", "/search", self._handle_search),
+                ("POST", "/add", self._handle_update),
+                ("POST", "/upsert", self._handle_update),
+                ("POST", "/delete", self._handle_update),
                 ("GET", "/health", self._handle_health),
                 ("GET", "/metrics", self._handle_metrics),
                 ("GET", "/openapi.json", self._handle_openapi),
@@ -412,6 +516,9 @@ class SearchService:
                 "metric": manifest.metric,
                 "nlist": manifest.nlist,
                 "fingerprint": manifest.fingerprint(),
+                "seq": self.index.seq,
+                "live_vectors": self.index.ntotal,
+                "attributes": self.index.schema.to_json(),
             }
         )
 
@@ -465,22 +572,22 @@ class SearchService:
         try:
             raw = await self._read_body(request)
             parse = self._parse_npy if binary else self._parse_json
-            queries, k, nprobe = await loop.run_in_executor(
-                self._workers, parse, raw, list(request.query.items())
-            )
+            pending = await loop.run_in_executor(self._workers, parse, raw, list(request.query.items()))
         except RequestTooLarge as exc:
             self.metrics.requests.labels(fmt, "413").inc()
             return web.json_response({"error": str(exc)}, status=413)
         except HpcragError as exc:
             self.metrics.requests.labels(fmt, "400").inc()
             return web.json_response({"error": str(exc)}, status=400)
-        pending = _Pending(queries, k, nprobe)
         self._queue.put(pending)
         try:
             result: SearchResult = await asyncio.wrap_future(pending.future)
         except asyncio.CancelledError:
             pending.abandoned = True
             raise
+        except Behind as exc:
+            self.metrics.requests.labels(fmt, "503").inc()
+            return web.json_response({"error": str(exc)}, status=503, headers={"Retry-After": "1"})
         except HpcragError as exc:
             self.metrics.requests.labels(fmt, "500").inc()
             return web.json_response({"error": str(exc)}, status=500)
@@ -509,24 +616,109 @@ class SearchService:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _parse_json(self, raw: bytes, params: list[tuple[str, str]]) -> tuple[np.ndarray, int, int]:
+    def _parse_json(self, raw: bytes, params: list[tuple[str, str]]) -> _Pending:
         if params:
             raise HpcragError(
                 f"query parameter {params[0][0]!r} is for .npy bodies; put k and nprobe in the JSON body"
             )
-        queries, k, nprobe = parse_search_json(raw, self.options.max_queries)
-        return self._checked(queries, k, nprobe)
+        return self._checked(parse_search_json(raw, self.options.max_queries))
 
-    def _parse_npy(self, raw: bytes, params: list[tuple[str, str]]) -> tuple[np.ndarray, int, int]:
-        values = parse_query_params(params, {"k": 10, "nprobe": 1})
+    def _parse_npy(self, raw: bytes, params: list[tuple[str, str]]) -> _Pending:
+        text = {name: value for name, value in params if name in ("filter", "strategy")}
+        numbers = [(name, value) for name, value in params if name not in text]
+        if len(text) + len(numbers) != len(params):
+            raise HpcragError("query parameters filter and strategy may be given once each")
+        values = parse_query_params(numbers, {"k": 10, "nprobe": 1, "min_seq": 0})
         queries = parse_search_npy(raw, self.options.max_queries)
-        return self._checked(queries, values["k"], values["nprobe"])
+        spec = None
+        if "filter" in text:
+            try:
+                spec = json.loads(text["filter"])
+            except ValueError:
+                raise HpcragError(
+                    f"query parameter filter must be a JSON object, got {shown(text['filter'])}"
+                ) from None
+        request = SearchRequest(
+            queries, values["k"], values["nprobe"], spec, text.get("strategy", "auto"), values["min_seq"]
+        )
+        return self._checked(request)
 
-    def _checked(self, queries: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, int, int]:
+    def _checked(self, request: SearchRequest) -> _Pending:
+        k, nprobe = request.k, request.nprobe
         if k > self.options.max_k:
             raise HpcragError(f"k {k} exceeds this service's limit of {self.options.max_k} (--max-k)")
         check_search_params(k, nprobe, self.index.manifest.nlist)
-        return check_queries(queries, self.index.dim), k, nprobe
+        check_strategy(request.strategy)
+        flt = self.index.compile_filter(request.filter)
+        queries = check_queries(request.queries, self.index.dim)
+        return _Pending(queries, k, nprobe, flt, request.strategy, request.min_seq)
+
+    async def _handle_update(self, request: Any) -> Any:
+        from aiohttp import web
+
+        kind = request.path.strip("/")
+        binary = request.content_type == NPZ
+        if not self._authorized(request):
+            self.metrics.updates.labels(kind, "401").inc()
+            return self._unauthorized()
+        options = self.options
+        size = min(request.content_length or options.max_body_bytes, options.max_body_bytes)
+        if self._body_bytes_held + size > options.max_inflight_body_bytes:
+            self.metrics.updates.labels(kind, "503").inc()
+            return web.json_response(
+                {"error": "this service holds too many request bodies already; retry in a moment"},
+                status=503,
+                headers={"Retry-After": "1"},
+            )
+        self._body_bytes_held += size
+        try:
+            status, answer = await self._answer_update(request, kind, binary)
+        finally:
+            self._body_bytes_held -= size
+        self.metrics.updates.labels(kind, str(status)).inc()
+        return web.json_response(answer, status=status)
+
+    async def _answer_update(self, request: Any, kind: str, binary: bool) -> tuple[int, dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        params = list(request.query.items())
+        try:
+            raw = await self._read_body(request)
+            if binary:
+                parsed = await loop.run_in_executor(
+                    self._workers, parse_update_npz, raw, kind, params, self.options.max_update_rows
+                )
+            else:
+                if params:
+                    raise HpcragError(
+                        f"query parameter {params[0][0]!r} is for .npz bodies; use the JSON body"
+                    )
+                parsed = await loop.run_in_executor(
+                    self._workers, parse_update_json, raw, kind, self.options.max_update_rows
+                )
+        except RequestTooLarge as exc:
+            return 413, {"error": str(exc)}
+        except HpcragError as exc:
+            return 400, {"error": str(exc)}
+        update = _Update(parsed)
+        self._queue.put(update)
+        try:
+            result: UpdateResult = await asyncio.wrap_future(update.future)
+        except HpcragError as exc:
+            return 400, {"error": str(exc)}
+        for change, count in (
+            ("added", result.added),
+            ("replaced", result.replaced),
+            ("deleted", result.deleted),
+        ):
+            self.metrics.update_rows.labels(change).inc(count)
+        return 200, {
+            "seq": result.seq,
+            "added": result.added,
+            "replaced": result.replaced,
+            "deleted": result.deleted,
+            "unknown_ids": list(result.unknown_ids),
+            "declared": result.declared,
+        }
 
 
 def _joined(parts: list[SearchResult]) -> SearchResult:
@@ -537,6 +729,8 @@ def _joined(parts: list[SearchResult]) -> SearchResult:
         distances=np.concatenate([p.distances for p in parts]),
         shards_touched=np.concatenate([p.shards_touched for p in parts]),
         seconds=sum(p.seconds for p in parts),
+        strategy=parts[0].strategy if len({p.strategy for p in parts}) == 1 else "mixed",
+        seq=min(p.seq for p in parts),  # a request cut into batches: each row from one state, >= this
     )
 
 
@@ -548,13 +742,22 @@ def _json_answer(result: SearchResult) -> bytes:
             "ids": result.ids.tolist(),
             "distances": [[None if d != d else d for d in row] for row in distances.tolist()],
             "shards_touched": result.shards_touched.tolist(),
+            "strategy": result.strategy,
+            "seq": result.seq,
         }
     ).encode()
 
 
 def _npz(result: SearchResult) -> bytes:
     buffer = io.BytesIO()
-    np.savez(buffer, ids=result.ids, distances=result.distances, shards_touched=result.shards_touched)
+    np.savez(
+        buffer,
+        ids=result.ids,
+        distances=result.distances,
+        shards_touched=result.shards_touched,
+        strategy=np.array(result.strategy),
+        seq=np.array(result.seq, dtype=np.int64),
+    )
     return buffer.getvalue()
 
 

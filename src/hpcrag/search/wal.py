@@ -3,17 +3,18 @@
 One append-only file beside the shards, `updates.wal`, holds the updates since the shards were
 written (the manifest's `base_seq`). Each record is
 
-    magic "HUW1" | seq u64 | payload length u64 | crc32 of seq + payload u32 | payload
+    magic "HUW1" | seq u64 | payload length u64 | crc32 of the header u32 | crc32 of payload u32 | payload
 
 where the payload is a small JSON header and an .npz of the arrays (no pickles). An update is
 acknowledged only after its record is written and fsynced, so it survives the crash of any process.
 
 One writer at a time, across processes and replica jobs: a writer holds an exclusive lock on
 `updates.lock`, first reads what other writers appended (the caller applies it), then appends. A
-writer killed mid-record leaves a torn tail; readers stop before it, and the next writer, holding
-the lock, cuts it off. A bad record with intact data after it is damage, never a torn tail, and is
-refused with the file and offset. Records are numbered without gaps, so every replica that has read
-up to seq S holds the same state.
+writer killed mid-record (or a power loss) leaves a torn tail: a record cut short or running into
+zeros; readers stop before it, and the next writer, holding the lock, cuts it off. The header has
+its own checksum, so a damaged length cannot pass for a torn tail; a bad record with data after it
+other than zeros is damage, never a torn tail, and is refused with the file and offset. Records are
+numbered without gaps, so every replica that has read up to seq S holds the same state.
 
 An index that runs updates and a rank that dies: the MPI job ends, and at the next open every rank
 replays the log, so whatever was acknowledged is there and nothing else is.
@@ -42,7 +43,8 @@ LOG = "updates.wal"
 WRITER_LOCK = "updates.lock"
 SERVING_LOCK = "serving.lock"
 MAGIC = b"HUW1"
-HEADER = struct.Struct("<4sQQI")
+HEADER = struct.Struct("<4sQQII")  # magic, seq, payload length, header crc, payload crc
+HEADER_CHECKED = 20  # the bytes the header crc covers: magic, seq, length
 KINDS = ("put", "delete", "schema")
 
 
@@ -81,8 +83,8 @@ class Update:
 
 def encode_record(update: Update, seq: int) -> bytes:
     payload = update.payload()
-    crc = zlib.crc32(struct.pack("<Q", seq) + payload)
-    return HEADER.pack(MAGIC, seq, len(payload), crc) + payload
+    head = MAGIC + struct.pack("<QQ", seq, len(payload))
+    return HEADER.pack(MAGIC, seq, len(payload), zlib.crc32(head), zlib.crc32(payload)) + payload
 
 
 class UpdateLog:
@@ -117,18 +119,20 @@ class UpdateLog:
     def _parse(self, data: bytes) -> tuple[list[Update], int]:
         updates, position = [], 0
         while len(data) - position >= HEADER.size:
-            magic, seq, length, crc = HEADER.unpack_from(data, position)
+            magic, seq, length, head_crc, crc = HEADER.unpack_from(data, position)
             end = position + HEADER.size + length
-            if magic != MAGIC:
-                if not any(data[position:]):
-                    break  # zeros after a crash: the tail of a record that was never written
-                self._damaged(position, "no record starts here")
+            if magic != MAGIC or zlib.crc32(data[position : position + HEADER_CHECKED]) != head_crc:
+                if not any(data[position + HEADER_CHECKED :]):
+                    break  # zeros after a crash: the tail of a record that never reached the disk
+                self._damaged(position, "bad record header")
             if end > len(data):
-                break  # a record still being written, or torn by a crash
+                break  # a record still being written, or cut short by a crash
             payload = data[position + HEADER.size : end]
-            if zlib.crc32(struct.pack("<Q", seq) + payload) != crc:
-                if end == len(data):
-                    break  # the last record, torn: never acknowledged
+            if zlib.crc32(payload) != crc:
+                if not any(data[end:]):
+                    # The last record (only zeros after it): written partly, as a crash leaves it, so
+                    # never acknowledged; like SQLite's and LevelDB's logs, the tail is dropped.
+                    break
                 self._damaged(position, "checksum mismatch")
             if seq != self.last_seq + 1:
                 self._damaged(position, f"record {seq} follows {self.last_seq}")

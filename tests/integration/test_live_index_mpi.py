@@ -1,0 +1,74 @@
+"""Updates under real mpirun with 1 to 4 ranks: after a stream of adds, deletes (a whole list among
+them), upserts with repeated ids and re-added ids, the search equals faiss IVF-Flat built with the
+index's centroids over the surviving vectors, and brute force at nprobe = nlist; a filter's ivf and
+exact strategies equal their references; and the index reopened (the log replayed) answers the same."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hpcrag.search import Metric, reference
+from hpcrag.search.synthetic import clustered
+from tests.integration.helpers import mpirun
+from tests.integration.mpi_update_driver import FILTER, SEARCHES, plan, survivors
+from tests.search_helpers import assert_same_neighbours, centroids_of
+
+METRICS = ("ip", "l2")
+RANKS = (1, 2, 3, 4)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("mpi updates")
+    base, queries = clustered(2000, 30, 16, clusters=10, spread=0.5, seed=23)
+    np.save(root / "base.npy", base)
+    np.save(root / "queries.npy", queries)
+    for metric in METRICS:
+        for ranks in RANKS:
+            mpirun(ranks, sys.executable, "-m", "tests.integration.mpi_update_driver", str(root), metric)
+    return root
+
+
+@pytest.mark.parametrize("ranks", RANKS)
+@pytest.mark.parametrize("metric_name", METRICS)
+def test_updates_keep_both_invariants_at_every_rank_count(
+    workdir: Path, ranks: int, metric_name: str
+) -> None:
+    metric = Metric(metric_name)
+    base, queries = np.load(workdir / "base.npy"), np.load(workdir / "queries.npy")
+    out = workdir / f"r{ranks}-{metric_name}"
+    centroids = centroids_of(out / "index")
+    model = survivors(base, plan(base, centroids, metric))
+    ids = np.array(sorted(model), dtype=np.int64)
+    vectors = np.stack([model[i][0] for i in ids]).astype(np.float32)
+    found = np.load(out / "results.npz")
+    assert list(found["seqs"]) == [1, 2, 3, 4, 5]
+    assert int(found["ntotal"]) == len(model)
+
+    ivf = reference.ivf_flat(vectors, centroids, metric, ids)
+    for k, nprobe in SEARCHES:
+        distances, expected = reference.search(ivf, queries, k, metric, nprobe)
+        assert_same_neighbours(
+            found[f"k{k}-p{nprobe}-ids"], found[f"k{k}-p{nprobe}-distances"], expected, distances
+        )
+        if nprobe == 16:
+            exact = reference.exact(vectors, metric, ids)
+            distances, expected = reference.search(exact, queries, k, metric)
+            assert_same_neighbours(
+                found[f"k{k}-p{nprobe}-ids"], found[f"k{k}-p{nprobe}-distances"], expected, distances
+            )
+    distances, expected = reference.search(ivf, queries, 10, metric, 3)
+    assert_same_neighbours(found["reopened-ids"], found["k10-p3-distances"], expected, distances)
+
+    matching = np.array([model[i][1] is not None and model[i][1] < FILTER["bucket"]["lt"] for i in ids])
+    only = (vectors[matching], ids[matching])
+    distances, expected = reference.search(
+        reference.ivf_flat(*only[:1], centroids, metric, only[1]), queries, 10, metric, 3
+    )
+    assert_same_neighbours(found["ivf-ids"], found["ivf-distances"], expected, distances)
+    distances, expected = reference.search(reference.exact(only[0], metric, only[1]), queries, 10, metric)
+    assert_same_neighbours(found["exact-ids"], found["exact-distances"], expected, distances)
