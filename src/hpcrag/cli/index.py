@@ -8,6 +8,8 @@ an error reaches every rank at once, so the job ends with one message and exit c
 from __future__ import annotations
 
 import logging
+import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
     from hpcrag.search.comm import Communicator
     from hpcrag.search.index import SearchResult
     from hpcrag.search.service import ServiceOptions
+    from hpcrag.serve.registry import Registry
 
 comm_option = click.option(
     "--comm",
@@ -195,6 +198,7 @@ def search(
         opened = DistributedIndex.open(
             index_dir, comm, device=device, verify=verify, scan_backend=scan_backend
         )
+
         def inputs() -> tuple:
             from hpcrag.search.filters import parse_filter_args
 
@@ -270,11 +274,23 @@ def search(
 )
 @tls_options
 @click.option("--public-metrics", is_flag=True, help="Serve /metrics without the token.")
+@click.option(
+    "--group",
+    help="Register as a replica of this group in the endpoint registry (see `hpcrag index replicas`).",
+)
+@click.option(
+    "--site",
+    default=lambda: os.environ.get("SLURM_CLUSTER_NAME", "local"),
+    show_default="$SLURM_CLUSTER_NAME, else local",
+    help="The site this replica runs at (with --group).",
+)
 @device_option
 @verify_option
 @scan_backend_option
 @comm_option
+@click.pass_context
 def serve(
+    ctx: click.Context,
     index_dir: Path,
     port: int,
     host: str,
@@ -290,15 +306,20 @@ def serve(
     tls_key: Path | None,
     tls_client_ca: Path | None,
     public_metrics: bool,
+    group: str | None,
+    site: str,
     device: str,
     verify: bool,
     scan_backend: str,
     comm_kind: str,
 ) -> None:
-    """Serve the index over HTTP(S) from rank 0 (JSON and .npy), with dynamic batching.
+    """Serve the index over HTTP(S) from rank 0 (JSON and .npy), with dynamic batching; updates
+    (/add, /upsert, /delete) and filtered searches too.
 
     /search needs the service's bearer token: given (--token-file, $HPCRAG_SEARCH_TOKEN) or made at
-    start and written with the URL to --endpoint-file, readable by you only.
+    start and written with the URL to --endpoint-file, readable by you only. With --group the service
+    registers as a replica (URL and token in the endpoint registry) once it has replayed the index's
+    update log, and leaves the registry when it stops.
     """
 
     def options() -> ServiceOptions:
@@ -348,7 +369,24 @@ def serve(
         if comm.rank != 0:
             opened.follow()
             return
-        service.run(on_ready=lambda url: click.echo(f"serving {index_dir} on {url} with {comm.size} rank(s)"))
+        registry = agree(comm, lambda: _replica_registry(ctx, group))
+        registered = []
+
+        def ready(url: str) -> None:
+            click.echo(f"serving {index_dir} on {url} with {comm.size} rank(s) (update #{opened.seq})")
+            if registry is not None:
+                from hpcrag.search.replicas import ReplicaRegistration
+
+                registered.append(
+                    ReplicaRegistration(registry, group, site, index_dir, url, service.token, comm.size)
+                )
+                click.echo(f"registered as a replica of {group!r} at site {site}")
+
+        try:
+            service.run(on_ready=ready)
+        finally:
+            for registration in registered:
+                registration.close()
 
     _collective(comm_kind, device, body)
 
@@ -399,6 +437,24 @@ def info(index_dir: Path, verify: bool, as_json: bool) -> None:
             f"  {len(pending)} updates logged since the shards were written (#{manifest.base_seq + 1}.."
             f"#{log.last_seq}); searches apply them; `hpcrag index compact` folds them in"
         )
+
+
+def _replica_registry(ctx: click.Context, group: str | None) -> Registry | None:
+    """The endpoint registry of the site configuration, when the service registers as a replica."""
+    if group is None:
+        return None
+    from hpcrag.cli.common import load
+    from hpcrag.config.rag_schema import COLLECTION_NAME_PATTERN
+    from hpcrag.errors import HpcragError
+    from hpcrag.serve.registry import Registry
+
+    if not re.fullmatch(COLLECTION_NAME_PATTERN, group):
+        raise HpcragError(
+            f"--group {group!r}: a group name is 1-64 lowercase letters, digits, '-', '_' or '.', "
+            "starting with a letter or digit"
+        )
+    serving = load(ctx).serving
+    return Registry(serving.registry, serving.registry_journal)
 
 
 def _save_result(out: Path, result: SearchResult) -> None:

@@ -7,7 +7,20 @@ from typing import Any
 
 import click
 
-from hpcrag.cli import cluster, cost, demo, gateway, index, index_updates, jobs, plan, rag, serve, sites
+from hpcrag.cli import (
+    cluster,
+    cost,
+    demo,
+    gateway,
+    index,
+    index_replicas,
+    index_updates,
+    jobs,
+    plan,
+    rag,
+    serve,
+    sites,
+)
 
 
 class _Group(click.Group):
@@ -49,7 +62,7 @@ cli.add_command(cluster.cluster)
 cli.add_command(jobs.jobs)
 cli.add_command(demo.demo)
 cli.add_command(index.index)
-for command in index_updates.COMMANDS:
+for command in (*index_updates.COMMANDS, *index_replicas.COMMANDS):
     index.index.add_command(command)
 cli.add_command(plan.plan)
 cli.add_command(serve.serve)

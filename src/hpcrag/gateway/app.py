@@ -71,7 +71,7 @@ from hpcrag.rag.pipeline import NO_SOURCES
 from hpcrag.serve.client import backend_ssl_context
 from hpcrag.serve.launcher import registry_of
 from hpcrag.serve.load import ServerLoad, parse_metrics
-from hpcrag.serve.registry import Registry
+from hpcrag.serve.registry import INDEX_TIER, Registry
 from hpcrag.serve.supervisor import PROVIDER as ON_PREM
 from hpcrag.util.http_server import add_routes, bearer_token
 
@@ -141,7 +141,7 @@ class Gateway:
     def read_sources(self) -> None:
         """Registry rows, keys and today's spend: blocking SQLite reads, run off the event loop."""
         day = utc_day_start()
-        rows = self.registry.healthy()
+        rows = [row for row in self.registry.healthy() if row.tier != INDEX_TIER]  # search replicas
         keys = self.keys.active_by_hash()
         spend = self.ledger.spend_by_key(day)
         self.table.sync(rows)

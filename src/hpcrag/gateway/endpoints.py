@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 from hpcrag.catalog.matrix import RATING_WEIGHT
 from hpcrag.config import Config
-from hpcrag.gateway.circuit import CircuitBreaker
 from hpcrag.serve.client import auth_headers
 from hpcrag.serve.registry import Endpoint
 from hpcrag.serve.supervisor import PROVIDER as ON_PREM
+from hpcrag.util.circuit import CircuitBreaker
 
 
 @dataclass

@@ -30,6 +30,10 @@ class ServiceUnavailable(HpcragError):
         self.connected = connected  # False: the request never reached the service
 
 
+class ReplicaBehind(ServiceUnavailable):
+    """The service has not yet applied the update a search asked for (min_seq); it will soon."""
+
+
 class RequestRefused(HpcragError):
     """The service refused the request itself (a 4xx); any replica would."""
 
@@ -57,6 +61,7 @@ class SearchClient:
 
         self.url = url.rstrip("/")
         token = token if token is not None else os.environ.get(TOKEN_ENV, "").strip()
+        self.token = token
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         verify: Any = True
         if ca is not None or cert is not None:
@@ -208,10 +213,13 @@ class SearchClient:
         if response.status_code == 200:
             return response
         try:
-            reason = response.json()["error"]
+            answer = response.json()
+            reason = answer["error"]
         except (ValueError, KeyError, TypeError):
-            reason = response.text.strip() or response.reason_phrase
+            answer, reason = {}, response.text.strip() or response.reason_phrase
         message = f"search service {self.url} answered {response.status_code}: {reason}"
+        if response.status_code == 503 and "seq" in answer:
+            raise ReplicaBehind(message, connected=True)
         if response.status_code >= 500:
             raise ServiceUnavailable(message, connected=True)
         raise RequestRefused(message)

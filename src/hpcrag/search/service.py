@@ -500,6 +500,12 @@ class SearchService:
             headers={"WWW-Authenticate": 'Bearer realm="hpcrag-search"'},
         )
 
+    def _stopping_answer(self) -> Any:
+        from aiohttp import web
+
+        message = "this search service is stopping; send the request to another replica"
+        return web.json_response({"error": message}, status=503, headers={"Retry-After": "1"})
+
     async def _handle_health(self, request: Any) -> Any:
         from aiohttp import web
 
@@ -548,6 +554,8 @@ class SearchService:
         if not self._authorized(request):
             self.metrics.requests.labels(fmt, "401").inc()
             return self._unauthorized()
+        if self._stopping.is_set():
+            return self._stopping_answer()
         # A body's bytes count from before it is read until its answer is out: memory stays bounded
         # however many large requests arrive at once.
         options = self.options
@@ -587,7 +595,8 @@ class SearchService:
             raise
         except Behind as exc:
             self.metrics.requests.labels(fmt, "503").inc()
-            return web.json_response({"error": str(exc)}, status=503, headers={"Retry-After": "1"})
+            answer = {"error": str(exc), "seq": self.index.seq}
+            return web.json_response(answer, status=503, headers={"Retry-After": "1"})
         except HpcragError as exc:
             self.metrics.requests.labels(fmt, "500").inc()
             return web.json_response({"error": str(exc)}, status=500)
@@ -661,6 +670,8 @@ class SearchService:
         if not self._authorized(request):
             self.metrics.updates.labels(kind, "401").inc()
             return self._unauthorized()
+        if self._stopping.is_set():
+            return self._stopping_answer()
         options = self.options
         size = min(request.content_length or options.max_body_bytes, options.max_body_bytes)
         if self._body_bytes_held + size > options.max_inflight_body_bytes:

@@ -28,6 +28,7 @@ from hpcrag.util import sqlite
 
 STATES = ("submitted", "starting", "healthy", "requeued", "stopping", "stopped", "failed")
 LIVE_STATES = ("submitted", "starting", "healthy", "requeued")
+INDEX_TIER = "index"  # the tier of search-service replicas (`search.replicas`); the rest are vLLM tiers
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS endpoints (
     id INTEGER PRIMARY KEY AUTOINCREMENT,

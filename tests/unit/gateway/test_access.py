@@ -8,7 +8,7 @@ import pytest
 
 from hpcrag.errors import HpcragError
 from hpcrag.gateway.access import Access, Refusal, utc_day_start
-from hpcrag.gateway.circuit import CircuitBreaker
+from hpcrag.util.circuit import CircuitBreaker
 from hpcrag.gateway.keys import ApiKey, KeyStore, hash_key
 
 

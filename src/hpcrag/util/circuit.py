@@ -1,8 +1,9 @@
 """A circuit breaker per endpoint: closed (in use), open (out, after repeated failures), back by health.
 
 `failures` consecutive connection failures open the circuit. While open, the endpoint gets no
-requests; after `open_s` the gateway probes its /health every `probe_s`, and the first healthy answer
-closes the circuit again. One success resets the failure count.
+requests; after `open_s` its owner (the gateway for vLLM servers, `search.replicas` for index
+replicas) probes its /health, and the first healthy answer closes the circuit again. One success
+resets the failure count.
 """
 
 from __future__ import annotations
