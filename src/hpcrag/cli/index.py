@@ -361,7 +361,9 @@ def serve(
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
         redact.install()  # aiohttp quotes raw headers, tokens included, when it refuses a request
 
-        checked = agree(comm, lambda: options() if comm.rank == 0 else None)
+        checked, registry = agree(
+            comm, lambda: (options(), _replica_registry(ctx, group)) if comm.rank == 0 else (None, None)
+        )
         opened = DistributedIndex.open(
             index_dir, comm, device=device, verify=verify, scan_backend=scan_backend
         )
@@ -369,7 +371,6 @@ def serve(
         if comm.rank != 0:
             opened.follow()
             return
-        registry = agree(comm, lambda: _replica_registry(ctx, group))
         registered = []
 
         def ready(url: str) -> None:
