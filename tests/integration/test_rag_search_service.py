@@ -71,3 +71,33 @@ def test_the_service_ranks_as_the_index_in_process_and_refuses_a_stale_generatio
     ingest(collection, [folder], settings, factory.make_embedder(settings.embedder))
     with pytest.raises(HpcragError, match=r"does not hold generation 2 of collection 'docs'; serve it with"):
         factory.open_pipeline(collection, settings, search_endpoint=endpoint)
+
+
+def test_a_collection_served_by_a_replica_group_ranks_as_in_process(served, tmp_path: Path) -> None:
+    from hpcrag.search.replicas import ReplicaRegistration
+    from hpcrag.serve.registry import Registry
+
+    collection, _, endpoint, settings = served
+    registry_path = tmp_path / "registry.sqlite"
+    service = json.loads(endpoint.read_text())
+    registration = ReplicaRegistration(
+        Registry(registry_path), "docs-dense", "nyc", collection.current_path() / "dense", service["url"],
+        service["token"], ranks=1,
+    )  # fmt: skip
+    question = "How do I cancel one task of a job array?"
+    grouped = settings.model_copy(update={"search_replicas": "docs-dense"})
+    local = factory.open_pipeline(collection, settings)
+    remote = factory.open_pipeline(collection, grouped, registry=registry_path)
+    try:
+        here, _ = local.retrieve(question, fusion="dense", k=3)
+        there, _ = remote.retrieve(question, fusion="dense", k=3)
+        assert remote.loaded.dense.group == "docs-dense"
+    finally:
+        local.loaded.close()
+        remote.loaded.close()
+    assert [c.chunk_id for c in there] == [c.chunk_id for c in here]
+    registration.close()
+    with pytest.raises(HpcragError, match=r"no replica of index group 'docs-dense'.*none registered"):
+        factory.open_pipeline(collection, grouped, registry=registry_path)
+    with pytest.raises(HpcragError, match=r"no endpoint registry was given"):
+        factory.open_pipeline(collection, grouped)

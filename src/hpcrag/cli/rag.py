@@ -155,6 +155,11 @@ def _print_ingest(report: Any) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Endpoint file of a running `hpcrag index serve` holding this collection's dense index.",
 )
+@click.option(
+    "--search-replicas",
+    metavar="GROUP",
+    help="Search the dense side through this replica group (default: rag.yaml's search_replicas).",
+)
 @json_option
 @click.pass_context
 def query(
@@ -172,6 +177,7 @@ def query(
     ca: Path | None,
     stream: bool,
     search_endpoint: Path | None,
+    search_replicas: str | None,
     as_json: bool,
 ) -> None:
     """Answer QUESTION from COLLECTION with numbered, checked citations."""
@@ -181,7 +187,10 @@ def query(
     config = load(ctx)
     target, settings = _collection(config, collection, tier)
     where = parse_filters(list(filters))
-    pipeline = open_pipeline(target, settings, search_endpoint)
+    if search_replicas:
+        settings = settings.model_copy(update={"search_replicas": search_replicas})
+    registry = config.resolve_path(config.serving.registry)
+    pipeline = open_pipeline(target, settings, search_endpoint, registry=registry)
     try:
         if retrieve_only:
             _print_retrieval(pipeline, question, where, fusion, top_k or settings.row.top_k, as_json)

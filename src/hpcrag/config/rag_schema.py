@@ -108,6 +108,12 @@ class _PipelineSettings(_Model):
     pii: Literal["mask", "refuse", "off"] = "mask"
     injection: Literal["flag", "drop", "off"] = "flag"
     nshards: PositiveInt = Field(default=2, description="Shards of the dense index")
+    search_replicas: str | None = Field(
+        default=None,
+        pattern=COLLECTION_NAME_PATTERN,
+        description="Search the dense side through this replica group (hpcrag index serve-group of the "
+        "collection's dense/ folder) instead of opening the index in the process",
+    )
 
 
 class CollectionSettings(_PipelineSettings):

@@ -133,7 +133,7 @@ class Gateway:
             router=Router(config, table, load_scorer(config.gateway)),
             access=Access(),
             metrics=metrics,
-            rag=RagService(config.rag, metrics),
+            rag=RagService(config.rag, metrics, config.resolve_path(config.serving.registry)),
             metrics_token=_metrics_token(config),
             certifications=known_certifications(config),
         )

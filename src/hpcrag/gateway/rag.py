@@ -27,6 +27,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from aiohttp import web
@@ -212,8 +213,9 @@ class _Opened:
 class RagService:
     """The gateway's pipelines, one per collection, and the RAG metrics."""
 
-    def __init__(self, settings: RagSettings, metrics: GatewayMetrics) -> None:
+    def __init__(self, settings: RagSettings, metrics: GatewayMetrics, registry: Path | None = None) -> None:
         self.settings = settings
+        self.registry = registry  # where collections served by replica groups find them
         self.metrics = metrics
         self.root = collections_root(settings.collections_dir)
         self._opened: dict[str, _Opened] = {}
@@ -307,7 +309,8 @@ class RagService:
         from hpcrag.rag import factory
 
         try:
-            return factory.open_pipeline(Collection(self.root, name), self.settings.for_collection(name))
+            settings = self.settings.for_collection(name)
+            return factory.open_pipeline(Collection(self.root, name), settings, registry=self.registry)
         except HpcragError as exc:  # a damaged generation, an embedder that does not match it
             log.error("RAG collection %s cannot be opened: %s", name, exc)
             raise RagRefused(503, "collection_unavailable", str(exc)) from None

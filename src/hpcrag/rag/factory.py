@@ -72,12 +72,25 @@ def open_pipeline(
     settings: CollectionSettings,
     search_endpoint: Path | None = None,
     helper: Any | None = None,
+    registry: Path | None = None,
 ) -> Any:
-    """A ready `RagPipeline` over the collection's current generation."""
+    """A ready `RagPipeline` over the collection's current generation; its dense side through a
+    search service (`search_endpoint`), the settings' replica group (found in `registry`), or in
+    this process."""
     from hpcrag.rag.pipeline import RagPipeline
     from hpcrag.rag.retrieve import LoadedCollection
 
-    loaded = LoadedCollection(collection, search_endpoint)
+    replicas = None
+    if settings.search_replicas and search_endpoint is None:
+        from hpcrag.search.replicas import ReplicaSet
+
+        if registry is None:
+            raise HpcragError(
+                f"collection {collection.name!r} is served by replica group {settings.search_replicas!r}, "
+                "but no endpoint registry was given (serving.registry in site-configs/serving.yaml)"
+            )
+        replicas = ReplicaSet.from_registry(registry, settings.search_replicas)
+    loaded = LoadedCollection(collection, search_endpoint, replicas)
     return RagPipeline(
         loaded, make_embedder(settings.embedder), settings, make_reranker(settings.rerank), helper
     )

@@ -68,7 +68,11 @@ def parse_filters(items: list[str] | dict[str, Any] | None) -> dict[str, list[st
 class LoadedCollection:
     """One generation opened for reading: store, embeddings, dense and sparse indexes."""
 
-    def __init__(self, collection: Collection, search_endpoint: Path | None = None) -> None:
+    def __init__(
+        self, collection: Collection, search_endpoint: Path | None = None, replicas: Any = None
+    ) -> None:
+        """The dense side: a search service (`search_endpoint`), a `ReplicaSet` (`replicas`), else the
+        generation's index opened in this process."""
         from hpcrag.rag.sparse import SparseIndex
 
         self.collection = collection
@@ -80,11 +84,14 @@ class LoadedCollection:
             self.sparse = SparseIndex.load(self.folder / "bm25")
             self.dense: Any
             self.nlist = _nlist(self.folder / "dense")
-            if search_endpoint is not None:
+            if replicas is not None:
+                self.dense = replicas
+                self._check_service(f"replica group {replicas.group!r}")
+            elif search_endpoint is not None:
                 from hpcrag.search.client import SearchClient
 
                 self.dense = SearchClient.from_endpoint_file(search_endpoint)
-                self._check_service(search_endpoint)
+                self._check_service(f"the search service of {search_endpoint}")
             else:
                 from hpcrag.search import DistributedIndex
 
@@ -93,15 +100,15 @@ class LoadedCollection:
             self.store.close()
             raise
 
-    def _check_service(self, endpoint: Path) -> None:
+    def _check_service(self, served_by: str) -> None:
         """The service must hold this generation's dense index, file for file."""
         from hpcrag.search.layout import read_manifest
 
         if self.dense.health().get("fingerprint") != read_manifest(self.folder / "dense").fingerprint():
             self.dense.close()
             raise HpcragError(
-                f"the search service of {endpoint} does not hold generation {self.manifest.generation} of "
-                f"collection {self.name!r}; serve it with `hpcrag index serve {self.folder / 'dense'}`"
+                f"{served_by} does not hold generation {self.manifest.generation} of collection "
+                f"{self.name!r}; serve it with `hpcrag index serve {self.folder / 'dense'}`"
             )
 
     @property

@@ -168,6 +168,10 @@ class ReplicaSet:
         with self._lock:
             return list(self._replicas.values())
 
+    def health(self) -> dict[str, Any]:
+        """The /health of one replica that answers (with the token: the index's shape and seq)."""
+        return self._call(lambda c: c.health(), retry_unsent_only=False)
+
     def search(
         self,
         queries: Any,
