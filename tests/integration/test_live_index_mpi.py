@@ -72,3 +72,30 @@ def test_updates_keep_both_invariants_at_every_rank_count(
     assert_same_neighbours(found["ivf-ids"], found["ivf-distances"], expected, distances)
     distances, expected = reference.search(reference.exact(only[0], metric, only[1]), queries, 10, metric)
     assert_same_neighbours(found["exact-ids"], found["exact-distances"], expected, distances)
+
+
+def test_the_update_commands_under_mpirun(tmp_path: Path) -> None:
+    base, _ = clustered(1200, 5, 16, clusters=6, seed=3)
+    np.save(tmp_path / "base.npy", base)
+    hpcrag = [sys.executable, "-m", "hpcrag", "index"]
+    index = str(tmp_path / "index")
+    mpirun(2, *hpcrag, "build", str(tmp_path / "base.npy"), "--out", index, "--nlist", "8", "--shards", "2")
+    new = (base[:50] + 0.05).astype(np.float32)
+    np.save(tmp_path / "new.npy", new)
+    np.save(tmp_path / "ids.npy", np.arange(5000, 5050))
+    (tmp_path / "attributes.jsonl").write_text("".join(f'{{"team": "t{i % 2}"}}\n' for i in range(50)))
+    out = mpirun(
+        2, *hpcrag, "upsert", index, "--vectors", str(tmp_path / "new.npy"),
+        "--ids", str(tmp_path / "ids.npy"), "--attributes", str(tmp_path / "attributes.jsonl"),
+    )  # fmt: skip
+    assert "upsert: 50 new and 0 replaced vectors" in out and "declared team:str" in out and "#1" in out
+    out = mpirun(2, *hpcrag, "delete", index, "--id", "5000", "--id", "5001", "--id", "99999")
+    assert "deleted 2 vectors" in out and "1 ids were not in the index (99999)" in out
+    np.save(tmp_path / "q.npy", new[2:4])
+    out = mpirun(
+        2, *hpcrag, "search", index, "--queries", str(tmp_path / "q.npy"), "--k", "1", "--nprobe", "8",
+        "--out", str(tmp_path / "r.npz"), "--filter", "team=t0",
+    )  # fmt: skip
+    assert 'filter team = "t0", exact scan' in out
+    found = np.load(tmp_path / "r.npz")["ids"][:, 0]
+    assert found[0] == 5002 and found[1] in range(5002, 5050, 2), "only live rows of team t0"

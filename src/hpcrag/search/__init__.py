@@ -5,7 +5,7 @@ from hpcrag.search import DistributedIndex, build_index, BuildOptions, make_comm
 
 from hpcrag.search.build import BuildOptions, build_index
 from hpcrag.search.comm import LocalComm, MpiComm, NcclComm, make_comm
-from hpcrag.search.index import DistributedIndex, SearchResult
+from hpcrag.search.index import DistributedIndex, SearchResult, UpdateResult
 from hpcrag.search.metric import Metric
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "MpiComm",
     "NcclComm",
     "SearchResult",
+    "UpdateResult",
     "build_index",
     "make_comm",
 ]
