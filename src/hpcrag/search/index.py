@@ -255,7 +255,7 @@ class DistributedIndex:
         declare: Mapping[str, str] | None = None,
     ) -> UpdateResult | None:
         """Collective: add new ids (an id already in the index is an error: use `upsert`)."""
-        return self._update("add", vectors, ids, attributes, declare, strict=True)
+        return self._update("add", vectors, ids, attributes, declare, strict=False)
 
     def upsert(
         self,

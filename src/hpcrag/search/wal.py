@@ -164,26 +164,39 @@ class UpdateLog:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 unseen = self.read_new()
-                if self.path.exists() and self.path.stat().st_size > self.offset:
+                if self.has_new():
                     # Holding the lock, no one is writing: the bytes past the last record are torn.
-                    with open(self.path, "r+b") as handle:
-                        handle.truncate(self.offset)
-                        os.fsync(handle.fileno())
+                    self._cut_back()
                 yield unseen
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _cut_back(self) -> None:
+        """Remove what a failed append may have left after the last whole record."""
+        try:
+            with open(self.path, "r+b") as handle:
+                handle.truncate(self.offset)
+                os.fsync(handle.fileno())
+        except OSError:
+            pass  # the next writer cuts a torn tail off anyway
 
     def append(self, update: Update) -> int:
         """Write one record durably (call inside `writing()`); returns its sequence number."""
         seq = self.last_seq + 1
         record = encode_record(update, seq)
         created = not self.path.exists()
-        with open(self.path, "ab") as handle:
-            handle.write(record)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if created:
-            _fsync_dir(self.root)
+        try:
+            with open(self.path, "ab") as handle:
+                handle.write(record)
+                handle.flush()
+                os.fsync(handle.fileno())
+            if created:
+                _fsync_dir(self.root)
+        except OSError as exc:
+            self._cut_back()
+            raise HpcragError(
+                f"cannot write the update log {self.path} ({exc.strerror}); the update was not applied"
+            ) from None
         self.offset += len(record)
         self.last_seq = seq
         return seq

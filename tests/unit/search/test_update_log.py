@@ -258,3 +258,27 @@ def test_served_elsewhere_while_an_index_is_open(tmp_path: Path) -> None:
     assert served_elsewhere(root), "the second index still serves"
     second.close()
     assert not served_elsewhere(root)
+
+
+def test_a_failed_append_is_an_error_and_leaves_no_partial_record(tmp_path: Path, monkeypatch) -> None:
+    import os
+
+    from hpcrag.errors import HpcragError
+
+    sizes = write(tmp_path, [put(0)])
+    log = UpdateLog(tmp_path, 0)
+    real_fsync = os.fsync
+
+    def disk_full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    with log.writing():
+        monkeypatch.setattr(os, "fsync", disk_full)
+        with pytest.raises(HpcragError, match=r"cannot write the update log .*No space left.*not applied"):
+            log.append(put(10))
+        monkeypatch.setattr(os, "fsync", real_fsync)
+    assert (tmp_path / LOG).stat().st_size == sizes[-1], "the partial record was cut off"
+    assert log.last_seq == 1
+    with log.writing():
+        assert log.append(delete(1)) == 2
+    assert [u.seq for u in UpdateLog(tmp_path, 0).read_new()] == [1, 2]
