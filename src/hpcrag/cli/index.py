@@ -408,6 +408,9 @@ def info(index_dir: Path, verify: bool, as_json: bool) -> None:
             layout.check_file(layout.shard_dir(index_dir, shard.shard) / name, entry, verify)
     log = UpdateLog(index_dir, manifest.base_seq)
     pending = log.read_new()
+    attributes = dict(manifest.attributes)
+    for update in pending:
+        attributes.update(update.columns or {})
     summary = {
         "path": str(index_dir),
         "format_version": manifest.format_version,
@@ -419,7 +422,7 @@ def info(index_dir: Path, verify: bool, as_json: bool) -> None:
         "shards": [{"shard": s.shard, "vectors": s.ntotal} for s in manifest.shards],
         "checked": "sizes and checksums" if verify else "sizes",
         "build": manifest.build,
-        "attributes": manifest.attributes,
+        "attributes": attributes,
         "updates": {"folded_up_to": manifest.base_seq, "pending": len(pending), "last": log.last_seq},
     }
     if as_json:
@@ -431,8 +434,8 @@ def info(index_dir: Path, verify: bool, as_json: bool) -> None:
     )
     for shard in manifest.shards:
         click.echo(f"  shard {shard.shard}: {shard.ntotal} vectors")
-    if manifest.attributes:
-        click.echo("  attributes: " + ", ".join(f"{n}:{t}" for n, t in manifest.attributes.items()))
+    if attributes:
+        click.echo("  attributes: " + ", ".join(f"{n}:{t}" for n, t in attributes.items()))
     if pending:
         click.echo(
             f"  {len(pending)} updates logged since the shards were written (#{manifest.base_seq + 1}.."

@@ -47,7 +47,13 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON f
 
 
 def _write_command(kind: str) -> click.Command:
-    @click.command(name=kind)
+    summary = (
+        "Add new vectors to an index (an id already there is an error: use upsert)."
+        if kind == "add"
+        else "Add or replace vectors by id, atomically per call (of repeated ids the last row counts)."
+    )
+
+    @click.command(name=kind, help=summary)
     @click.argument("index_dir", type=click.Path(path_type=Path))
     @vectors_option
     @ids_option
@@ -94,11 +100,6 @@ def _write_command(kind: str) -> click.Command:
 
         _collective(comm_kind, "cpu", body)
 
-    command.__doc__ = (
-        "Add new vectors to an index (an id already there is an error: use upsert)."
-        if kind == "add"
-        else "Add or replace vectors by id, atomically per call (of repeated ids the last row counts)."
-    )
     return command
 
 

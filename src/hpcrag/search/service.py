@@ -71,6 +71,7 @@ from hpcrag.search.inputs import (
     shown,
 )
 from hpcrag.search.update_inputs import UpdateRequest, parse_update_json, parse_update_npz
+from hpcrag.search.wal import LogWriteError
 from hpcrag.util.http_server import add_routes, bearer_token, protocol_logger
 
 NPY = "application/x-npy"
@@ -714,6 +715,8 @@ class SearchService:
         self._queue.put(update)
         try:
             result: UpdateResult = await asyncio.wrap_future(update.future)
+        except LogWriteError as exc:
+            return 503, {"error": str(exc)}
         except HpcragError as exc:
             return 400, {"error": str(exc)}
         for change, count in (

@@ -45,7 +45,10 @@ SERVING_LOCK = "serving.lock"
 MAGIC = b"HUW1"
 HEADER = struct.Struct("<4sQQII")  # magic, seq, payload length, header crc, payload crc
 HEADER_CHECKED = 20  # the bytes the header crc covers: magic, seq, length
-KINDS = ("put", "delete", "schema")
+
+
+class LogWriteError(HpcragError):
+    """The log could not be written (disk full, read-only): the service's fault, not the request's."""
 
 
 @dataclass(frozen=True)
@@ -157,7 +160,7 @@ class UpdateLog:
         try:
             lock_file = open(self.root / WRITER_LOCK, "a+b")  # noqa: SIM115 (closed below)
         except OSError as exc:
-            raise HpcragError(
+            raise LogWriteError(
                 f"cannot write to the index in {self.root} ({exc.strerror}): updates need write access"
             ) from None
         with lock_file as lock:
@@ -194,7 +197,7 @@ class UpdateLog:
                 _fsync_dir(self.root)
         except OSError as exc:
             self._cut_back()
-            raise HpcragError(
+            raise LogWriteError(
                 f"cannot write the update log {self.path} ({exc.strerror}); the update was not applied"
             ) from None
         self.offset += len(record)
