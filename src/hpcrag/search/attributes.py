@@ -229,6 +229,17 @@ def _encode_time(value: Any, where: str) -> int | None:
     return micros
 
 
+def _is_row(row: Any, number: int) -> bool:
+    """True for an object of attributes, False for null (no attributes); anything else is an error."""
+    if row is None:
+        return False
+    if not isinstance(row, Mapping):
+        raise HpcragError(
+            f"attributes row {number} is {kind_of(row)}; each row is an object {{name: value}} or null"
+        )
+    return True
+
+
 def encode_rows(
     schema: AttributeSchema, rows: Sequence[Mapping[str, Any] | None], first_row: int = 0
 ) -> np.ndarray:
@@ -240,12 +251,8 @@ def encode_rows(
     out = np.full((len(rows), len(columns)), MISSING, dtype=np.int64)
     for offset, row in enumerate(rows):
         number = first_row + offset
-        if row is None:
+        if not _is_row(row, number):
             continue
-        if not isinstance(row, Mapping):
-            raise HpcragError(
-                f"attributes row {number} is {kind_of(row)}; each row is an object {{name: value}} or null"
-            )
         for name, value in row.items():
             if name not in columns:
                 declared = ", ".join(schema.names) or "none"
@@ -313,12 +320,8 @@ def infer_schema(rows: Iterable[Mapping[str, Any] | None]) -> AttributeSchema:
     first: dict[str, int] = {}
     times: dict[str, bool] = {}
     for number, row in enumerate(rows):
-        if row is None:
+        if not _is_row(row, number):
             continue
-        if not isinstance(row, Mapping):
-            raise HpcragError(
-                f"attributes row {number} is {kind_of(row)}; each row is an object {{name: value}} or null"
-            )
         for name, value in row.items():
             kind = _json_kind(name, value, number)
             if kind is None:

@@ -546,8 +546,24 @@ class SearchService:
 
         return web.json_response(openapi_document(self.options, self.index.manifest.nlist))
 
-    async def _handle_search(self, request: Any) -> Any:
+    def _hold_body(self, request: Any) -> tuple[int, Any]:
+        """Count a request's body as held (the caller releases it), or a 503 when that would pass
+        --max-inflight-mb. A body's bytes count from before it is read until its answer is out, so
+        memory stays bounded however many large requests arrive at once."""
         from aiohttp import web
+
+        options = self.options
+        size = min(request.content_length or options.max_body_bytes, options.max_body_bytes)
+        if self._body_bytes_held + size > options.max_inflight_body_bytes:
+            message = (
+                f"this service holds {options.max_inflight_body_bytes} bytes of request bodies already "
+                "(--max-inflight-mb); retry in a moment"
+            )
+            return 0, web.json_response({"error": message}, status=503, headers={"Retry-After": "1"})
+        self._body_bytes_held += size
+        return size, None
+
+    async def _handle_search(self, request: Any) -> Any:
 
         started = time.perf_counter()
         binary = request.content_type == NPY
@@ -557,18 +573,10 @@ class SearchService:
             return self._unauthorized()
         if self._stopping.is_set():
             return self._stopping_answer()
-        # A body's bytes count from before it is read until its answer is out: memory stays bounded
-        # however many large requests arrive at once.
-        options = self.options
-        size = min(request.content_length or options.max_body_bytes, options.max_body_bytes)
-        if self._body_bytes_held + size > options.max_inflight_body_bytes:
+        size, refusal = self._hold_body(request)
+        if refusal is not None:
             self.metrics.requests.labels(fmt, "503").inc()
-            message = (
-                f"this service holds {options.max_inflight_body_bytes} bytes of request bodies already "
-                "(--max-inflight-mb); retry in a moment"
-            )
-            return web.json_response({"error": message}, status=503, headers={"Retry-After": "1"})
-        self._body_bytes_held += size
+            return refusal
         try:
             return await self._answer_search(request, binary, fmt, started)
         finally:
@@ -673,16 +681,10 @@ class SearchService:
             return self._unauthorized()
         if self._stopping.is_set():
             return self._stopping_answer()
-        options = self.options
-        size = min(request.content_length or options.max_body_bytes, options.max_body_bytes)
-        if self._body_bytes_held + size > options.max_inflight_body_bytes:
+        size, refusal = self._hold_body(request)
+        if refusal is not None:
             self.metrics.updates.labels(kind, "503").inc()
-            return web.json_response(
-                {"error": "this service holds too many request bodies already; retry in a moment"},
-                status=503,
-                headers={"Retry-After": "1"},
-            )
-        self._body_bytes_held += size
+            return refusal
         try:
             status, answer = await self._answer_update(request, kind, binary)
         finally:
