@@ -179,7 +179,7 @@ def scan_lists(
     if tasks.count:
         _scan_tasks(
             queries,
-            (queries * queries).sum(axis=1),
+            (queries * queries).sum(axis=1) if l2 else np.zeros(nq, dtype=np.float32),
             tasks.begin,
             tasks.end,
             tasks.query,

@@ -205,13 +205,16 @@ def parse_search_json(raw: bytes, max_queries: int) -> SearchRequest:
     strategy = body.get("strategy", "auto")
     if not isinstance(strategy, str):
         raise HpcragError(f'"strategy" must be "auto", "ivf" or "exact", got {shown(strategy)}')
+    min_seq = _json_int(body, "min_seq", 0)
+    if min_seq < 0:
+        raise HpcragError(f'"min_seq" must be an update number >= 0, got {min_seq}')
     return SearchRequest(
         json_vectors(body["queries"], max_queries),
         _json_int(body, "k", 10),
         _json_int(body, "nprobe", 1),
         body.get("filter"),
         strategy,
-        _json_int(body, "min_seq", 0),
+        min_seq,
     )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,7 +85,16 @@ def parse_update_npz(raw: bytes, kind: str, params: list[tuple[str, str]], max_r
             ids = arrays["ids"]
             vectors = arrays["vectors"] if "vectors" in names else None
             text = str(arrays["attributes"]) if "attributes" in names else None
-    except (ValueError, OSError, zipfile.BadZipFile, KeyError) as exc:
+    except (
+        ValueError,
+        OSError,
+        EOFError,
+        KeyError,
+        RuntimeError,
+        NotImplementedError,
+        zipfile.BadZipFile,
+        zlib.error,
+    ) as exc:  # what np.load and zipfile raise for an empty, encrypted or oddly compressed archive
         raise HpcragError(f"the request body is not an .npz archive ({first_line(exc)})") from None
     if kind == "delete":
         return UpdateRequest(kind, ids, strict=_strict_param(params))
@@ -124,9 +134,9 @@ def _json_ids(ids: Any, max_rows: int) -> np.ndarray:
         raise HpcragError(f'"ids" must be a non-empty list of integers, got {shown(ids)}')
     if len(ids) > max_rows:
         _too_many((len(ids),), max_rows)
-    bad = next((x for x in ids if type(x) is not int), None)
-    if bad is not None:
-        raise HpcragError(f'"ids" holds {shown(bad)}: ids are integers >= 0')
+    bad = [x for x in ids if type(x) is not int]
+    if bad:
+        raise HpcragError(f'"ids" holds {shown(bad[0])}: ids are integers >= 0')
     if any(x < 0 or x > np.iinfo(np.int64).max for x in ids):
         raise HpcragError('"ids" must be between 0 and 2**63-1')
     return np.asarray(ids, dtype=np.int64)
