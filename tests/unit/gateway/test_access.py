@@ -8,8 +8,8 @@ import pytest
 
 from hpcrag.errors import HpcragError
 from hpcrag.gateway.access import Access, Refusal, utc_day_start
-from hpcrag.util.circuit import CircuitBreaker
 from hpcrag.gateway.keys import ApiKey, KeyStore, hash_key
+from hpcrag.util.circuit import CircuitBreaker
 
 
 @pytest.fixture
