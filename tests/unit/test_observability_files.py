@@ -81,3 +81,37 @@ def test_dashboard_is_grafana_json() -> None:
     assert len(ids) == len(set(ids))
     for panel in dashboard["panels"]:
         assert panel["datasource"]["uid"] == "${datasource}" and panel["targets"], panel["title"]
+
+
+SEARCH_DASHBOARD = CONFIG_DIR / "grafana" / "hpcrag-search.json"
+
+
+def test_the_search_dashboard_queries_only_what_a_search_service_exports(tmp_path) -> None:
+    import numpy as np
+
+    from hpcrag.search import BuildOptions, DistributedIndex, build_index
+    from hpcrag.search.service import _Metrics
+
+    np.save(tmp_path / "base.npy", np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32))
+    build_index(tmp_path / "base.npy", tmp_path / "index", BuildOptions(nlist=4, nshards=2))
+    exported = set()
+    for metric in _Metrics(DistributedIndex.open(tmp_path / "index")).registry.collect():
+        exported.add(metric.name + ("_total" if metric.type == "counter" else ""))
+        if metric.type == "histogram":
+            exported |= {f"{metric.name}_{suffix}" for suffix in ("bucket", "sum", "count")}
+    dashboard = json.loads(SEARCH_DASHBOARD.read_text())
+    assert dashboard["uid"] == "hpcrag-search"
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    queried = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\bhpcrag_[a-z_]+", target["expr"])
+    }
+    assert len(queried) >= 10 and queried <= exported, queried - exported
+    assert {
+        "hpcrag_index_updates_total",
+        "hpcrag_index_update_seq",
+        "hpcrag_search_strategy_queries_total",
+    } <= queried
