@@ -199,3 +199,28 @@ def scan_lists(
     starts = np.concatenate([[0], np.cumsum(tasks.rows_per_query)]).astype(np.int64)
     _merge_rows(by_query, starts, out_keys, out_ids, keys, found)
     return keys, found
+
+
+def warm() -> list[str]:
+    """Compile (or load from Numba's cache) the scan for every storage dtype, so that the first search
+    of a job is as fast as the next: `scripts/setup` runs this once; returns what was warmed."""
+    rng = np.random.default_rng(0)
+    queries = rng.normal(size=(2, 8)).astype(np.float32)
+    offsets = np.array([0, 3, 6], dtype=np.int64)
+    probes = np.array([[0, 1], [1, -1]], dtype=np.int64)
+    ids = np.arange(6, dtype=np.int64)
+    warmed = []
+    # Numba compiles per argument type, and a read-only array is another type: shards on disk are
+    # memory-mapped read-only, the deltas of updates are not.
+    for dtype in (np.float16, np.float32):
+        for writable in (False, True):
+            vectors = rng.normal(size=(6, 8)).astype(dtype)
+            sqnorms = (vectors.astype(np.float32) ** 2).sum(axis=1)
+            rows = [vectors, ids.copy(), sqnorms]
+            for array in rows:
+                array.setflags(write=writable)
+            scan_lists(queries, probes, *rows, offsets, 2, l2=False)
+            scan_lists(queries, probes, *rows, offsets, 2, l2=True, allowed=np.ones(6, np.uint8))
+            warmed.append(f"{np.dtype(dtype).name} {'writable' if writable else 'read-only'}")
+    return warmed
+

@@ -96,3 +96,12 @@ def test_ties_are_broken_by_the_smaller_id() -> None:
     )
     assert found.tolist() == [[10, 20, 30, 40]]
     assert keys.tolist() == [[-4.0] * 4]
+
+
+def test_warm_compiles_every_signature_a_search_uses() -> None:
+    from hpcrag.kernels import numba_cpu
+
+    warmed = numba_cpu.warm()
+    assert warmed == ["float16 read-only", "float16 writable", "float32 read-only", "float32 writable"]
+    kinds = {(str(sig[6].dtype), sig[6].mutable) for sig in numba_cpu._scan_tasks.signatures}
+    assert {("uint16", False), ("uint16", True), ("float32", False), ("float32", True)} <= kinds
