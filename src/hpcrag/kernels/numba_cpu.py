@@ -223,4 +223,3 @@ def warm() -> list[str]:
             scan_lists(queries, probes, *rows, offsets, 2, l2=True, allowed=np.ones(6, np.uint8))
             warmed.append(f"{np.dtype(dtype).name} {'writable' if writable else 'read-only'}")
     return warmed
-
