@@ -97,6 +97,19 @@ def index() -> None:
 @click.option("--route-nprobe", type=int, default=None, help="nprobe the shard grouping optimises for.")
 @click.option("--chunk-rows", type=int, default=65536, show_default=True, help="Rows per exchange round.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing index at --out (after the build).")
+@click.option(
+    "--attributes",
+    "attributes_path",
+    type=click.Path(path_type=Path),
+    help="JSON Lines, one object of attributes per vector, for filtered searches (`search --filter`).",
+)
+@click.option(
+    "--attribute",
+    "declared",
+    multiple=True,
+    metavar="NAME:TYPE",
+    help="Declare an attribute's type (int, str, time); undeclared ones are inferred from --attributes.",
+)
 @comm_option
 def build(
     vectors: Path,
@@ -111,12 +124,16 @@ def build(
     route_nprobe: int | None,
     chunk_rows: int,
     overwrite: bool,
+    attributes_path: Path | None,
+    declared: tuple[str, ...],
     comm_kind: str,
 ) -> None:
     """Build an index of VECTORS (.npy float32/float16 or .fvecs) into --out."""
 
     def body(comm: Communicator) -> None:
+        from hpcrag.search.attributes import AttributeSchema
         from hpcrag.search.build import BuildOptions, build_index
+        from hpcrag.search.comm import agree
         from hpcrag.search.metric import Metric
 
         options = BuildOptions(
@@ -130,13 +147,21 @@ def build(
             overwrite=overwrite,
             route_nprobe=route_nprobe,
         )
-        manifest = build_index(vectors, out, options, ids_path, comm, progress=_progress)
+        schema = agree(comm, lambda: AttributeSchema.parse(declared))
+        manifest = build_index(
+            vectors, out, options, ids_path, comm, _progress, attributes_path=attributes_path, schema=schema
+        )
         if comm.rank == 0:
             sizes = ", ".join(str(s.ntotal) for s in manifest.shards)
             click.echo(
                 f"built {out}: {manifest.ntotal} vectors, dim {manifest.dim}, {manifest.metric}, "
                 f"{manifest.nlist} lists, {manifest.nshards} shards ({sizes}) "
                 f"in {manifest.build['seconds']:.1f} s on {comm.size} rank(s)"
+                + (
+                    f"; attributes {', '.join(f'{n}:{t}' for n, t in manifest.attributes.items())}"
+                    if manifest.attributes
+                    else ""
+                )
             )
 
     _collective(comm_kind, "cpu", body)

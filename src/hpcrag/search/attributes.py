@@ -313,6 +313,15 @@ def _parse_line(path: Path, number: int, line: str) -> dict[str, Any]:
     return row
 
 
+def with_undeclared(schema: AttributeSchema, rows: Iterable[Mapping[str, Any] | None]) -> AttributeSchema:
+    """`schema` extended by the attributes `rows` use and it does not declare, their types inferred."""
+    rows = [row for row in rows if row]
+    undeclared = {name for row in rows for name in row} - set(schema.names)
+    if not undeclared:
+        return schema
+    return schema.extended(infer_schema([{n: v for n, v in row.items() if n in undeclared} for row in rows]))
+
+
 def infer_schema(rows: Iterable[Mapping[str, Any] | None]) -> AttributeSchema:
     """The schema of JSON rows: int for integers, str for strings, time for strings that are all
     ISO 8601 dates (YYYY-MM-DD...); columns in the order their names first appear."""

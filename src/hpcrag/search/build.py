@@ -20,7 +20,13 @@ import numpy as np
 
 from hpcrag.errors import HpcragError
 from hpcrag.search import layout
-from hpcrag.search.attributes import MISSING, AttributeSchema, encode_rows, infer_schema, read_attributes_file
+from hpcrag.search.attributes import (
+    MISSING,
+    AttributeSchema,
+    encode_rows,
+    read_attributes_file,
+    with_undeclared,
+)
 from hpcrag.search.comm import Communicator, LocalComm, agree
 from hpcrag.search.grouping import group_lists
 from hpcrag.search.inputs import check_finite, check_storable, load_ids, open_vectors
@@ -122,7 +128,7 @@ def _attributes_for(
         schema = schema or AttributeSchema()
         return schema, np.full((count, len(schema.columns)), MISSING, dtype=np.int64)
     rows = read_attributes_file(Path(path), count)
-    schema = (schema or AttributeSchema()).extended(infer_schema(rows))
+    schema = with_undeclared(schema or AttributeSchema(), rows)
     return schema, encode_rows(schema, rows)
 
 

@@ -36,7 +36,7 @@ import numpy as np
 from hpcrag.errors import HpcragError
 from hpcrag.search import layout
 from hpcrag.search.arrays import to_numpy
-from hpcrag.search.attributes import AttributeSchema, encode_rows, infer_schema
+from hpcrag.search.attributes import AttributeSchema, encode_rows, with_undeclared
 from hpcrag.search.backends import make_scanner
 from hpcrag.search.comm import Communicator, LocalComm, agree
 from hpcrag.search.device import array_module_for
@@ -383,12 +383,7 @@ class DistributedIndex:
         schema = self.schema
         if declare:
             schema = schema.extended(AttributeSchema(tuple(declare.items())))
-        if attributes is not None:
-            undeclared = {name for row in attributes if row for name in row} - set(schema.names)
-            if undeclared:
-                rows = [{n: v for n, v in row.items() if n in undeclared} for row in attributes if row]
-                schema = schema.extended(infer_schema(rows))
-        return schema
+        return schema if attributes is None else with_undeclared(schema, attributes)
 
     def _append_and_apply(self, update: Update) -> None:
         self._broadcast_apply([replace(update, seq=self._log.append(update))])

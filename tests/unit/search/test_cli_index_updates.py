@@ -110,3 +110,33 @@ def test_refused_calls_name_the_problem_and_change_nothing(
     assert message in result.output, result.output
     assert "Traceback" not in result.output
     assert not (index / LOG).exists(), "a refused call must not write to the log"
+
+
+def test_build_with_attributes_then_filter(tmp_path: Path) -> None:
+    np.save(tmp_path / "base.npy", BASE)
+    np.save(tmp_path / "q.npy", BASE[:2])
+    rows = [{"tenant": f"t{i % 3}", "day": "2024-01-0" + str(1 + i % 9)} for i in range(len(BASE))]
+    (tmp_path / "attrs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    root = tmp_path / "index"
+    built = run(
+        "build", str(tmp_path / "base.npy"), "--out", str(root), "--nlist", "8", "--shards", "2",
+        "--attributes", str(tmp_path / "attrs.jsonl"), "--attribute", "day:str",
+    )  # fmt: skip
+    assert built.exit_code == 0, built.output
+    assert "attributes day:str, tenant:str" in built.output, "declared types win over inferred ones"
+    out = tmp_path / "r.npz"
+    searched = run(
+        "search", str(root), "--queries", str(tmp_path / "q.npy"), "--k", "5", "--nprobe", "8",
+        "--out", str(out), "--filter", "tenant=t1", "--strategy", "exact",
+    )  # fmt: skip
+    assert searched.exit_code == 0, searched.output
+    found = np.load(out)["ids"]
+    assert found.shape == (2, 5) and (found % 3 == 1).all(), "only tenant t1"
+    short = run(
+        "build", str(tmp_path / "base.npy"), "--out", str(tmp_path / "other"), "--nlist", "8",
+        "--shards", "2", "--attributes", str(tmp_path / "q.npy"),
+    )  # fmt: skip
+    assert short.exit_code == 1 and "is not UTF-8 text; save it as UTF-8 JSON Lines" in short.output.replace(
+        " (invalid start byte)", ""
+    )
+    assert not (tmp_path / "other").exists()
