@@ -109,11 +109,12 @@ class SearchClient:
 
         `filter` is a filter spec (see `hpcrag.search.filters`); `min_seq` asks for a state that
         includes that update (the `seq` an update returned)."""
+        if filter is not None:
+            # In the body, not the URL: a filter of thousands of values outgrows a request line.
+            return self._search_json(queries, k, nprobe, filter, strategy, min_seq)
         body = io.BytesIO()
         np.save(body, np.asarray(queries, dtype=np.float32), allow_pickle=False)
         params: dict[str, Any] = {"k": k, "nprobe": nprobe}
-        if filter is not None:
-            params["filter"] = json.dumps(filter)
         if strategy != "auto":
             params["strategy"] = strategy
         if min_seq:
@@ -136,6 +137,32 @@ class SearchClient:
             seconds=time.perf_counter() - started,
             strategy=str(arrays["strategy"]),
             seq=int(arrays["seq"]),
+        )
+
+    def _search_json(
+        self, queries: Any, k: int, nprobe: int, filter: dict[str, Any], strategy: str, min_seq: int
+    ) -> SearchResult:
+        rows = np.asarray(queries, dtype=np.float32)
+        body = {
+            "queries": (rows[None, :] if rows.ndim == 1 else rows).tolist(),
+            "k": k,
+            "nprobe": nprobe,
+            "filter": filter,
+            "strategy": strategy,
+            "min_seq": min_seq,
+        }
+        started = time.perf_counter()
+        answer = self._checked(self._request("POST", "/search", json=body)).json()
+        distances = np.array(
+            [[np.nan if d is None else d for d in row] for row in answer["distances"]], dtype=np.float32
+        )
+        return SearchResult(
+            ids=np.array(answer["ids"], dtype=np.int64).reshape(len(body["queries"]), -1),
+            distances=distances.reshape(len(body["queries"]), -1),
+            shards_touched=np.array(answer["shards_touched"]),
+            seconds=time.perf_counter() - started,
+            strategy=answer["strategy"],
+            seq=answer["seq"],
         )
 
     def add(

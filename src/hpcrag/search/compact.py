@@ -68,6 +68,8 @@ def compact_index(root: Path | str, progress: Progress | None = None) -> Compact
     started = time.monotonic()
     log = UpdateLog(root, manifest.base_seq)
     with log.writing():
+        if served_elsewhere(root):  # again, now that no writer can start: it may have opened meanwhile
+            raise HpcragError(f"the index in {root} was opened by another process; compaction stopped")
         index = DistributedIndex.open(root)
         try:
             say(f"folding updates up to #{index.seq} into {manifest.nshards} shards")

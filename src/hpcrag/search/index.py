@@ -99,6 +99,7 @@ class DistributedIndex:
         self.schema = AttributeSchema(tuple(manifest.attributes.items()))
         self.seq = manifest.base_seq
         self._live = live
+        self.scan_backend = scan_backend
         self._scan = make_scanner(scan_backend, self.metric, comm.xp, manifest.nlist)
         self._router = router
         self._owned = comm.xp.asarray(live.owned)  # once, not per batch: on the GPU it is a copy
@@ -170,12 +171,21 @@ class DistributedIndex:
             check_search_params(k, nprobe, self.manifest.nlist)
             check_strategy(strategy)
             flt = self.compile_filter(filter)
+            self._check_backend(flt is not None or self.seq != self.manifest.base_seq)
             batch = check_queries(self.comm.xp.asarray(queries), self.dim)
             batch = prepare(batch, self.metric, "queries")
-        except HpcragError as exc:
+        except Exception as exc:  # whatever rank 0 refuses, the other ranks must hear of it
             self.comm.announce({"op": "error", "message": str(exc)})
             raise
         return self._root_search(batch, k, nprobe, flt, strategy)
+
+    def _check_backend(self, live: bool) -> None:
+        """Refuse, on rank 0 before any rank works, what the faiss backend cannot do: updates, filters."""
+        if live and self.scan_backend == "faiss":
+            raise HpcragError(
+                "the faiss scan backend reads the index as built: it cannot apply updates or filters; "
+                "use --scan-backend kernels (or compact the index first)"
+            )
 
     def compile_filter(self, spec: Filter | Mapping[str, Any] | None) -> Filter | None:
         """A filter spec checked against this index's attributes (rank 0's view)."""
@@ -292,8 +302,9 @@ class DistributedIndex:
             self._follow_until("done")
             return None
         try:
+            self._check_backend(True)
             result = self._root_update(kind, vectors, ids, attributes, declare, strict)
-        except HpcragError as exc:
+        except Exception as exc:  # whatever rank 0 refuses, the other ranks must hear of it
             self.comm.announce({"op": "error", "message": str(exc)})
             raise
         self.comm.announce({"op": "done"})
@@ -410,7 +421,7 @@ class DistributedIndex:
 
     def _contains(self, ids: np.ndarray) -> np.ndarray:
         self.comm.announce({"op": "contains", "n": int(ids.size)})
-        ids = self.comm.bcast_array(ids, ids.shape, ids.dtype)
+        ids = self.comm.bcast_obj(ids)  # host ids on every rank (bcast_array would move them to a GPU)
         found = self.comm.gather_obj(self._live.contains(ids))
         return np.logical_or.reduce(found) if self.comm.rank == 0 else found
 
@@ -438,8 +449,7 @@ class DistributedIndex:
             elif op == "apply":
                 self._apply(self.comm.bcast_obj(None))
             elif op == "contains":
-                ids = self.comm.bcast_array(None, (header["n"],), np.int64)
-                self.comm.gather_obj(self._live.contains(ids))
+                self.comm.gather_obj(self._live.contains(self.comm.bcast_obj(None)))
             if op == last:
                 return
 

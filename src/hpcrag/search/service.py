@@ -139,7 +139,7 @@ class Behind(HpcragError):
     """This replica has not yet applied an update the request asks to see (503, retry)."""
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: fields hold arrays
 class _Pending:
     queries: np.ndarray
     k: int
@@ -333,18 +333,19 @@ class SearchService:
                 signal.signal(signum, lambda *_: self.stop())
         http = threading.Thread(target=self._serve_http, name="hpcrag-http", daemon=True)
         http.start()
-        if not self._ready.wait(timeout=30):
-            raise HpcragError("the HTTP server did not start within 30 s")
-        if self.options.endpoint_file:
-            from hpcrag.util.files import write_atomic
+        try:  # whatever happens from here on, the other ranks are released (index.close)
+            if not self._ready.wait(timeout=30):
+                raise HpcragError("the HTTP server did not start within 30 s")
+            if self.options.endpoint_file:
+                from hpcrag.util.files import write_atomic
 
-            endpoint = {"url": self.url, "token": self.token}
-            write_atomic(self.options.endpoint_file, json.dumps(endpoint) + "\n", mode=0o600)
-        if on_ready:
-            on_ready(self.url)
-        try:
+                endpoint = {"url": self.url, "token": self.token}
+                write_atomic(self.options.endpoint_file, json.dumps(endpoint) + "\n", mode=0o600)
+            if on_ready:
+                on_ready(self.url)
             self._batch_loop()
         finally:
+            self.stop()
             self.index.close()
             self._workers.shutdown(wait=False, cancel_futures=True)
 
@@ -419,7 +420,7 @@ class SearchService:
                     )
                 )
             self._batches.drop([p for p, _, _ in behind])
-            chunks = [c for c in chunks if c not in behind]
+            chunks = [c for c in chunks if c[0].min_seq <= self.index.seq]
             if not chunks:
                 return
         queries = np.concatenate([p.queries[start:end] for p, start, end in chunks])
@@ -652,7 +653,7 @@ class SearchService:
         if "filter" in text:
             try:
                 spec = json.loads(text["filter"])
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise HpcragError(
                     f"query parameter filter must be a JSON object, got {shown(text['filter'])}"
                 ) from None

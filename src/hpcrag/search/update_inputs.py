@@ -73,6 +73,13 @@ def parse_update_json(raw: bytes, kind: str, max_rows: int) -> UpdateRequest:
 def parse_update_npz(raw: bytes, kind: str, params: list[tuple[str, str]], max_rows: int) -> UpdateRequest:
     try:
         with np.load(io.BytesIO(raw), allow_pickle=False) as arrays:
+            packed = [info for info in arrays.zip.infolist() if info.compress_type != zipfile.ZIP_STORED]
+            if packed:
+                # A compressed member could expand far beyond the body limit before any check.
+                raise HpcragError(
+                    f"the .npz body holds compressed arrays ({packed[0].filename}); send it uncompressed "
+                    "(numpy.savez, not savez_compressed)"
+                )
             names = set(arrays.files)
             allowed = {"ids"} if kind == "delete" else {"ids", "vectors", "attributes"}
             if "ids" not in names or names - allowed:
@@ -106,7 +113,7 @@ def parse_update_npz(raw: bytes, kind: str, params: list[tuple[str, str]], max_r
     if text is not None:
         try:
             attributes = _attribute_rows(json.loads(text))
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise HpcragError(f"`attributes` is not a JSON list ({first_line(exc)})") from None
     return UpdateRequest(kind, ids, vectors, attributes)
 

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from hpcrag.errors import HpcragError
-from hpcrag.search.layout import IndexFormatError
+from hpcrag.search.layout import MANIFEST, IndexFormatError, read_manifest
 
 LOG = "updates.wal"
 WRITER_LOCK = "updates.lock"
@@ -164,8 +164,15 @@ class UpdateLog:
                 f"cannot write to the index in {self.root} ({exc.strerror}): updates need write access"
             ) from None
         with lock_file as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+            _lock(lock, fcntl.LOCK_EX, self.root)
             try:
+                manifest = self.root / MANIFEST
+                if manifest.exists() and read_manifest(self.root).base_seq != self.base_seq:
+                    # Compacted (or rebuilt) since this process opened it: its log is another file now.
+                    raise HpcragError(
+                        f"the index in {self.root} was compacted or rebuilt after this process opened it; "
+                        "reopen it (restart the service) before writing"
+                    )
                 unseen = self.read_new()
                 if self.has_new():
                     # Holding the lock, no one is writing: the bytes past the last record are torn.
@@ -205,6 +212,16 @@ class UpdateLog:
         return seq
 
 
+def _lock(handle: Any, how: int, root: Path) -> None:
+    try:
+        fcntl.flock(handle, how)
+    except OSError as exc:  # Lustre mounted without flock (ENOSYS), NFS without its lock daemon (ENOLCK)
+        raise LogWriteError(
+            f"cannot lock files in {root} ({exc.strerror}): updates need file locks that every node "
+            "sees (Lustre: mount with -o flock; NFS: run the lock service)"
+        ) from None
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -222,7 +239,11 @@ class ServingLock:
         except OSError:
             self._handle = None  # a read-only index: it cannot be compacted (or updated) anyway
             return
-        fcntl.flock(self._handle, fcntl.LOCK_SH)
+        try:
+            _lock(self._handle, fcntl.LOCK_SH, Path(root))
+        except LogWriteError:  # no file locks here: searching works, compaction cannot tell
+            self._handle.close()
+            self._handle = None
 
     def close(self) -> None:
         if self._handle is not None and not self._handle.closed:

@@ -367,10 +367,13 @@ def test_the_faiss_backend_refuses_an_updated_index(tmp_path: Path) -> None:
     root = build_small(tmp_path, BASE, nlist=NLIST, nshards=4, metric="l2")
     live = Live(root, "l2", scan_backend="faiss")
     live.check()
-    live.delete(np.array([1, 2, 3]))
     with pytest.raises(HpcragError, match=r"the faiss scan backend .*--scan-backend kernels"):
-        live.index.search(QUERIES, k=K, nprobe=4)
+        live.index.delete(np.array([1, 2, 3]))
+    assert live.index.seq == 0, "refused before anything was logged"
     live.index.close()
+    writer = DistributedIndex.open(root)
+    writer.delete(np.array([1, 2, 3]))
+    writer.close()
     reopened = DistributedIndex.open(root, scan_backend="faiss")
     with pytest.raises(HpcragError, match=r"faiss scan backend"):
         reopened.search(QUERIES, k=K, nprobe=4)

@@ -704,3 +704,47 @@ def test_metrics_count_updates_by_kind_status_and_change(index_dir: Path) -> Non
     assert value("hpcrag_index_vectors") == len(BASE) + 6 - 2
     assert value("hpcrag_search_strategy_queries_total", strategy="exact") == 3
     assert value("hpcrag_search_strategy_queries_total", strategy="ivf") == 2
+
+
+# --- found in review ------------------------------------------------------------------------------
+
+
+def test_a_request_ahead_of_the_replica_in_a_shared_batch_leaves_the_service_running(index_dir: Path) -> None:
+    options = ServiceOptions(port=0, max_wait_s=0.3)  # long enough for both requests to share a batch
+    with running_service(index_dir, options) as (service, thread), client(service) as http:
+        body = {"queries": QUERIES[:2].tolist(), "k": 3, "nprobe": NLIST}
+        with ThreadPoolExecutor(2) as pool:
+            ahead = pool.submit(http.post, "/search", json={**body, "min_seq": 10**9})
+            plain = pool.submit(http.post, "/search", json=body)
+            statuses = (ahead.result().status_code, plain.result().status_code)
+        assert statuses == (503, 200)
+        assert thread.is_alive() and http.post("/search", json=body).status_code == 200
+
+
+def test_compressed_npz_and_deeply_nested_json_are_clear_refusals(index_dir: Path) -> None:
+    packed = io.BytesIO()
+    np.savez_compressed(packed, ids=np.arange(NEW, NEW + 2), vectors=np.zeros((2, BASE.shape[1]), np.float32))
+    deep = "[" * 1100 + "]" * 1100  # past the JSON decoder's recursion limit, within a request line
+    with serving(index_dir) as (_, http, _sdk):
+        refused = http.post("/add", content=packed.getvalue(), headers=NPZ)
+        assert refused.status_code == 400 and "send it uncompressed" in refused.json()["error"]
+        nested = http.post("/search", content=npy(QUERIES[:1]), headers=NPY, params={"filter": deep})
+        assert nested.status_code == 400 and "filter" in nested.json()["error"]
+        attributes = npz(ids=np.array([NEW]), vectors=QUERIES[:1], attributes=np.array(deep))
+        assert http.post("/add", content=attributes, headers=NPZ).status_code == 400
+        assert http.get("/health").status_code == 200
+
+
+def test_a_writer_that_outlived_a_compaction_is_refused(index_dir: Path) -> None:
+    from hpcrag.errors import HpcragError
+    from hpcrag.search.compact import compact_index
+
+    with opened(index_dir) as first:
+        first.add(QUERIES[:1], [NEW])
+    stale = DistributedIndex.open(index_dir)
+    stale._serving.close()  # as if it had opened just after compaction's check
+    compact_index(index_dir)
+    with pytest.raises(HpcragError, match="compacted or rebuilt after this process opened it"):
+        stale.add(QUERIES[1:2], [NEW + 1])
+    with opened(index_dir) as fresh:
+        assert fresh.seq == 1 and fresh.add(QUERIES[1:2], [NEW + 1]).seq == 2
