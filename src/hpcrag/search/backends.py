@@ -192,11 +192,7 @@ class _FaissScan:
         self.nlist = nlist
 
     def __call__(self, queries: Any, probes: Any, k: int, parts: list[Part]) -> tuple[Any, Any]:
-        if any(mask is not None for _, mask in parts) or any(s.delta for s, _ in parts):
-            raise HpcragError(
-                "the faiss scan backend reads the index as built: it cannot skip deleted rows, see added "
-                "ones or apply a filter; use --scan-backend kernels (or compact the index first)"
-            )
+        # Only the index as built reaches here: DistributedIndex refuses updates and filters on rank 0.
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         probes = np.ascontiguousarray(probes, dtype=np.int64)
         found = []

@@ -69,7 +69,7 @@ class LiveShards:
         for shard, segment in self.segments():
             if segment.rows == 0:
                 continue
-            mask = None if segment.live is None else segment.live
+            mask = segment.live
             if flt is not None:
                 match = flt.mask(segment.attributes)
                 mask = match.astype(np.uint8) if mask is None else (mask & match).astype(np.uint8)
