@@ -4,6 +4,14 @@
     .venv/bin/python scripts/bench_search.py --dataset manpages      # ../shared/datasets/manpages-minilm
     .venv/bin/python scripts/bench_search.py --dataset synthetic     # clustered Gaussian blobs
     .venv/bin/python scripts/bench_search.py --base B.npy --queries Q.npy [--gt GT.npy]
+    .venv/bin/python scripts/bench_search.py --suite kinds --dataset manpages|synthetic
+
+`--suite kinds` (issue 15's goals): hpcrag with hnsw, ivf-flat and ivf-pq shards (4 and 8 shards,
+nlist 1024, 2 MPI ranks with one thread each) against single-process faiss HNSW and faiss
+IndexShards over the same shards' HNSW graphs queried scatter-gather (2 threads), every method
+repeated in interleaved rounds inside one MPI job (rank 0 runs the peers while rank 1 sleeps), the
+median of the rounds kept. Each method's fastest setting at recall@10 >= 0.95 is compared; for
+manpages the figures also go to benchmarks/search-calibration.json for `hpcrag plan search`.
 
 Side by side, for each nprobe: exact search (faiss IndexFlat), faiss IndexIVFFlat (same nlist and
 nprobe, trained by faiss itself, same threads), and hpcrag with 1, 2 and 4 MPI ranks sharing the same
@@ -34,6 +42,11 @@ def main() -> None:
     args = parse_args()
     if args.worker:
         worker(args)
+        return
+    if args.suite == "kinds":
+        from bench_search_kinds import kinds_suite
+
+        kinds_suite(args)
         return
     base, queries, gt, name = load_dataset(args)
     nprobes = [int(p) for p in args.nprobe.split(",")]
@@ -221,6 +234,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--workdir", default=None, help="Scratch directory for the built indexes.")
+    parser.add_argument("--suite", choices=["ivf", "kinds"], default="ivf")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--report", help=argparse.SUPPRESS)
     return parser.parse_args()

@@ -110,6 +110,20 @@ def index() -> None:
     metavar="NAME:TYPE",
     help="Declare an attribute's type (int, str, time); undeclared ones are inferred from --attributes.",
 )
+@click.option(
+    "--local",
+    "local_kind",
+    type=click.Choice(["ivf-flat", "hnsw", "cagra", "ivf-pq"]),
+    default="ivf-flat",
+    show_default=True,
+    help="How each shard searches its vectors: its inverted lists (the only kind that takes updates "
+    "and filters), a faiss HNSW graph (CPU), a cuVS CAGRA graph (GPU) or faiss IVF-PQ codes re-ranked "
+    "against the full vectors.",
+)
+@click.option("--hnsw-m", type=int, default=None, help="hnsw: links per node [32].")
+@click.option("--ef-construction", type=int, default=None, help="hnsw: build effort [40].")
+@click.option("--pq-m", type=int, default=None, help="ivf-pq: code bytes per vector [dim/8].")
+@click.option("--graph-degree", type=int, default=None, help="cagra: edges per node [64].")
 @comm_option
 def build(
     vectors: Path,
@@ -126,9 +140,24 @@ def build(
     overwrite: bool,
     attributes_path: Path | None,
     declared: tuple[str, ...],
+    local_kind: str,
+    hnsw_m: int | None,
+    ef_construction: int | None,
+    pq_m: int | None,
+    graph_degree: int | None,
     comm_kind: str,
 ) -> None:
     """Build an index of VECTORS (.npy float32/float16 or .fvecs) into --out."""
+    given = {
+        "M": ("--hnsw-m", hnsw_m, "hnsw"),
+        "ef_construction": ("--ef-construction", ef_construction, "hnsw"),
+        "pq_m": ("--pq-m", pq_m, "ivf-pq"),
+        "graph_degree": ("--graph-degree", graph_degree, "cagra"),
+    }
+    for flag, value, kind in given.values():
+        if value is not None and kind != local_kind:
+            raise click.UsageError(f"{flag} applies to --local {kind}, not --local {local_kind}")
+    local_params = {name: value for name, (_, value, kind) in given.items() if kind == local_kind}
 
     def body(comm: Communicator) -> None:
         from hpcrag.search.attributes import AttributeSchema
@@ -146,6 +175,8 @@ def build(
             chunk_rows=chunk_rows,
             overwrite=overwrite,
             route_nprobe=route_nprobe,
+            local_kind=local_kind,
+            local_params=local_params,
         )
         schema = agree(comm, lambda: AttributeSchema.parse(declared))
         manifest = build_index(
@@ -155,7 +186,8 @@ def build(
             sizes = ", ".join(str(s.ntotal) for s in manifest.shards)
             click.echo(
                 f"built {out}: {manifest.ntotal} vectors, dim {manifest.dim}, {manifest.metric}, "
-                f"{manifest.nlist} lists, {manifest.nshards} shards ({sizes}) "
+                f"{manifest.nlist} lists, {manifest.nshards} shards ({sizes})"
+                f"{'' if local_kind == 'ivf-flat' else f' searched with {local_kind}'} "
                 f"in {manifest.build['seconds']:.1f} s on {comm.size} rank(s)"
                 + (
                     f"; attributes {', '.join(f'{n}:{t}' for n, t in manifest.attributes.items())}"
@@ -188,6 +220,15 @@ def build(
     show_default=True,
     help="ivf: scan the probed lists; exact: every matching vector; auto: exact when a filter is selective.",
 )
+@click.option(
+    "--max-shards",
+    type=int,
+    default=None,
+    help="Visit at most this many shards per query: those owning its best probed centroids "
+    "[every shard owning a probe].",
+)
+@click.option("--ef", type=int, default=None, help="hnsw/cagra: graph search effort [64].")
+@click.option("--refine", type=int, default=None, help="ivf-pq: re-rank this many x k candidates [10].")
 @device_option
 @verify_option
 @scan_backend_option
@@ -200,6 +241,9 @@ def search(
     out: Path,
     filters: tuple[str, ...],
     strategy: str,
+    max_shards: int | None,
+    ef: int | None,
+    refine: int | None,
     device: str,
     verify: bool,
     scan_backend: str,
@@ -230,7 +274,7 @@ def search(
             return load_queries(queries_path, opened.dim), parse_filter_args(filters, opened.schema)
 
         queries, flt = agree(comm, lambda: inputs() if comm.rank == 0 else (None, None))
-        result = opened.search(queries, k=k, nprobe=nprobe, filter=flt, strategy=strategy)
+        result = opened.search(queries, k, nprobe, flt, strategy, max_shards=max_shards, ef=ef, refine=refine)
         if result is not None:
             _save_result(out, result)
             qps = len(result.ids) / result.seconds if result.seconds else float("inf")
@@ -424,6 +468,7 @@ def serve(
 def info(index_dir: Path, verify: bool, as_json: bool) -> None:
     """Describe an index and check its files (sizes always, checksums unless --no-verify)."""
     from hpcrag.search import layout
+    from hpcrag.search.local_kinds import memory_per_vector
     from hpcrag.search.wal import UpdateLog
 
     manifest = layout.read_manifest(index_dir)
@@ -433,6 +478,7 @@ def info(index_dir: Path, verify: bool, as_json: bool) -> None:
             layout.check_file(layout.shard_dir(index_dir, shard.shard) / name, entry, verify)
     log = UpdateLog(index_dir, manifest.base_seq)
     pending = log.read_new()
+    per_vector = memory_per_vector(manifest.local, manifest.dim, 2 if manifest.dtype == "float16" else 4)
     attributes = dict(manifest.attributes)
     for update in pending:
         attributes.update(update.columns or {})
@@ -448,6 +494,7 @@ def info(index_dir: Path, verify: bool, as_json: bool) -> None:
         "checked": "sizes and checksums" if verify else "sizes",
         "build": manifest.build,
         "attributes": attributes,
+        "local": {**manifest.local, "bytes_per_vector": per_vector},
         "updates": {"folded_up_to": manifest.base_seq, "pending": len(pending), "last": log.last_seq},
     }
     if as_json:
@@ -456,6 +503,13 @@ def info(index_dir: Path, verify: bool, as_json: bool) -> None:
     click.echo(
         f"{index_dir}: {manifest.ntotal} vectors, dim {manifest.dim}, {manifest.metric}, {manifest.dtype}, "
         f"{manifest.nlist} lists, {manifest.nshards} shards; files OK ({summary['checked']})"
+    )
+    local = summary["local"]
+    params = ", ".join(f"{n} {v}" for n, v in local.items() if n not in ("kind", "bytes_per_vector"))
+    memory = local["bytes_per_vector"]
+    click.echo(
+        f"  shards search with {local['kind']}{f' ({params})' if params else ''}: "
+        f"{memory['memory']:,.0f} bytes per vector in memory, {memory['disk']:,.0f} on disk"
     )
     for shard in manifest.shards:
         click.echo(f"  shard {shard.shard}: {shard.ntotal} vectors")

@@ -1,6 +1,9 @@
-"""`hpcrag plan matrix|memory|select`: the PRD's configuration matrix, memory planning and selection."""
+"""`hpcrag plan matrix|memory|select|search`: the PRD's configuration matrix, memory planning, selection,
+and the capacity plan of a distributed vector search."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import click
 
@@ -212,3 +215,107 @@ def select_command(
         reasons[rejection.reason] = reasons.get(rejection.reason, 0) + 1
     for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1])[:8]:
         click.echo(f"  rejected x{count}: {reason}")
+
+
+@plan.command("search")
+@click.option(
+    "--vectors", "vectors_text", required=True, help="Vectors in the collection: 100M, 1.5B, 250k, 84114."
+)
+@click.option("--dim", type=int, required=True, help="Embedding width.")
+@click.option("--gpus", type=int, required=True, help="GPUs in the deployment (shards x replicas).")
+@click.option("--gpu", "gpu_name", required=True, help="GPU type of gpus.yaml (t4, l40s, h100, ...).")
+@click.option("--recall", type=float, required=True, help="Recall@k target, e.g. 0.95.")
+@click.option("--qps", "qps_target", type=float, default=None, help="Sustained queries/s to reach.")
+@click.option("--p99-ms", "p99_target_ms", type=float, default=None, help="p99 latency limit in ms.")
+@click.option("--replicas", type=int, default=1, show_default=True, help="Copies of each shard.")
+@click.option("--k", type=int, default=10, show_default=True, help="Results per query.")
+@click.option("--dtype", default="float16", show_default=True, help="Stored vectors: float16 or float32.")
+@click.option("--pq-m", type=int, default=None, help="ivf-pq code bytes per vector [dim / 8].")
+@click.option(
+    "--calibration",
+    "calibration_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Measured fan-out and local costs (JSON) [benchmarks/search-calibration.json if present].",
+)
+@json_option
+@click.pass_context
+def search_command(
+    ctx: click.Context,
+    vectors_text: str,
+    dim: int,
+    gpus: int,
+    gpu_name: str,
+    recall: float,
+    qps_target: float | None,
+    p99_target_ms: float | None,
+    replicas: int,
+    k: int,
+    dtype: str,
+    pq_m: int | None,
+    calibration_path: Path | None,
+    as_json: bool,
+) -> None:
+    """Capacity plan of a distributed vector search per local index kind, every figure with its source."""
+    from hpcrag.catalog import search_plan as sp
+
+    config = load(ctx)
+    gpu = config.gpu(gpu_name)
+    vectors = sp.parse_count(vectors_text)
+    sp.check_inputs(vectors, dim, gpus, recall, k, replicas, dtype, qps_target, p99_target_ms, pq_m)
+    calibration = sp.load_calibration(calibration_path) if calibration_path else sp.default_calibration()
+    result = sp.plan_search(
+        vectors,
+        dim,
+        gpus,
+        gpu_name,
+        gpu,
+        recall,
+        k=k,
+        replicas=replicas,
+        dtype=dtype,
+        qps_target=qps_target,
+        p99_target_ms=p99_target_ms,
+        pq_m=pq_m,
+        calibration=calibration,
+    )
+    if as_json:
+        echo_json(result.as_dict())
+        return
+    shards = result.shared["shards"].value
+    click.echo(
+        f"{vectors:,} x {dim} {dtype} on {gpus} x {gpu.display_name} ({gpu.vram_gb} GB, "
+        f"{gpu.bandwidth_tbs} TB/s): {shards} shards x {replicas} replica(s), k={k}, recall >= {recall}"
+    )
+    click.echo(f"calibration: {result.calibration or 'none (defaults marked assumed)'}")
+    _figures("Shared by every kind", result.shared)
+    summary = []
+    for kind in result.kinds:
+        if not kind.applicable:
+            click.echo(str(kind.reason))
+            summary.append([kind.kind, "-", "-", "-", "-", "not applicable"])
+            continue
+        _figures(f"{kind.kind} ({kind.device.upper()})", kind.figures)
+        for text in [*kind.verdicts.values(), *kind.notes]:
+            click.echo(f"  {text}")
+        f = kind.figures
+        memory = f["vram_per_gpu"] if "vram_per_gpu" in f else f["host_bytes_per_gpu"]
+        where = "" if "vram_per_gpu" in f else " (host)"
+        summary.append(
+            [
+                kind.kind,
+                memory.text() + where,
+                f["fits"].text(),
+                f["system_qps"].text(),
+                f["p99_ms"].text(),
+                kind.verdicts.get("qps", "-"),
+            ]
+        )
+    table("Summary", ["kind", "memory per GPU", "fits", "sustained", "p99", "target"], summary)
+    for note in result.notes:
+        click.echo(f"note: {note}")
+
+
+def _figures(title: str, figures: dict) -> None:
+    rows = [[name.replace("_", " "), figure.text(), figure.source] for name, figure in figures.items()]
+    table(title, ["figure", "value", "source"], rows)

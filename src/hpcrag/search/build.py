@@ -3,6 +3,8 @@
 Rank 0 trains the coarse centroids (faiss k-means on a sample); every rank assigns its slice of the
 rows to lists; rank 0 groups the lists into shards (neighbours together, sizes balanced); the rows
 travel to the rank that owns their shard in bounded rounds (`Alltoallv`); each rank writes its shards.
+With a local kind other than ivf-flat (`local_kinds.py`), each rank also builds its shards' own
+index over the rows it writes (ivf-pq: codebooks trained once on rank 0 and shared).
 Everything goes to a hidden sibling directory that is renamed to `--out` only when complete, so a
 failed build leaves nothing half-written behind.
 """
@@ -12,9 +14,10 @@ from __future__ import annotations
 import shutil
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,6 +33,7 @@ from hpcrag.search.attributes import (
 from hpcrag.search.comm import Communicator, LocalComm, agree
 from hpcrag.search.grouping import group_lists
 from hpcrag.search.inputs import check_finite, check_storable, load_ids, open_vectors
+from hpcrag.search.local_kinds import FILES, build_local, local_spec, train_template
 from hpcrag.search.metric import Metric, prepare
 
 STORAGE_DTYPES = ("float16", "float32")
@@ -48,6 +52,8 @@ class BuildOptions:
     chunk_rows: int = 65536
     overwrite: bool = False
     route_nprobe: int | None = None  # the nprobe the shard grouping optimises for (default nlist/16)
+    local_kind: str = "ivf-flat"  # how each shard searches its rows (`local_kinds.KINDS`)
+    local_params: Mapping[str, Any] = field(default_factory=dict)  # that kind's build parameters
 
     def grouping_nprobe(self) -> int:
         return min(self.nlist, self.route_nprobe or max(1, self.nlist // 16))
@@ -73,13 +79,13 @@ def build_index(
     comm = comm or LocalComm()
     say = progress if (progress and comm.rank == 0) else (lambda message: None)
     out = Path(out)
-    vectors = agree(comm, lambda: _validate(vectors_path, out, options, comm.size))
+    vectors, local = agree(comm, lambda: _validate(vectors_path, out, options, comm.size))
     ids = agree(comm, lambda: _ids_for(ids_path, vectors.shape[0]))
     schema, attributes = agree(comm, lambda: _attributes_for(attributes_path, schema, vectors.shape[0]))
     workdir = Path(comm.bcast_obj(_make_workdir(out) if comm.rank == 0 else None))
     done = False
     try:
-        manifest = _build(vectors, ids, (schema, attributes), workdir, options, comm, say)
+        manifest = _build(vectors, ids, (schema, attributes), workdir, options, local, comm, say)
         agree(comm, lambda: publish(workdir, out, options.overwrite) if comm.rank == 0 else None)
         say(f"index written to {out}")
         done = True
@@ -89,7 +95,10 @@ def build_index(
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _validate(vectors_path: Path, out: Path, options: BuildOptions, ranks: int) -> np.ndarray:
+def _validate(
+    vectors_path: Path, out: Path, options: BuildOptions, ranks: int
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The vectors, and the checked local kind: every refusal comes before any work."""
     if options.nshards < 1 or options.nlist < 1:
         raise HpcragError("--nlist and --shards must be >= 1")
     if ranks > options.nshards:
@@ -106,12 +115,23 @@ def _validate(vectors_path: Path, out: Path, options: BuildOptions, ranks: int) 
     if out.exists() and not options.overwrite and (not out.is_dir() or any(out.iterdir())):
         raise HpcragError(f"{out} already exists; choose another --out or pass --overwrite")
     vectors = open_vectors(vectors_path)
+    local = local_spec(options.local_kind, options.local_params, vectors.shape[1], gpu_visible())
     if vectors.shape[0] < options.nlist:
         raise HpcragError(
             f"{vectors_path} has {vectors.shape[0]} vectors, fewer than --nlist {options.nlist}; "
             "use a smaller --nlist (about sqrt(n) is a good start)"
         )
-    return vectors
+    return vectors, local
+
+
+def gpu_visible() -> bool:
+    """Whether CuPy sees a CUDA GPU here (building CAGRA needs one)."""
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # no CuPy, no driver, no device: all mean "no GPU" to a build
+        return False
 
 
 def _ids_for(ids_path: Path | None, count: int) -> np.ndarray:
@@ -157,6 +177,7 @@ def _build(
     described: tuple[AttributeSchema, np.ndarray],
     workdir: Path,
     options: BuildOptions,
+    local: dict[str, Any],
     comm: Communicator,
     say: Progress,
 ) -> layout.Manifest:
@@ -197,11 +218,25 @@ def _build(
         say(f"exchanged round {index + 1}/{rounds}")
     mine = np.concatenate(received) if received else np.empty(0, dtype=record)
 
-    entries = [
-        write_shard(workdir, shard, mine[list_shard[mine["list"]] == shard], options.nlist)
-        for shard in range(options.nshards)
-        if shard_rank[shard] == comm.rank
-    ]
+    template = None
+    if local["kind"] == "ivf-pq":
+        say(f"training ivf-pq codebooks (pq_m {local['pq_m']}) on the training sample")
+        made = agree(
+            comm,
+            lambda: train_template(local, centroids, trained[1], options.metric) if comm.rank == 0 else None,
+        )
+        template = comm.bcast_obj(made)
+    entries = agree(
+        comm,
+        lambda: [
+            write_shard(
+                workdir, shard, mine[list_shard[mine["list"]] == shard], options.nlist,
+                local, options.metric, template,
+            )
+            for shard in range(options.nshards)
+            if shard_rank[shard] == comm.rank
+        ],
+    )  # fmt: skip
     gathered = comm.gather_obj(entries)
     manifest = None
     if comm.rank == 0:
@@ -227,6 +262,7 @@ def _build(
                 "quantization_error": error / max(n, 1),
             },
             attributes=schema.to_json(),
+            local=local,
         )
         layout.write_manifest(workdir, manifest)
     return comm.bcast_obj(manifest)
@@ -320,8 +356,17 @@ def shard_record(dtype: str, dim: int, columns: int) -> np.dtype:
     )
 
 
-def write_shard(workdir: Path, shard: int, rows: np.ndarray, nlist: int) -> layout.ShardEntry:
-    """Write one shard's rows (`shard_record`), grouped by list and by id within a list."""
+def write_shard(
+    workdir: Path,
+    shard: int,
+    rows: np.ndarray,
+    nlist: int,
+    local: Mapping[str, Any] | None = None,
+    metric: Metric = Metric.IP,
+    template: Any = None,
+) -> layout.ShardEntry:
+    """Write one shard's rows (`shard_record`), grouped by list and by id within a list, and the
+    shard's own index when its local kind keeps one."""
     rows = rows[np.lexsort((rows["id"], rows["list"]))]
     vectors = rows["vector"]
     offsets = np.concatenate([[0], np.cumsum(np.bincount(rows["list"], minlength=nlist))]).astype(np.int64)
@@ -336,4 +381,8 @@ def write_shard(workdir: Path, shard: int, rows: np.ndarray, nlist: int) -> layo
     if rows["attributes"].shape[1]:
         arrays[layout.ATTRIBUTES] = rows["attributes"]
     files = {name: layout.save_array(folder / name, array) for name, array in arrays.items()}
+    kind_file = FILES.get((local or {}).get("kind", "ivf-flat"))
+    if kind_file is not None:
+        built = build_local(local, vectors, rows["list"], metric, template)
+        files[kind_file] = layout.save_bytes(folder / kind_file, np.asarray(built, dtype=np.uint8))
     return layout.ShardEntry(shard=shard, ntotal=len(rows), files=files)

@@ -98,9 +98,10 @@ def random_grouping(nlist: int, nshards: int, seed: int = 1234) -> np.ndarray:
 
 
 def shards_touched(probes: np.ndarray, list_shard: np.ndarray) -> np.ndarray:
-    """For each query (row of probed list ids), how many distinct shards own its lists."""
-    shards = np.sort(list_shard[probes], axis=1)
-    return 1 + (np.diff(shards, axis=1) != 0).sum(axis=1)
+    """For each query (row of probed list ids, -1 for none), how many distinct shards own its lists."""
+    shards = np.sort(np.where(probes >= 0, list_shard[np.maximum(probes, 0)], -1), axis=1)
+    distinct = (np.diff(shards, axis=1) != 0).sum(axis=1) + 1
+    return distinct - (shards[:, 0] < 0)
 
 
 def _weighted_kmeans(points: np.ndarray, weights: np.ndarray, k: int, seed: int) -> np.ndarray:

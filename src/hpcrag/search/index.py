@@ -11,6 +11,10 @@ broadcasts it; every rank applies what concerns its shards (`live.py`). One reco
 an upsert atomic: no search sees the id missing or twice. Writers in other processes (another
 replica, the CLI) are picked up by `refresh()` and before every write.
 
+Shard selection is a step of its own (`Router.select_shards`): with `max_shards` a query visits at
+most that many shards, those owning its best probed centroids. How a shard answers depends on its
+local kind (`local_kinds.py`): its lists (ivf-flat), or its own hnsw, ivf-pq or cagra index.
+
 Filters (`filters.py`) become a row mask inside the scan. When a filter matches so few rows that
 probing `nprobe` lists would miss neighbours (or would read more rows than the matches), every rank
 scans its matching rows exactly instead; the result says which strategy ran.
@@ -44,6 +48,8 @@ from hpcrag.search.exact import exact_scan
 from hpcrag.search.filters import Filter, compile_filter
 from hpcrag.search.inputs import check_ids, check_queries, check_search_params, check_storable
 from hpcrag.search.live import LiveShards
+from hpcrag.search.local_kinds import KINDS, cagra_unavailable, check_search_effort
+from hpcrag.search.local_scan import LocalKindScan
 from hpcrag.search.metric import Metric, prepare
 from hpcrag.search.reduction import reduce_topk
 from hpcrag.search.router import Router
@@ -100,7 +106,12 @@ class DistributedIndex:
         self.seq = manifest.base_seq
         self._live = live
         self.scan_backend = scan_backend
-        self._scan = make_scanner(scan_backend, self.metric, comm.xp, manifest.nlist)
+        self.kind = manifest.local["kind"]
+        self._scan = (
+            make_scanner(scan_backend, self.metric, comm.xp, manifest.nlist)
+            if self.kind == "ivf-flat"
+            else LocalKindScan(manifest.local, self.metric)
+        )
         self._router = router
         self._owned = comm.xp.asarray(live.owned)  # once, not per batch: on the GPU it is a copy
         self._log = UpdateLog(root, manifest.base_seq) if comm.rank == 0 else None
@@ -125,7 +136,7 @@ class DistributedIndex:
         xp = comm.xp
         if xp is np:
             limit_threads(threads or threads_per_rank(comm.local_size))
-        manifest = agree(comm, lambda: _checked_manifest(root, comm.size))
+        manifest = agree(comm, lambda: _checked_manifest(root, comm.size, device, scan_backend))
         owned = [shard for shard in range(manifest.nshards) if shard % comm.size == comm.rank]
         bases = agree(comm, lambda: {s: load_shard(root, manifest, s, verify, xp) for s in owned})
         list_shard = np.asarray(manifest.list_shard, dtype=np.int64)
@@ -159,25 +170,42 @@ class DistributedIndex:
         nprobe: int = 1,
         filter: Filter | Mapping[str, Any] | None = None,
         strategy: str = "auto",
+        max_shards: int | None = None,
+        ef: int | None = None,
+        refine: int | None = None,
     ) -> SearchResult | None:
         """Collective on the ranks that call it: the result on rank 0, None elsewhere.
 
         `filter` is a filter spec (see `filters.py`) or a compiled `Filter`; `strategy` forces "ivf"
-        (the probed lists) or "exact" (every matching row); "auto" picks per batch."""
+        (the probed lists) or "exact" (every matching row); "auto" picks per batch. `max_shards`
+        caps the shards a query visits (default: every shard owning one of its probes); `ef` is the
+        graph search effort (hnsw, cagra), `refine` the ivf-pq re-rank factor."""
         if self.comm.rank != 0:
             self._follow_until("search")
             return None
         try:
             check_search_params(k, nprobe, self.manifest.nlist)
             check_strategy(strategy)
+            check_max_shards(max_shards, self.manifest.nshards)
+            check_search_effort(self.kind, k, ef, refine)
             flt = self.compile_filter(filter)
             self._check_backend(flt is not None or self.seq != self.manifest.base_seq)
+            self._check_kind(flt is not None or strategy == "exact", "filters and exact search")
             batch = check_queries(self.comm.xp.asarray(queries), self.dim)
             batch = prepare(batch, self.metric, "queries")
         except Exception as exc:  # whatever rank 0 refuses, the other ranks must hear of it
             self.comm.announce({"op": "error", "message": str(exc)})
             raise
-        return self._root_search(batch, k, nprobe, flt, strategy)
+        header = {"max_shards": max_shards, "effort": {"ef": ef, "refine": refine}}
+        return self._root_search(batch, k, nprobe, flt, strategy, header)
+
+    def _check_kind(self, asked: bool, what: str) -> None:
+        """Refuse, on rank 0, what only ivf-flat shards can do (updates, filters, exact scans)."""
+        if asked and self.kind != "ivf-flat":
+            raise HpcragError(
+                f"this index's shards are {self.kind} (built with --local {self.kind}), which takes no "
+                f"{what}; rebuild with --local ivf-flat for a live or filtered index"
+            )
 
     def _check_backend(self, live: bool) -> None:
         """Refuse, on rank 0 before any rank works, what the faiss backend cannot do: updates, filters."""
@@ -194,12 +222,13 @@ class DistributedIndex:
         return compile_filter(spec, self.schema)
 
     def _root_search(
-        self, batch: Any, k: int, nprobe: int, flt: Filter | None, strategy: str
+        self, batch: Any, k: int, nprobe: int, flt: Filter | None, strategy: str, extra: dict[str, Any]
     ) -> SearchResult:
         started = time.perf_counter()
         nq = batch.shape[0]
-        probes = self._router.probe(batch, nprobe)
+        probes = self._router.select_shards(self._router.probe(batch, nprobe), extra["max_shards"])
         header = {"op": "search", "k": k, "nprobe": nprobe, "nq": nq, "filter": flt, "strategy": strategy}
+        header.update(extra)
         self.comm.announce(header)
         batch = self.comm.bcast_array(batch, batch.shape, batch.dtype)
         probes = self.comm.bcast_array(probes, probes.shape, probes.dtype)
@@ -245,7 +274,10 @@ class DistributedIndex:
         scores, ids = empty_topk(xp, batch.shape[0], k, self.metric.worst)
         if rows.size:
             local_probes = xp.where(owned[rows], probes[rows], -1)
-            scores[rows], ids[rows] = self._scan(batch[rows], local_probes, k, parts)
+            if self.kind == "ivf-flat":
+                scores[rows], ids[rows] = self._scan(batch[rows], local_probes, k, parts)
+            else:
+                scores[rows], ids[rows] = self._scan(batch[rows], local_probes, k, parts, header["effort"])
         return (scores, ids), chosen, touched
 
     def _choose(self, matching: int, nprobe: int, k: int) -> str:
@@ -303,6 +335,7 @@ class DistributedIndex:
             return None
         try:
             self._check_backend(True)
+            self._check_kind(True, "updates")
             result = self._root_update(kind, vectors, ids, attributes, declare, strict)
         except Exception as exc:  # whatever rank 0 refuses, the other ranks must hear of it
             self.comm.announce({"op": "error", "message": str(exc)})
@@ -471,8 +504,30 @@ def check_strategy(strategy: str) -> None:
         raise HpcragError(f"unknown filter strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
 
 
-def _checked_manifest(root: Path, ranks: int) -> layout.Manifest:
+def check_max_shards(max_shards: int | None, nshards: int) -> None:
+    if max_shards is not None and (isinstance(max_shards, bool) or not 1 <= max_shards <= nshards):
+        raise HpcragError(f"--max-shards must be in [1, {nshards}] (the index's shards), got {max_shards}")
+
+
+def _checked_manifest(root: Path, ranks: int, device: str, scan_backend: str) -> layout.Manifest:
     manifest = layout.read_manifest(root)
+    kind = manifest.local.get("kind") if isinstance(manifest.local, dict) else None
+    if kind not in KINDS:
+        raise layout.IndexFormatError(
+            f"{root / layout.MANIFEST}: unknown local index kind {kind!r}; rebuild the index with this hpcrag"
+        )
+    if kind != "ivf-flat" and scan_backend != "kernels":
+        raise HpcragError(
+            f"--scan-backend {scan_backend} scans ivf-flat lists, and this index's shards are {kind}; "
+            "leave --scan-backend at its default"
+        )
+    if kind in ("hnsw", "ivf-pq") and device != "cpu":
+        raise HpcragError(f"{kind} shards are faiss CPU indexes: open this index with --device cpu")
+    if kind == "cagra" and cagra_unavailable(device != "cpu"):
+        raise HpcragError(
+            f"this index's shards are CAGRA graphs, and {cagra_unavailable(device != 'cpu')}: open it on a "
+            "GPU node with cuVS installed (--device cuda)"
+        )
     if ranks > manifest.nshards:
         raise HpcragError(
             f"{ranks} ranks but the index in {root} has {manifest.nshards} shards: run at most "

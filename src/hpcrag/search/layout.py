@@ -7,6 +7,8 @@
                             ids.npy (n,) int64, sqnorms.npy (n,) float32 (for l2),
                             list_offsets.npy (nlist+1,) int64: list L is rows [off[L], off[L+1])
                             attributes.npy (n, A) int64 when the index declares attributes
+                            hnsw.faiss | ivfpq.faiss | cagra.bin: the shard's own index when its
+                            local kind is not ivf-flat (`local_kinds.py`)
     DIR/updates.wal         updates since the shards were written (`wal.py`), replayed at open
 
 Loading checks the version, every file's size and (by default) its checksum, and refuses a damaged
@@ -66,6 +68,7 @@ class Manifest:
     build: dict[str, Any] = field(default_factory=dict)
     attributes: dict[str, str] = field(default_factory=dict)  # name -> type, in column order
     base_seq: int = 0  # the last update folded into the shards; the log goes on from there
+    local: dict[str, Any] = field(default_factory=lambda: {"kind": "ivf-flat"})  # shard-local kind
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
@@ -105,6 +108,13 @@ def save_array(path: Path, array: np.ndarray) -> FileEntry:
     """Write one .npy through a temporary file and a rename; return its size and checksum."""
     with atomic_output(path) as handle:
         np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
+    return file_entry(path)
+
+
+def save_bytes(path: Path, data: np.ndarray) -> FileEntry:
+    """Write raw bytes (a library's serialised index) through a temporary file and a rename."""
+    with atomic_output(path) as handle:
+        handle.write(data.tobytes())
     return file_entry(path)
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from hpcrag.search import layout
 from hpcrag.search.attributes import MISSING
 from hpcrag.search.layout import IndexFormatError
+from hpcrag.search.local_kinds import FILES, load_local
 
 
 @dataclass(eq=False)
@@ -30,6 +31,7 @@ class Segment:
     live: np.ndarray | None = None  # (n,) uint8 on the host, 0 = deleted; None while nothing is
     delta: bool = False  # rows added since the shard was written
     cache: dict[str, Any] = field(default_factory=dict)  # a backend's derived copies (device lists)
+    local: Any = None  # the shard's own index (hnsw, ivf-pq, cagra) over the base rows, else None
 
     @property
     def rows(self) -> int:
@@ -84,4 +86,14 @@ def load_shard(root: Path, manifest: layout.Manifest, shard: int, verify: bool, 
     if attributes is None:
         attributes = np.full((n, len(manifest.attributes)), MISSING, dtype=np.int64)
     on_device = [xp.asarray(arrays[name]) for name in ("vectors.npy", "ids.npy", "sqnorms.npy")]
-    return Segment(*on_device, offsets=offsets, attributes=np.asarray(attributes))
+    segment = Segment(*on_device, offsets=offsets, attributes=np.asarray(attributes))
+    kind_file = FILES.get(manifest.local["kind"])
+    if kind_file is not None:
+        if kind_file not in entry.files:
+            raise IndexFormatError(f"{root / layout.MANIFEST}: shard {shard} lacks its {kind_file}")
+        layout.check_file(folder / kind_file, entry.files[kind_file], verify)
+        try:
+            segment.local = load_local(manifest.local, folder / kind_file)
+        except RuntimeError as exc:  # faiss and cuVS report unreadable files as RuntimeError
+            raise IndexFormatError(f"{folder / kind_file} is damaged ({exc}); rebuild the index") from None
+    return segment

@@ -1,0 +1,250 @@
+#!/usr/bin/env python3
+"""Shard-local kinds and routing against faiss HNSW, interleaved in one MPI job (issue 15's goals).
+
+    .venv/bin/python scripts/bench_search.py --suite kinds --dataset manpages [--repeat 5]
+
+Builds hpcrag indexes (hnsw with 4 and 8 shards, ivf-flat and ivf-pq with 4; nlist 1024) with
+`hpcrag index build` under mpirun, then one `mpirun -n 2` job (one thread per rank) opens them all.
+Rank 0 also holds the peers: a faiss IndexHNSWFlat over the whole set and faiss IndexShards over
+the very HNSW graphs of the hpcrag shards (ids mapped back), queried scatter-gather, each given both
+threads while rank 1 sleeps. Every round runs every setting of every method once; the first round
+warms up and is dropped; queries/s is the median over rounds of all queries in one batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+NLIST = 1024
+ROUTE_NPROBE = 16
+TARGET = 0.95
+HNSW = {"M": 32, "ef_construction": 40}
+EFS = (16, 32, 64)
+
+
+def kinds_suite(args: argparse.Namespace) -> None:
+    from bench_search import load_dataset, mpirun
+
+    from hpcrag.search import Metric, reference
+
+    base, queries, gt, name = load_dataset(args)
+    metric = Metric(args.metric)
+    if gt is None:
+        gt = reference.search(reference.exact(base, metric), queries, args.k, metric)[1]
+    with tempfile.TemporaryDirectory(dir=args.workdir) as scratch:
+        scratch = Path(scratch)
+        for file, array in (("base.npy", base), ("queries.npy", queries), ("gt.npy", gt)):
+            np.save(scratch / file, array)
+        builds = {}
+        for label, kind, shards, extra in (
+            ("hnsw-4", "hnsw", 4, []),
+            ("hnsw-8", "hnsw", 8, []),
+            ("ivf-flat-4", "ivf-flat", 4, []),
+            ("ivf-pq-4", "ivf-pq", 4, []),
+        ):
+            started = time.perf_counter()
+            mpirun(2, args.threads, ["-m", "hpcrag", "index", "build", str(scratch / "base.npy"),
+                   "--out", str(scratch / label), "--nlist", str(NLIST), "--shards", str(shards),
+                   "--metric", args.metric, "--local", kind, *extra])  # fmt: skip
+            builds[label] = time.perf_counter() - started
+        report = scratch / "report.json"
+        job = [__file__, str(scratch), str(report), str(args.repeat), str(args.k), args.metric]
+        mpirun(2, args.threads, job)
+        rows = json.loads(report.read_text())
+    text = render(name, base, queries, args, rows, builds)
+    print(text)
+    out = REPO / "benchmarks" / f"search-kinds-{name}.md"
+    out.write_text(text)
+    print(f"saved {out.relative_to(REPO)}")
+    if name == "manpages-minilm":
+        calibration = REPO / "benchmarks" / "search-calibration.json"
+        calibration.write_text(json.dumps(calibrate(rows, base, args), indent=1) + "\n")
+        print(f"saved {calibration.relative_to(REPO)}")
+
+
+def settings() -> list[tuple[str, str, dict]]:
+    """(method, index label or peer, search keywords) for every setting a round runs."""
+    hpcrag = [
+        *[("hpcrag hnsw, 4 shards", "hnsw-4", {"max_shards": s, "ef": ef}) for s in (1, 2) for ef in EFS],
+        *[("hpcrag hnsw, 8 shards", "hnsw-8", {"max_shards": s, "ef": ef}) for s in (2, 3) for ef in EFS],
+        *[("hpcrag ivf-flat, 4 shards", "ivf-flat-4", {"nprobe": p, "max_shards": 2}) for p in (32, 64)],
+        ("hpcrag ivf-pq, 4 shards", "ivf-pq-4", {"nprobe": 64, "max_shards": 2, "refine": 10}),
+    ]
+    peers = [
+        *[("faiss HNSW, one index", "single", {"ef": ef}) for ef in (*EFS, 128)],
+        *[("faiss IndexShards of the 4 HNSW shards", "shards-4", {"ef": ef}) for ef in EFS],
+        *[("faiss IndexShards of the 8 HNSW shards", "shards-8", {"ef": ef}) for ef in EFS],
+    ]
+    return hpcrag + peers
+
+
+def worker(scratch: Path, report: Path, repeat: int, k: int, metric_name: str) -> None:
+    import faiss
+
+    from hpcrag.search import DistributedIndex, Metric, make_comm, reference
+    from hpcrag.search.metric import prepare
+
+    comm = make_comm()
+    metric = Metric(metric_name)
+    labels = ("hnsw-4", "hnsw-8", "ivf-flat-4", "ivf-pq-4")
+    indexes = {label: DistributedIndex.open(scratch / label, comm) for label in labels}
+    queries = gt = None
+    peers: dict = {}
+    if comm.rank == 0:
+        queries, gt = np.load(scratch / "queries.npy"), np.load(scratch / "gt.npy")
+        peers = build_peers(scratch, metric)
+    times: dict[int, list[float]] = {}
+    found: dict[int, tuple[float, float]] = {}
+    for round_ in range(repeat + 1):
+        for number, (_, target, options) in enumerate(settings()):
+            if target in indexes:
+                options = {"nprobe": ROUTE_NPROBE, **options}
+                started = time.perf_counter()
+                result = indexes[target].search(queries, k=k, **options)
+                seconds = time.perf_counter() - started
+                if result is None:
+                    continue
+                outcome = (reference.recall_at(result.ids, gt, k), result.mean_shards_touched)
+            elif comm.rank == 0:
+                peer, graphs, labels = peers[target]
+                for graph in graphs:
+                    graph.hnsw.efSearch = options["ef"]
+                faiss.omp_set_num_threads(comm.size)  # the peers get every core the ranks share
+                prepared = prepare(queries, metric, "queries")
+                started = time.perf_counter()
+                ids = peer.search(prepared, k)[1]
+                ids = ids if labels is None else np.where(ids >= 0, labels[np.maximum(ids, 0)], -1)
+                seconds = time.perf_counter() - started
+                faiss.omp_set_num_threads(1)
+                outcome = (reference.recall_at(ids, gt, k), float(len(graphs)) if len(graphs) > 1 else 1.0)
+            else:
+                continue
+            found[number] = outcome
+            if round_:
+                times.setdefault(number, []).append(seconds)
+    for index in indexes.values():
+        index.close()
+    if comm.rank == 0:
+        rows = []
+        for number, (method, target, options) in enumerate(settings()):
+            recall, touched = found[number]
+            qps = len(queries) / statistics.median(times[number])
+            rows.append({"method": method, "target": target, "options": options, "recall": recall,
+                         "qps": qps, "touched": touched})  # fmt: skip
+        report.write_text(json.dumps(rows))
+
+
+def build_peers(scratch: Path, metric) -> dict:
+    """faiss HNSW over the whole base, and IndexShards over the hpcrag shards' own graphs."""
+    import faiss
+
+    from hpcrag.search.metric import prepare
+
+    base = prepare(np.load(scratch / "base.npy"), metric, "base")
+    single = faiss.IndexHNSWFlat(base.shape[1], HNSW["M"], metric.faiss_metric())
+    single.hnsw.efConstruction = HNSW["ef_construction"]
+    faiss.omp_set_num_threads(2)
+    single.add(base)
+    faiss.omp_set_num_threads(1)
+    peers = {"single": (single, [single], None)}
+    for count in (4, 8):
+        # Threaded scatter-gather; successive ids: shard s's labels come offset by the rows before it,
+        # which one lookup in the shards' concatenated ids maps back (timed with the search).
+        sharded = faiss.IndexShards(base.shape[1], True, True)
+        graphs, ids = [], []
+        for shard in range(count):
+            folder = scratch / f"hnsw-{count}" / f"shard-{shard:04d}"
+            graphs.append(faiss.read_index(str(folder / "hnsw.faiss")))
+            sharded.add_shard(graphs[-1])
+            ids.append(np.load(folder / "ids.npy"))
+        peers[f"shards-{count}"] = (sharded, graphs, np.concatenate(ids))  # shards are not owned: kept
+    return peers
+
+
+def best_at_target(rows: list[dict], method: str) -> dict | None:
+    eligible = [r for r in rows if r["method"] == method and r["recall"] >= TARGET]
+    return max(eligible, key=lambda r: r["qps"]) if eligible else None
+
+
+def render(name, base, queries, args, rows, builds) -> str:
+    lines = [
+        f"# Shard-local kinds and routing: {name}",
+        "",
+        f"- data: {base.shape[0]:,} x {base.shape[1]}, {len(queries):,} queries in one batch, metric "
+        f"{args.metric}, recall@{args.k} against exact",
+        f"- hpcrag: nlist {NLIST}, routing nprobe {ROUTE_NPROBE}, 2 MPI ranks x 1 thread; hnsw M "
+        f"{HNSW['M']}, efConstruction {HNSW['ef_construction']}; peers: 2 threads, the same graphs",
+        f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; date "
+        f"{time.strftime('%Y-%m-%d')}; {args.repeat} interleaved rounds (median), one run",
+        f"- builds (2 ranks): {', '.join(f'{label} {seconds:.0f} s' for label, seconds in builds.items())}",
+        f"- command: `{' '.join(['scripts/bench_search.py', *sys.argv[1:]])}`",
+        "",
+        f"| method | setting | recall@{args.k} | queries/s | shards touched |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        setting = ", ".join(f"{key} {value}" for key, value in r["options"].items())
+        figures = f"{r['recall']:.3f} | {r['qps']:,.0f} | {r['touched']:.2f}"
+        lines.append(f"| {r['method']} | {setting} | {figures} |")
+    lines += ["", f"Fastest setting at recall@{args.k} >= {TARGET}:", ""]
+    best = {method: best_at_target(rows, method) for method in dict.fromkeys(r["method"] for r in rows)}
+    for method, r in best.items():
+        lines.append(f"- {method}: " + ("none reaches it" if r is None else f"{r['qps']:,.0f} q/s "
+                     f"(recall {r['recall']:.3f}, {r['touched']:.2f} shards)"))  # fmt: skip
+    for count in (4, 8):
+        ours = best.get(f"hpcrag hnsw, {count} shards")
+        scatter = best.get(f"faiss IndexShards of the {count} HNSW shards")
+        single = best.get("faiss HNSW, one index")
+        if ours and scatter and single:
+            lines.append(
+                f"- {count} shards: hpcrag / IndexShards scatter-gather = "
+                f"{ours['qps'] / scatter['qps']:.2f}x; "
+                f"hpcrag / one faiss HNSW = {ours['qps'] / single['qps']:.2f}x"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def calibrate(rows: list[dict], base: np.ndarray, args: argparse.Namespace) -> dict:
+    """The measured fan-out and per-shard costs `hpcrag plan search` scales from."""
+    fanout, local = [], {}
+    for count in (4, 8):
+        r = best_at_target(rows, f"hpcrag hnsw, {count} shards")
+        if r:
+            fanout.append({"nshards": count, "nlist": NLIST, "max_shards": r["options"]["max_shards"],
+                           "recall": round(r["recall"], 4),
+                           "mean_shards_touched": round(r["touched"], 3)})  # fmt: skip
+    cores = 2
+    for kind, method in (("hnsw", "hpcrag hnsw, 4 shards"), ("ivf-flat", "hpcrag ivf-flat, 4 shards"),
+                         ("ivf-pq", "hpcrag ivf-pq, 4 shards")):  # fmt: skip
+        candidates = [x for x in rows if x["method"] == method]
+        r = best_at_target(rows, method) or max(candidates, key=lambda x: x["recall"])
+        entry = {
+            "recall": round(r["recall"], 4),
+            "cpu_seconds_per_query_per_shard": cores / (r["qps"] * r["touched"]),
+            "shard_vectors": base.shape[0] // 4,
+        }
+        if kind == "hnsw":
+            entry["ef_search"] = r["options"]["ef"]
+        else:
+            entry["scanned_fraction"] = r["options"]["nprobe"] / NLIST * 4 / r["touched"]
+        if kind == "ivf-pq":
+            entry.update(pq_m=base.shape[1] // 8, refine=r["options"]["refine"])
+        local[kind] = entry
+    return {"dataset": "manpages-minilm", "vectors": int(base.shape[0]), "dim": int(base.shape[1]),
+            "k": args.k, "command": "scripts/bench_search.py " + " ".join(sys.argv[1:]),
+            "date": time.strftime("%Y-%m-%d"), "fanout": fanout, "local": local}  # fmt: skip
+
+
+if __name__ == "__main__":
+    worker(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])

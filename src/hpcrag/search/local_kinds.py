@@ -1,0 +1,190 @@
+"""Shard-local index kinds: how one shard answers the queries routed to it.
+
+- `ivf-flat` (default): the shard's inverted lists, read by hpcrag's scans (`backends.py`);
+- `hnsw`: a faiss IndexHNSWFlat over the shard's rows (CPU);
+- `ivf-pq`: a faiss IndexIVFPQ over the shard's lists, sharing the global coarse centroids and one
+  set of PQ codebooks trained at build; its candidates are re-ranked against the full vectors
+  (`refine` x k of them), which stay memory-mapped on disk;
+- `cagra`: a cuVS CAGRA graph on the GPU.
+
+Routing, the top-k reduction and the on-disk layout are the same for every kind: a kind adds one
+file to each shard folder (checksummed in the manifest) whose labels are row positions in the
+shard, mapped back to ids through `ids.npy`. Only `ivf-flat` takes updates and filters; the others
+say so when asked (`DistributedIndex` refuses on rank 0 before any rank works).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from hpcrag.errors import HpcragError
+from hpcrag.search.metric import Metric
+
+KINDS = ("ivf-flat", "hnsw", "cagra", "ivf-pq")
+FILES = {"hnsw": "hnsw.faiss", "ivf-pq": "ivfpq.faiss", "cagra": "cagra.bin"}
+BUILD_PARAMS = {
+    "ivf-flat": {},
+    "hnsw": {"M": 32, "ef_construction": 40},
+    "ivf-pq": {"pq_m": None, "nbits": 8},  # pq_m None: dim / 8 (8 dimensions per byte of code)
+    "cagra": {"graph_degree": 64, "intermediate_graph_degree": 128},
+}
+SEARCH_DEFAULTS = {"ef": 64, "refine": 10}  # hnsw efSearch / cagra itopk_size; ivf-pq re-rank factor
+
+
+def local_spec(kind: str, params: Mapping[str, Any], dim: int, on_gpu: bool) -> dict[str, Any]:
+    """The manifest's `local` entry for a kind: checked before any work, defaults filled in."""
+    if kind not in KINDS:
+        raise HpcragError(f"unknown local index kind {kind!r}; use one of: {', '.join(KINDS)}")
+    unknown = set(params) - set(BUILD_PARAMS[kind])
+    if unknown:
+        valid = ", ".join(BUILD_PARAMS[kind]) or "none"
+        raise HpcragError(f"--local {kind} takes no parameter {sorted(unknown)}; its parameters: {valid}")
+    spec: dict[str, Any] = {"kind": kind, **BUILD_PARAMS[kind]}
+    spec.update({name: value for name, value in params.items() if value is not None})
+    if kind == "hnsw":
+        _check_range(spec, "M", 4, 256)
+        _check_range(spec, "ef_construction", spec["M"], 4096)
+    elif kind == "ivf-pq":
+        spec["pq_m"] = spec["pq_m"] or max(1, dim // 8)
+        _check_range(spec, "pq_m", 1, dim)
+        if dim % spec["pq_m"]:
+            divisors = [m for m in (dim // 16, dim // 8, dim // 4, dim // 2) if m and dim % m == 0]
+            raise HpcragError(
+                f"ivf-pq: pq_m {spec['pq_m']} does not divide the dimension {dim}; each sub-quantizer "
+                f"codes dim/pq_m dimensions: choose a divisor of {dim}, such as {divisors or [dim]}"
+            )
+        if spec["nbits"] != 8:
+            raise HpcragError(f"ivf-pq: nbits {spec['nbits']} is not supported; use 8")
+    elif kind == "cagra":
+        _check_range(spec, "graph_degree", 8, 1024)
+        _check_range(spec, "intermediate_graph_degree", spec["graph_degree"], 4096)
+        why = cagra_unavailable(on_gpu)
+        if why:
+            raise HpcragError(
+                f"--local cagra needs a GPU with cuVS, and {why}; on a GPU node install the GPU extra "
+                "and `pip install cuvs-cu12` (or cuvs-cu13), or use --local hnsw on CPUs"
+            )
+    return spec
+
+
+def _check_range(spec: dict[str, Any], name: str, low: int, high: int) -> None:
+    value = spec[name]
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise HpcragError(
+            f"--local {spec['kind']}: {name} must be an integer in [{low}, {high}], got {value!r}"
+        )
+
+
+def cagra_unavailable(on_gpu: bool) -> str | None:
+    """Why CAGRA cannot run here, or None."""
+    if not on_gpu:
+        return "no CUDA GPU is in use here"
+    if importlib.util.find_spec("cuvs") is None:
+        return "cuVS is not installed"
+    return None
+
+
+def check_search_effort(kind: str, k: int, ef: int | None, refine: int | None) -> None:
+    """Refuse search knobs that do not fit the kind, or values out of range."""
+    if ef is not None and kind not in ("hnsw", "cagra"):
+        raise HpcragError(f"--ef sets the graph search effort of hnsw and cagra; this index is {kind}")
+    if refine is not None and kind != "ivf-pq":
+        raise HpcragError(f"--refine re-ranks ivf-pq candidates; this index is {kind}")
+    if ef is not None and not 1 <= ef <= 4096:
+        raise HpcragError(f"--ef must be in [1, 4096], got {ef}")
+    if refine is not None and not 1 <= refine <= 1000:
+        raise HpcragError(f"--refine must be in [1, 1000], got {refine}")
+
+
+def train_template(spec: Mapping[str, Any], centroids: np.ndarray, sample: np.ndarray, metric: Metric) -> Any:
+    """What every shard's build shares (ivf-pq: the codebooks, trained once on rank 0), or None."""
+    if spec["kind"] != "ivf-pq":
+        return None
+    import faiss
+
+    if sample.shape[0] < 2 ** spec["nbits"]:
+        raise HpcragError(
+            f"ivf-pq needs at least {2 ** spec['nbits']} vectors to train its codebooks, got "
+            f"{sample.shape[0]}; use --local ivf-flat for so small a collection"
+        )
+    nlist, dim = centroids.shape
+    quantizer = faiss.IndexFlat(dim, metric.faiss_metric())
+    quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    index = faiss.IndexIVFPQ(quantizer, dim, nlist, spec["pq_m"], spec["nbits"], metric.faiss_metric())
+    index.pq.cp.min_points_per_centroid = 1  # the sample size was checked above; spare faiss's warning
+    index.train(np.ascontiguousarray(sample, dtype=np.float32))  # the quantizer is full: PQ only
+    return faiss.serialize_index(index)
+
+
+def build_local(
+    spec: Mapping[str, Any], vectors: np.ndarray, lists: np.ndarray, metric: Metric, template: Any
+) -> np.ndarray:
+    """One shard's index over its rows in stored order (labels = row positions), as bytes."""
+    import faiss
+
+    rows = np.ascontiguousarray(vectors, dtype=np.float32)
+    kind = spec["kind"]
+    if kind == "hnsw":
+        index = faiss.IndexHNSWFlat(rows.shape[1], spec["M"], metric.faiss_metric())
+        index.hnsw.efConstruction = spec["ef_construction"]
+        index.add(rows)
+        return faiss.serialize_index(index)
+    if kind == "ivf-pq":
+        index = faiss.deserialize_index(template)
+        labels = np.arange(rows.shape[0], dtype=np.int64)
+        assigned = np.ascontiguousarray(lists, dtype=np.int64)
+        index.add_core(rows.shape[0], faiss.swig_ptr(rows), faiss.swig_ptr(labels), faiss.swig_ptr(assigned))
+        return faiss.serialize_index(index)
+    if kind == "cagra":
+        return _build_cagra(spec, rows, metric)
+    raise HpcragError(f"--local {kind} keeps no file of its own")
+
+
+def _build_cagra(spec: Mapping[str, Any], rows: np.ndarray, metric: Metric) -> np.ndarray:
+    import os
+    import tempfile
+
+    import cupy
+    from cuvs.neighbors import cagra
+
+    params = cagra.IndexParams(
+        metric="sqeuclidean" if metric is Metric.L2 else "inner_product",
+        graph_degree=spec["graph_degree"],
+        intermediate_graph_degree=spec["intermediate_graph_degree"],
+    )
+    index = cagra.build(params, cupy.asarray(rows))
+    handle, path = tempfile.mkstemp(suffix=".cagra")
+    os.close(handle)
+    try:
+        cagra.save(path, index, include_dataset=True)
+        return np.fromfile(path, dtype=np.uint8)
+    finally:
+        os.unlink(path)
+
+
+def load_local(spec: Mapping[str, Any], path: Any) -> Any:
+    """A shard's index object from its checked file."""
+    if spec["kind"] == "cagra":
+        from cuvs.neighbors import cagra
+
+        return cagra.load(str(path))
+    import faiss
+
+    return faiss.deserialize_index(np.fromfile(path, dtype=np.uint8))
+
+
+def memory_per_vector(spec: Mapping[str, Any], dim: int, dtype_bytes: int) -> dict[str, float]:
+    """Bytes per vector a shard holds in memory for searching, and on disk beside it."""
+    kind = spec["kind"]
+    stored = dim * dtype_bytes + 8 + 4  # vectors, ids, squared norms (the shard's arrays)
+    if kind == "hnsw":  # FP32 copy + level-0 links (2M) + upper levels (~M/ln(M) expected)
+        return {"memory": dim * 4 + 2 * spec["M"] * 4 * 1.1 + 8, "disk": stored}
+    if kind == "ivf-pq":  # codes + ids in the lists; full vectors only read to re-rank (mmap)
+        return {"memory": spec["pq_m"] * spec["nbits"] / 8 + 8, "disk": stored}
+    if kind == "cagra":
+        return {"memory": dim * 4 + spec["graph_degree"] * 4, "disk": stored}
+    return {"memory": stored, "disk": stored}

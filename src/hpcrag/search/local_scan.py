@@ -1,0 +1,100 @@
+"""The scanner of shards whose local kind is a library index (hnsw, ivf-pq, cagra): same call as the
+list scans (`backends.Scanner`), so routing and the top-k reduction do not know the difference.
+
+A query reaches a shard when one of its routed probes names a list the shard holds; the shard's
+index then searches it whole (hnsw, cagra) or in those probed lists (ivf-pq, with faiss's
+`search_preassigned` and rank 0's probes, then an exact re-rank of `refine` x k candidates against
+the full vectors).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from hpcrag.search.arrays import array_module, to_numpy
+from hpcrag.search.live import Part
+from hpcrag.search.local_kinds import SEARCH_DEFAULTS
+from hpcrag.search.metric import Metric
+from hpcrag.search.store import Segment
+from hpcrag.search.topk import empty_topk, merge_topk, select_topk
+
+
+class LocalKindScan:
+    def __init__(self, spec: Mapping[str, Any], metric: Metric) -> None:
+        self.kind = spec["kind"]
+        self.metric = metric
+
+    def __call__(
+        self, queries: Any, probes: Any, k: int, parts: list[Part], effort: Mapping[str, int] | None = None
+    ) -> tuple[Any, Any]:
+        xp = array_module(queries)
+        effort = {**SEARCH_DEFAULTS, **{n: v for n, v in (effort or {}).items() if v is not None}}
+        host_probes = to_numpy(probes)
+        result = empty_topk(xp, queries.shape[0], k, self.metric.worst)
+        for segment, _ in parts:
+            holds = np.diff(segment.offsets) > 0
+            routed = (host_probes >= 0) & holds[np.maximum(host_probes, 0)]
+            rows = np.flatnonzero(routed.any(axis=1))
+            if not rows.size:
+                continue
+            scores, labels = self._search(segment, queries[xp.asarray(rows)], host_probes[rows], k, effort)
+            labels = xp.asarray(labels).astype(xp.int64)
+            ids = xp.where(labels >= 0, xp.asarray(segment.ids)[xp.maximum(labels, 0)], -1)
+            scores = xp.where(ids < 0, xp.float32(self.metric.worst), xp.asarray(scores)).astype(xp.float32)
+            found = empty_topk(xp, queries.shape[0], k, self.metric.worst)
+            found[0][xp.asarray(rows)], found[1][xp.asarray(rows)] = scores, ids
+            result = merge_topk(result, found, k, self.metric.larger_is_better, self.metric.worst)
+        return result
+
+    def _search(
+        self, segment: Segment, queries: Any, probes: np.ndarray, k: int, effort: Mapping[str, int]
+    ) -> tuple[Any, Any]:
+        if self.kind == "cagra":
+            return _search_cagra(segment, queries, k, effort["ef"])
+        import faiss
+
+        queries = np.ascontiguousarray(to_numpy(queries), dtype=np.float32)
+        if self.kind == "hnsw":
+            params = faiss.SearchParametersHNSW(efSearch=max(effort["ef"], k))
+            return segment.local.search(queries, k, params=params)
+        return self._ivf_pq(segment, queries, probes, k, effort["refine"])
+
+    def _ivf_pq(
+        self, segment: Segment, queries: np.ndarray, probes: np.ndarray, k: int, refine: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        index = segment.local
+        if "centroids" not in segment.cache:
+            segment.cache["centroids"] = index.quantizer.reconstruct_n(0, index.nlist)
+        centroids = segment.cache["centroids"]
+        probes = np.ascontiguousarray(probes, dtype=np.int64)
+        # Residual codes score relative to the list's centroid: faiss needs the coarse term too.
+        near = centroids[np.maximum(probes, 0)]
+        if self.metric is Metric.L2:
+            coarse = ((queries[:, None, :] - near) ** 2).sum(axis=2)
+        else:
+            coarse = np.einsum("qd,qpd->qp", queries, near)
+        coarse = np.ascontiguousarray(coarse, dtype=np.float32)
+        index.nprobe = probes.shape[1]
+        candidates = min(k * refine, max(k, segment.rows))
+        _, labels = index.search_preassigned(queries, candidates, probes, coarse)
+        vectors = np.asarray(segment.vectors)[np.maximum(labels, 0)].astype(np.float32)
+        scores = np.einsum("qd,qcd->qc", queries, vectors)
+        if self.metric is Metric.L2:
+            norms = np.asarray(segment.sqnorms)[np.maximum(labels, 0)]
+            scores = (queries**2).sum(axis=1)[:, None] - 2.0 * scores + norms
+        scores = np.where(labels < 0, np.float32(self.metric.worst), scores).astype(np.float32)
+        return select_topk(scores, labels, k, self.metric.larger_is_better, self.metric.worst)
+
+
+def _search_cagra(segment: Segment, queries: Any, k: int, ef: int) -> tuple[Any, Any]:
+    import cupy
+    from cuvs.neighbors import cagra
+
+    params = cagra.SearchParams(itopk_size=max(ef, k))
+    distances, neighbors = cagra.search(params, segment.local, cupy.asarray(queries, dtype=cupy.float32), k)
+    labels = cupy.asarray(neighbors).astype(cupy.int64)
+    # cuVS marks a missing neighbour with an out-of-range label (the largest uint32).
+    return cupy.asarray(distances), cupy.where(labels >= segment.rows, -1, labels)

@@ -1,0 +1,213 @@
+"""Shard-local kinds (hnsw, ivf-pq; cagra is in tests/gpu) and shard selection, in one process:
+each kind's invariant, persistence and damage, and every refusal before any work."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from hpcrag.cli.main import cli
+from hpcrag.errors import HpcragError
+from hpcrag.search import DistributedIndex, Metric, reference
+from hpcrag.search.build import BuildOptions, build_index
+from hpcrag.search.grouping import shards_touched
+from hpcrag.search.layout import IndexFormatError, read_manifest
+from hpcrag.search.router import select_shards
+from hpcrag.search.synthetic import clustered
+from tests.search_helpers import assert_same_neighbours
+
+BASE, QUERIES = clustered(3000, 40, 32, clusters=12, spread=0.5, seed=5, topics=4)
+
+
+def build(tmp_path: Path, kind: str, metric: str = "ip", name: str = "index", **params) -> Path:
+    source = tmp_path / "base.npy"
+    np.save(source, BASE)
+    out = tmp_path / name
+    options = BuildOptions(
+        nlist=32, nshards=4, metric=Metric(metric), dtype="float32", local_kind=kind, local_params=params
+    )
+    build_index(source, out, options)
+    return out
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    return reference.recall_at(found, truth, found.shape[1])
+
+
+def test_select_shards_keeps_the_best_ranked_shards_of_each_query() -> None:
+    list_shard = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    probes = np.array([[2, 4, 0, 6, 3, 1], [7, 6, 5, 4, 3, 2], [-1, 0, 1, -1, -1, -1]])
+    # Row 0 reaches shards 1, 2, 0, 3 in that order; row 1: 3, 2, 1; row 2 only shard 0.
+    assert select_shards(probes, list_shard, 1).tolist() == [
+        [2, -1, -1, -1, 3, -1],
+        [7, 6, -1, -1, -1, -1],
+        [-1, 0, 1, -1, -1, -1],
+    ]
+    assert select_shards(probes, list_shard, 2).tolist() == [
+        [2, 4, -1, -1, 3, -1],
+        [7, 6, 5, 4, -1, -1],
+        [-1, 0, 1, -1, -1, -1],
+    ]
+    assert select_shards(probes, list_shard, 4).tolist() == probes.tolist()
+    assert shards_touched(select_shards(probes, list_shard, 2), list_shard).tolist() == [2, 2, 1]
+    assert shards_touched(np.array([[-1, -1], [3, -1]]), list_shard).tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_max_shards_scans_only_the_probed_lists_of_the_chosen_shards(tmp_path: Path, metric: str) -> None:
+    index_dir = build(tmp_path, "ivf-flat", metric)
+    opened = DistributedIndex.open(index_dir)
+    manifest = read_manifest(index_dir)
+    result = opened.search(QUERIES, k=10, nprobe=8, max_shards=1)
+    assert (result.shards_touched == 1).all()
+    assert result.mean_shards_touched == 1.0
+    # The same as brute force over the rows of each query's best shard's probed lists.
+    centroids = np.load(index_dir / "centroids.npy")
+    probes = reference.search(reference.exact(centroids, Metric(metric)), QUERIES, 8, Metric(metric))[1]
+    kept = select_shards(probes, np.asarray(manifest.list_shard), 1)
+    lists = reference.search(reference.exact(centroids, Metric(metric)), BASE, 1, Metric(metric))[1][:, 0]
+    for row in range(len(QUERIES)):
+        rows = np.flatnonzero(np.isin(lists, kept[row][kept[row] >= 0]))
+        exact = reference.exact(BASE[rows], Metric(metric), ids=rows.astype(np.int64))
+        distances, ids = reference.search(exact, QUERIES[row : row + 1], 10, Metric(metric))
+        assert_same_neighbours(result.ids[row : row + 1], result.distances[row : row + 1], ids, distances)
+    whole = opened.search(QUERIES, k=10, nprobe=8, max_shards=4)
+    plain = opened.search(QUERIES, k=10, nprobe=8)
+    np.testing.assert_array_equal(whole.ids, plain.ids)
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2", "cosine"])
+def test_hnsw_at_its_highest_effort_equals_exact_search(tmp_path: Path, metric: str) -> None:
+    index_dir = build(tmp_path, "hnsw", metric)
+    result = DistributedIndex.open(index_dir).search(QUERIES, k=10, nprobe=32, ef=1024)
+    distances, ids = reference.search(reference.exact(BASE, Metric(metric)), QUERIES, 10, Metric(metric))
+    assert_same_neighbours(result.ids, result.distances, ids, distances)
+    assert (result.shards_touched == 4).all()
+
+
+def test_hnsw_routing_cuts_fan_out_and_effort_trades_recall(tmp_path: Path) -> None:
+    index_dir = build(tmp_path, "hnsw", M=16, ef_construction=32)
+    opened = DistributedIndex.open(index_dir)
+    truth = reference.search(reference.exact(BASE, Metric.IP), QUERIES, 10, Metric.IP)[1]
+    narrow = opened.search(QUERIES, k=10, nprobe=8, max_shards=1, ef=16)
+    wide = opened.search(QUERIES, k=10, nprobe=32, ef=256)
+    assert (narrow.shards_touched == 1).all() and (wide.shards_touched == 4).all()
+    assert recall(wide.ids, truth) >= 0.99
+    assert recall(narrow.ids, truth) <= recall(wide.ids, truth)
+    manifest = read_manifest(index_dir)
+    assert manifest.local == {"kind": "hnsw", "M": 16, "ef_construction": 32}
+    assert all("hnsw.faiss" in shard.files for shard in manifest.shards)
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_ivf_pq_with_refine_matches_ivf_flat_recall(tmp_path: Path, metric: str) -> None:
+    flat = DistributedIndex.open(build(tmp_path, "ivf-flat", metric, name="flat"))
+    pq = DistributedIndex.open(build(tmp_path, "ivf-pq", metric, name="pq", pq_m=8))
+    truth = reference.search(reference.exact(BASE, Metric(metric)), QUERIES, 10, Metric(metric))[1]
+    for nprobe in (4, 8):
+        exact_lists = flat.search(QUERIES, k=10, nprobe=nprobe)
+        coded = pq.search(QUERIES, k=10, nprobe=nprobe, refine=10)
+        assert abs(recall(coded.ids, truth) - recall(exact_lists.ids, truth)) <= 0.01
+        # Re-ranked against the full vectors: the distances of what it returns are exact.
+        exact = reference.exact(BASE, Metric(metric))
+        rescored = np.array([[exact.reconstruct(int(i)) for i in row] for row in coded.ids])
+        scores = np.einsum("qd,qkd->qk", QUERIES, rescored)
+        if metric == "l2":
+            scores = ((QUERIES[:, None, :] - rescored) ** 2).sum(axis=2)
+        np.testing.assert_allclose(coded.distances, scores, rtol=1e-4, atol=1e-4)
+    assert read_manifest(pq.root).local == {"kind": "ivf-pq", "pq_m": 8, "nbits": 8}
+
+
+@pytest.mark.parametrize(
+    ("kind", "params", "message"),
+    [
+        ("flat", {}, "unknown local index kind 'flat'; use one of: ivf-flat, hnsw, cagra, ivf-pq"),
+        ("cagra", {}, "--local cagra needs a GPU with cuVS, and no CUDA GPU is in use here"),
+        ("ivf-pq", {"pq_m": 10}, "ivf-pq: pq_m 10 does not divide the dimension 32"),
+        ("ivf-pq", {"nbits": 4}, "ivf-pq: nbits 4 is not supported; use 8"),
+        ("hnsw", {"M": 2}, "--local hnsw: M must be an integer in [4, 256], got 2"),
+        ("hnsw", {"pq_m": 8}, "--local hnsw takes no parameter ['pq_m']; its parameters: M, ef_construction"),
+    ],
+)
+def test_bad_kinds_are_refused_before_any_work(tmp_path: Path, kind: str, params: dict, message: str) -> None:
+    with pytest.raises(HpcragError) as info:
+        build(tmp_path, kind, **params)
+    assert str(info.value).startswith(message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base.npy"]  # nothing half-built
+
+
+def test_a_graph_index_refuses_updates_filters_and_knobs_of_other_kinds(tmp_path: Path) -> None:
+    opened = DistributedIndex.open(build(tmp_path, "hnsw"))
+    refusal = "this index's shards are hnsw (built with --local hnsw), which takes no"
+    for call in (
+        lambda: opened.add(BASE[:2], np.array([10_000, 10_001])),
+        lambda: opened.upsert(BASE[:1], np.array([1])),
+        lambda: opened.delete(np.array([1])),
+    ):
+        with pytest.raises(HpcragError, match="which takes no updates"):
+            call()
+    with pytest.raises(HpcragError) as info:
+        opened.search(QUERIES, k=5, strategy="exact")
+    assert str(info.value).startswith(refusal)
+    with pytest.raises(HpcragError, match="--refine re-ranks ivf-pq candidates; this index is hnsw"):
+        opened.search(QUERIES, k=5, refine=4)
+    for bad in (0, 5):
+        with pytest.raises(HpcragError, match=r"--max-shards must be in \[1, 4\]"):
+            opened.search(QUERIES, k=5, max_shards=bad)
+    assert opened.search(QUERIES, k=5, nprobe=4).ids.shape == (40, 5)  # still serving
+    flat = DistributedIndex.open(build(tmp_path, "ivf-flat", name="flat"))
+    with pytest.raises(HpcragError, match="--ef sets the graph search effort of hnsw and cagra"):
+        flat.search(QUERIES, k=5, ef=32)
+    with pytest.raises(HpcragError, match="--scan-backend matmul scans ivf-flat lists"):
+        DistributedIndex.open(opened.root, scan_backend="matmul")
+
+
+def test_a_damaged_or_missing_shard_index_is_named(tmp_path: Path) -> None:
+    index_dir = build(tmp_path, "hnsw")
+    graph = index_dir / "shard-0002" / "hnsw.faiss"
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    graph.write_bytes(bytes(data))
+    with pytest.raises(IndexFormatError, match=f"{graph} is damaged: its checksum differs"):
+        DistributedIndex.open(index_dir)
+    graph.unlink()
+    with pytest.raises(IndexFormatError, match=f"{graph} is missing"):
+        DistributedIndex.open(index_dir)
+    manifest = json.loads((index_dir / "manifest.json").read_text())
+    manifest["local"] = {"kind": "annoy"}
+    (index_dir / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexFormatError, match="unknown local index kind 'annoy'"):
+        DistributedIndex.open(index_dir)
+
+
+def test_cli_builds_reports_and_searches_a_local_kind(tmp_path: Path) -> None:
+    np.save(tmp_path / "base.npy", BASE)
+    np.save(tmp_path / "queries.npy", QUERIES)
+    runner = CliRunner()
+    index_dir = tmp_path / "idx"
+    built = runner.invoke(
+        cli, ["index", "build", str(tmp_path / "base.npy"), "--out", str(index_dir), "--nlist", "32",
+              "--shards", "4", "--local", "hnsw", "--hnsw-m", "16"],
+    )  # fmt: skip
+    assert built.exit_code == 0, built.output
+    assert "32 lists, 4 shards (" in built.output and ") searched with hnsw in " in built.output
+    info = runner.invoke(cli, ["index", "info", str(index_dir)])
+    assert "shards search with hnsw (M 16, ef_construction 40): " in info.output
+    found = runner.invoke(
+        cli, ["index", "search", str(index_dir), "--queries", str(tmp_path / "queries.npy"), "--nprobe", "8",
+              "--max-shards", "2", "--ef", "32", "--out", str(tmp_path / "r.npz")],
+    )  # fmt: skip
+    assert found.exit_code == 0, found.output
+    assert "mean shards touched" in found.output
+    touched = float(found.output.split("mean shards touched ")[1].split()[0])
+    assert 1.0 <= touched <= 2.0
+    assert np.load(tmp_path / "r.npz")["ids"].shape == (40, 10)
+    wrong = runner.invoke(
+        cli, ["index", "build", str(tmp_path / "base.npy"), "--out", str(tmp_path / "x"), "--nlist", "32",
+              "--shards", "4", "--pq-m", "8"],
+    )  # fmt: skip
+    assert wrong.exit_code != 0 and "--pq-m applies to --local ivf-pq, not --local ivf-flat" in wrong.output
