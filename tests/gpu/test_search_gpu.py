@@ -41,3 +41,23 @@ def test_nccl_ranks_equal_the_cpu(tmp_path: Path) -> None:
     cpu = DistributedIndex.open(index_dir).search(queries, k=10, nprobe=6)
     gpu = np.load(tmp_path / "gpu.npz")
     assert_same_neighbours(gpu["ids"], gpu["distances"], cpu.ids, cpu.distances)
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_cagra_shards_at_high_effort_equal_exact_search(tmp_path: Path, metric: str) -> None:
+    pytest.importorskip("cuvs", reason="CAGRA needs cuVS: pip install cuvs-cu12 (or cuvs-cu13)")
+    from hpcrag.search import Metric, reference
+    from hpcrag.search.build import BuildOptions, build_index
+
+    base, queries = clustered(20000, 200, 96, clusters=40, seed=6)
+    np.save(tmp_path / "base.npy", base)
+    options = BuildOptions(nlist=64, nshards=4, metric=Metric(metric), local_kind="cagra")
+    build_index(tmp_path / "base.npy", tmp_path / "cagra", options)
+    opened = DistributedIndex.open(tmp_path / "cagra", device="cuda")
+    found = opened.search(queries, k=10, nprobe=64, ef=512)
+    distances, ids = reference.search(reference.exact(base, Metric(metric)), queries, 10, Metric(metric))
+    assert reference.recall_at(found.ids, ids, 10) >= 0.99
+    # Scores in the metric's own convention (similarity for ip, squared distance for l2).
+    np.testing.assert_allclose(found.distances[:, 0], distances[:, 0], rtol=1e-2, atol=1e-2)
+    routed = opened.search(queries, k=10, nprobe=16, max_shards=2, ef=64)
+    assert (routed.shards_touched <= 2).all()

@@ -85,3 +85,30 @@ def test_more_ranks_than_shards_is_one_clear_error(workdir: Path) -> None:
     assert failure.value.stderr.count(message) == 1, failure.value.stderr
     assert "has 4 shards: run at most 4 ranks (-n 4)" in failure.value.stderr
     assert not (workdir / "never.npz").exists()
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf-pq"])
+def test_local_kinds_built_and_searched_by_ranks_equal_one_process(workdir: Path, kind: str) -> None:
+    """Each rank builds and searches its own shards' graphs or codes: the answers are the one process's."""
+    results = {}
+    for ranks in (1, 3):
+        index_dir = workdir / f"{kind}-r{ranks}"
+        mpirun(
+            ranks, sys.executable, "-m", "hpcrag", "index", "build", str(workdir / "base.npy"),
+            "--out", str(index_dir), "--nlist", "16", "--shards", "4", "--local", kind,
+        )  # fmt: skip
+        out = workdir / f"{kind}-r{ranks}.npz"
+        summary = mpirun(
+            ranks, sys.executable, "-m", "hpcrag", "index", "search", str(index_dir),
+            "--queries", str(workdir / "queries.npy"), "--k", "10", "--nprobe", "6", "--max-shards", "2",
+            "--out", str(out),
+        )  # fmt: skip
+        assert f"on {ranks} rank(s)" in summary
+        touched = float(summary.split("mean shards touched ")[1].split()[0])
+        assert 1.0 <= touched <= 2.0
+        results[ranks] = np.load(out)
+    one = json.loads((workdir / f"{kind}-r1" / "manifest.json").read_text())
+    many = json.loads((workdir / f"{kind}-r3" / "manifest.json").read_text())
+    assert many["local"] == one["local"] and many["local"]["kind"] == kind
+    np.testing.assert_array_equal(results[3]["ids"], results[1]["ids"])
+    np.testing.assert_allclose(results[3]["distances"], results[1]["distances"], rtol=1e-6)

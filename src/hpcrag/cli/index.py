@@ -227,6 +227,13 @@ def build(
     help="Visit at most this many shards per query: those owning its best probed centroids "
     "[every shard owning a probe].",
 )
+@click.option(
+    "--shard-margin",
+    type=float,
+    default=None,
+    help="Visit a shard past the first only if its nearest probed centroid is within (1 + this) x the "
+    "nearest centroid's distance, e.g. 0.3 [no margin].",
+)
 @click.option("--ef", type=int, default=None, help="hnsw/cagra: graph search effort [64].")
 @click.option("--refine", type=int, default=None, help="ivf-pq: re-rank this many x k candidates [10].")
 @device_option
@@ -242,6 +249,7 @@ def search(
     filters: tuple[str, ...],
     strategy: str,
     max_shards: int | None,
+    shard_margin: float | None,
     ef: int | None,
     refine: int | None,
     device: str,
@@ -274,7 +282,8 @@ def search(
             return load_queries(queries_path, opened.dim), parse_filter_args(filters, opened.schema)
 
         queries, flt = agree(comm, lambda: inputs() if comm.rank == 0 else (None, None))
-        result = opened.search(queries, k, nprobe, flt, strategy, max_shards=max_shards, ef=ef, refine=refine)
+        routing = {"max_shards": max_shards, "shard_margin": shard_margin, "ef": ef, "refine": refine}
+        result = opened.search(queries, k, nprobe, flt, strategy, **routing)
         if result is not None:
             _save_result(out, result)
             qps = len(result.ids) / result.seconds if result.seconds else float("inf")

@@ -35,6 +35,7 @@ from hpcrag.search.grouping import group_lists
 from hpcrag.search.inputs import check_finite, check_storable, load_ids, open_vectors
 from hpcrag.search.local_kinds import FILES, build_local, local_spec, train_template
 from hpcrag.search.metric import Metric, prepare
+from hpcrag.search.threads import limit_threads, threads_per_rank
 
 STORAGE_DTYPES = ("float16", "float32")
 TRAIN_POINTS_PER_LIST = 256
@@ -77,6 +78,7 @@ def build_index(
     `attributes_path` is a JSON Lines file, one object per vector; `schema` declares their types
     (default: inferred from the file)."""
     comm = comm or LocalComm()
+    limit_threads(threads_per_rank(comm.local_size))  # ranks sharing a node share its cores
     say = progress if (progress and comm.rank == 0) else (lambda message: None)
     out = Path(out)
     vectors, local = agree(comm, lambda: _validate(vectors_path, out, options, comm.size))

@@ -11,8 +11,9 @@ broadcasts it; every rank applies what concerns its shards (`live.py`). One reco
 an upsert atomic: no search sees the id missing or twice. Writers in other processes (another
 replica, the CLI) are picked up by `refresh()` and before every write.
 
-Shard selection is a step of its own (`Router.select_shards`): with `max_shards` a query visits at
-most that many shards, those owning its best probed centroids. How a shard answers depends on its
+Shard selection is a step of its own (`Router.route`): with `max_shards` a query visits at most that
+many shards, those owning its best probed centroids, and with `shard_margin` only those whose best
+centroid is nearly as near as the nearest. How a shard answers depends on its
 local kind (`local_kinds.py`): its lists (ivf-flat), or its own hnsw, ivf-pq or cagra index.
 
 Filters (`filters.py`) become a row mask inside the scan. When a filter matches so few rows that
@@ -173,13 +174,16 @@ class DistributedIndex:
         max_shards: int | None = None,
         ef: int | None = None,
         refine: int | None = None,
+        shard_margin: float | None = None,
     ) -> SearchResult | None:
         """Collective on the ranks that call it: the result on rank 0, None elsewhere.
 
         `filter` is a filter spec (see `filters.py`) or a compiled `Filter`; `strategy` forces "ivf"
         (the probed lists) or "exact" (every matching row); "auto" picks per batch. `max_shards`
-        caps the shards a query visits (default: every shard owning one of its probes); `ef` is the
-        graph search effort (hnsw, cagra), `refine` the ivf-pq re-rank factor."""
+        caps the shards a query visits (default: every shard owning one of its probes), and a shard
+        past the first is visited only if its nearest probed centroid's distance is within
+        (1 + `shard_margin`) x the nearest's; `ef` is the graph search effort (hnsw, cagra),
+        `refine` the ivf-pq re-rank factor."""
         if self.comm.rank != 0:
             self._follow_until("search")
             return None
@@ -187,6 +191,7 @@ class DistributedIndex:
             check_search_params(k, nprobe, self.manifest.nlist)
             check_strategy(strategy)
             check_max_shards(max_shards, self.manifest.nshards)
+            check_shard_margin(shard_margin)
             check_search_effort(self.kind, k, ef, refine)
             flt = self.compile_filter(filter)
             self._check_backend(flt is not None or self.seq != self.manifest.base_seq)
@@ -196,7 +201,8 @@ class DistributedIndex:
         except Exception as exc:  # whatever rank 0 refuses, the other ranks must hear of it
             self.comm.announce({"op": "error", "message": str(exc)})
             raise
-        header = {"max_shards": max_shards, "effort": {"ef": ef, "refine": refine}}
+        header = {"max_shards": max_shards, "shard_margin": shard_margin}
+        header["effort"] = {"ef": ef, "refine": refine}
         return self._root_search(batch, k, nprobe, flt, strategy, header)
 
     def _check_kind(self, asked: bool, what: str) -> None:
@@ -226,7 +232,7 @@ class DistributedIndex:
     ) -> SearchResult:
         started = time.perf_counter()
         nq = batch.shape[0]
-        probes = self._router.select_shards(self._router.probe(batch, nprobe), extra["max_shards"])
+        probes = self._router.route(batch, nprobe, extra["max_shards"], extra["shard_margin"])
         header = {"op": "search", "k": k, "nprobe": nprobe, "nq": nq, "filter": flt, "strategy": strategy}
         header.update(extra)
         self.comm.announce(header)
@@ -507,6 +513,11 @@ def check_strategy(strategy: str) -> None:
 def check_max_shards(max_shards: int | None, nshards: int) -> None:
     if max_shards is not None and (isinstance(max_shards, bool) or not 1 <= max_shards <= nshards):
         raise HpcragError(f"--max-shards must be in [1, {nshards}] (the index's shards), got {max_shards}")
+
+
+def check_shard_margin(margin: float | None) -> None:
+    if margin is not None and (isinstance(margin, bool) or not 0.0 <= margin <= 100.0):
+        raise HpcragError(f"--shard-margin must be a number in [0, 100] (0.3 = 30% farther), got {margin!r}")
 
 
 def _checked_manifest(root: Path, ranks: int, device: str, scan_backend: str) -> layout.Manifest:

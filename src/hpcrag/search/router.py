@@ -31,33 +31,57 @@ class Router:
 
     def probe(self, queries: Any, nprobe: int) -> Any:
         """(nq, nprobe) int64 list ids, nearest first, in the array module of the queries."""
+        return self.probe_ranked(queries, nprobe)[0]
+
+    def probe_ranked(self, queries: Any, nprobe: int) -> tuple[Any, Any]:
+        """The probes and their distance keys (smaller is nearer: the squared distance for l2,
+        1 - score for ip and cosine, which is half the squared distance between unit vectors)."""
         if self.xp is np:
-            return self._quantizer.search(queries, nprobe)[1].astype(np.int64)
+            scores, ids = self._quantizer.search(queries, nprobe)
+            keys = scores if self.metric is Metric.L2 else 1.0 - scores
+            return ids.astype(np.int64), keys.astype(np.float32)
         xp = self.xp
         scores = queries @ self._centroids.T
-        key = self._centroid_norms[None, :] - 2.0 * scores if self.metric is Metric.L2 else -scores
+        if self.metric is Metric.L2:
+            key = (queries**2).sum(axis=1)[:, None] + self._centroid_norms[None, :] - 2.0 * scores
+        else:
+            key = 1.0 - scores
         nearest = key.argsort(axis=1) if nprobe == key.shape[1] else xp.argpartition(key, nprobe - 1, axis=1)
         nearest = nearest[:, :nprobe]
-        order = xp.take_along_axis(key, nearest, axis=1).argsort(axis=1)
-        return xp.take_along_axis(nearest, order, axis=1).astype(xp.int64)
+        keys = xp.take_along_axis(key, nearest, axis=1)
+        order = keys.argsort(axis=1)
+        ranked = xp.take_along_axis(nearest, order, axis=1).astype(xp.int64)
+        return ranked, xp.take_along_axis(keys, order, axis=1)
 
-    def select_shards(self, probes: Any, max_shards: int | None) -> Any:
-        """`probes` with the lists of every shard past a query's `max_shards` best set to -1."""
-        if max_shards is None:
+    def route(self, queries: Any, nprobe: int, max_shards: int | None, margin: float | None) -> Any:
+        """Probe, then select shards: the probes each query's chosen shards will scan (-1 elsewhere)."""
+        probes, keys = self.probe_ranked(queries, nprobe)
+        if max_shards is None and margin is None:
             return probes
-        host = np.asarray(probes.get() if hasattr(probes, "get") else probes)
-        kept = select_shards(host, self.list_shard, max_shards)
+        kept = select_shards(_host(probes), self.list_shard, max_shards, _host(keys), margin)
         return self.xp.asarray(kept)
 
     def shards_touched(self, probes: np.ndarray) -> np.ndarray:
         return shards_touched(probes, self.list_shard)
 
 
-def select_shards(probes: np.ndarray, list_shard: np.ndarray, max_shards: int) -> np.ndarray:
-    """Keep each row's probes into its `max_shards` shards that own its earliest (best) probes."""
+def _host(array: Any) -> np.ndarray:
+    return np.asarray(array.get() if hasattr(array, "get") else array)
+
+
+def select_shards(
+    probes: np.ndarray,
+    list_shard: np.ndarray,
+    max_shards: int | None,
+    keys: np.ndarray | None = None,
+    margin: float | None = None,
+) -> np.ndarray:
+    """Keep each row's probes into its chosen shards: shards ranked by their nearest probed list,
+    at most `max_shards` of them, and (with `margin`) only those whose nearest list is within
+    (1 + margin) x the key of the query's nearest list (SPANN's query-aware pruning, per shard)."""
     nq, nprobe = probes.shape
     nshards = int(list_shard.max()) + 1 if list_shard.size else 1
-    if max_shards >= nshards or nq == 0:
+    if nq == 0:
         return probes
     valid = probes >= 0
     shard = np.where(valid, list_shard[np.where(valid, probes, 0)], nshards)
@@ -65,8 +89,14 @@ def select_shards(probes: np.ndarray, list_shard: np.ndarray, max_shards: int) -
     rows = np.broadcast_to(np.arange(nq)[:, None], probes.shape)
     np.minimum.at(first, (rows, shard), np.broadcast_to(np.arange(nprobe), probes.shape))
     first = first[:, :nshards]
+    reached = first < nprobe
     # A shard's rank is how many shards a query reaches before it (positions are distinct per row).
     rank = (first[:, None, :] < first[:, :, None]).sum(axis=2)
-    chosen = (rank < max_shards) & (first < nprobe)
+    chosen = reached & (rank < (max_shards or nshards))
+    if margin is not None and keys is not None:
+        nearest = keys[:, :1]
+        shard_key = np.take_along_axis(keys, np.minimum(first, nprobe - 1), axis=1)
+        # A query at a centroid (key <= 0) has no scale to compare with: keep its best shard only.
+        chosen &= (rank == 0) | ((nearest > 0) & (shard_key <= (1.0 + margin) * nearest))
     keep = valid & np.take_along_axis(np.pad(chosen, ((0, 0), (0, 1))), shard, axis=1)
     return np.where(keep, probes, -1)

@@ -57,6 +57,18 @@ def test_select_shards_keeps_the_best_ranked_shards_of_each_query() -> None:
     assert shards_touched(np.array([[-1, -1], [3, -1]]), list_shard).tolist() == [0, 1]
 
 
+def test_a_shard_margin_keeps_only_shards_nearly_as_near_as_the_nearest() -> None:
+    list_shard = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    probes = np.array([[2, 4, 0, 6, 3, 1], [1, 2, 4, 6, -1, -1]])
+    keys = np.array([[0.10, 0.12, 0.20, 0.30, 0.31, 0.4], [0.0, 0.1, 0.2, 0.3, 0.0, 0.0]], dtype=np.float32)
+    # Row 0's shards come nearest first at keys 0.10 (shard 1), 0.12 (2), 0.20 (0), 0.30 (3).
+    assert select_shards(probes, list_shard, None, keys, 0.25)[0].tolist() == [2, 4, -1, -1, 3, -1]
+    assert select_shards(probes, list_shard, 1, keys, 0.25)[0].tolist() == [2, -1, -1, -1, 3, -1]
+    assert select_shards(probes, list_shard, None, keys, 1.0)[0].tolist() == [2, 4, 0, -1, 3, 1]
+    # A query sitting on a centroid (key 0) has no scale: only its best shard.
+    assert select_shards(probes, list_shard, None, keys, 5.0)[1].tolist() == [1, -1, -1, -1, -1, -1]
+
+
 @pytest.mark.parametrize("metric", ["ip", "l2"])
 def test_max_shards_scans_only_the_probed_lists_of_the_chosen_shards(tmp_path: Path, metric: str) -> None:
     index_dir = build(tmp_path, "ivf-flat", metric)
@@ -75,6 +87,10 @@ def test_max_shards_scans_only_the_probed_lists_of_the_chosen_shards(tmp_path: P
         exact = reference.exact(BASE[rows], Metric(metric), ids=rows.astype(np.int64))
         distances, ids = reference.search(exact, QUERIES[row : row + 1], 10, Metric(metric))
         assert_same_neighbours(result.ids[row : row + 1], result.distances[row : row + 1], ids, distances)
+    adaptive = opened.search(QUERIES, k=10, nprobe=8, max_shards=2, shard_margin=0.2)
+    assert (adaptive.shards_touched >= 1).all() and (adaptive.shards_touched <= 2).all()
+    capped = opened.search(QUERIES, k=10, nprobe=8, max_shards=2)
+    assert adaptive.mean_shards_touched < capped.mean_shards_touched
     whole = opened.search(QUERIES, k=10, nprobe=8, max_shards=4)
     plain = opened.search(QUERIES, k=10, nprobe=8)
     np.testing.assert_array_equal(whole.ids, plain.ids)
@@ -155,6 +171,8 @@ def test_a_graph_index_refuses_updates_filters_and_knobs_of_other_kinds(tmp_path
     assert str(info.value).startswith(refusal)
     with pytest.raises(HpcragError, match="--refine re-ranks ivf-pq candidates; this index is hnsw"):
         opened.search(QUERIES, k=5, refine=4)
+    with pytest.raises(HpcragError, match=r"--shard-margin must be a number in \[0, 100\]"):
+        opened.search(QUERIES, k=5, shard_margin=-0.1)
     for bad in (0, 5):
         with pytest.raises(HpcragError, match=r"--max-shards must be in \[1, 4\]"):
             opened.search(QUERIES, k=5, max_shards=bad)
