@@ -7,13 +7,14 @@ an error reaches every rank at once, so the job ends with one message and exit c
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -80,6 +81,37 @@ def _progress(message: str) -> None:
 @click.group()
 def index() -> None:
     """Distributed vector index: build, search, serve, inspect."""
+
+
+def routing_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Shard selection and local search effort, gathered into one `routing` argument."""
+    options = [
+        click.option(
+            "--max-shards",
+            type=int,
+            default=None,
+            help="Visit at most this many shards per query: those owning its best probed centroids "
+            "[every shard owning a probe].",
+        ),
+        click.option(
+            "--shard-margin",
+            type=float,
+            default=None,
+            help="Visit a shard past the first only if its nearest probed centroid is within (1 + this) x "
+            "the nearest centroid's distance, e.g. 0.5 [no margin].",
+        ),
+        click.option("--ef", type=int, default=None, help="hnsw/cagra: graph search effort [64]."),
+        click.option("--refine", type=int, default=None, help="ivf-pq: re-rank refine x k candidates [10]."),
+    ]
+
+    @functools.wraps(command)
+    def gathered(*args: Any, max_shards: Any, shard_margin: Any, ef: Any, refine: Any, **kwargs: Any) -> Any:
+        routing = {"max_shards": max_shards, "shard_margin": shard_margin, "ef": ef, "refine": refine}
+        return command(*args, routing=routing, **kwargs)
+
+    for option in reversed(options):
+        gathered = option(gathered)
+    return gathered
 
 
 @index.command()
@@ -220,22 +252,7 @@ def build(
     show_default=True,
     help="ivf: scan the probed lists; exact: every matching vector; auto: exact when a filter is selective.",
 )
-@click.option(
-    "--max-shards",
-    type=int,
-    default=None,
-    help="Visit at most this many shards per query: those owning its best probed centroids "
-    "[every shard owning a probe].",
-)
-@click.option(
-    "--shard-margin",
-    type=float,
-    default=None,
-    help="Visit a shard past the first only if its nearest probed centroid is within (1 + this) x the "
-    "nearest centroid's distance, e.g. 0.3 [no margin].",
-)
-@click.option("--ef", type=int, default=None, help="hnsw/cagra: graph search effort [64].")
-@click.option("--refine", type=int, default=None, help="ivf-pq: re-rank this many x k candidates [10].")
+@routing_options
 @device_option
 @verify_option
 @scan_backend_option
@@ -248,10 +265,7 @@ def search(
     out: Path,
     filters: tuple[str, ...],
     strategy: str,
-    max_shards: int | None,
-    shard_margin: float | None,
-    ef: int | None,
-    refine: int | None,
+    routing: dict[str, Any],
     device: str,
     verify: bool,
     scan_backend: str,
@@ -282,7 +296,6 @@ def search(
             return load_queries(queries_path, opened.dim), parse_filter_args(filters, opened.schema)
 
         queries, flt = agree(comm, lambda: inputs() if comm.rank == 0 else (None, None))
-        routing = {"max_shards": max_shards, "shard_margin": shard_margin, "ef": ef, "refine": refine}
         result = opened.search(queries, k, nprobe, flt, strategy, **routing)
         if result is not None:
             _save_result(out, result)
@@ -362,6 +375,7 @@ def search(
     show_default="$SLURM_CLUSTER_NAME, else local",
     help="The site this replica runs at (with --group).",
 )
+@routing_options
 @device_option
 @verify_option
 @scan_backend_option
@@ -386,6 +400,7 @@ def serve(
     public_metrics: bool,
     group: str | None,
     site: str,
+    routing: dict[str, Any],
     device: str,
     verify: bool,
     scan_backend: str,
@@ -428,6 +443,7 @@ def serve(
             token=token,
             tls=tls,
             public_metrics=public_metrics,
+            routing=routing,
         )
 
     def body(comm: Communicator) -> None:

@@ -190,9 +190,7 @@ class DistributedIndex:
         try:
             check_search_params(k, nprobe, self.manifest.nlist)
             check_strategy(strategy)
-            check_max_shards(max_shards, self.manifest.nshards)
-            check_shard_margin(shard_margin)
-            check_search_effort(self.kind, k, ef, refine)
+            self.check_routing(max_shards, shard_margin, ef, refine)
             flt = self.compile_filter(filter)
             self._check_backend(flt is not None or self.seq != self.manifest.base_seq)
             self._check_kind(flt is not None or strategy == "exact", "filters and exact search")
@@ -204,6 +202,18 @@ class DistributedIndex:
         header = {"max_shards": max_shards, "shard_margin": shard_margin}
         header["effort"] = {"ef": ef, "refine": refine}
         return self._root_search(batch, k, nprobe, flt, strategy, header)
+
+    def check_routing(
+        self,
+        max_shards: int | None = None,
+        shard_margin: float | None = None,
+        ef: int | None = None,
+        refine: int | None = None,
+    ) -> None:
+        """Refuse shard selection or search effort this index cannot take (a clear HpcragError)."""
+        check_max_shards(max_shards, self.manifest.nshards)
+        check_shard_margin(shard_margin)
+        check_search_effort(self.kind, ef, refine)
 
     def _check_kind(self, asked: bool, what: str) -> None:
         """Refuse, on rank 0, what only ivf-flat shards can do (updates, filters, exact scans)."""

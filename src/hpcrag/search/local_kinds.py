@@ -88,7 +88,7 @@ def cagra_unavailable(on_gpu: bool) -> str | None:
     return None
 
 
-def check_search_effort(kind: str, k: int, ef: int | None, refine: int | None) -> None:
+def check_search_effort(kind: str, ef: int | None, refine: int | None) -> None:
     """Refuse search knobs that do not fit the kind, or values out of range."""
     if ef is not None and kind not in ("hnsw", "cagra"):
         raise HpcragError(f"--ef sets the graph search effort of hnsw and cagra; this index is {kind}")

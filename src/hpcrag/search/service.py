@@ -100,6 +100,7 @@ class ServiceOptions:
     token: str | None = None  # None: generate one (written to the endpoint file)
     tls: ssl.SSLContext | None = None
     public_metrics: bool = False  # /metrics without the token (a Prometheus on a trusted network)
+    routing: dict[str, Any] | None = None  # max_shards, shard_margin, ef, refine for every search
 
     def __post_init__(self) -> None:
         limits = ("max_batch", "max_k", "max_queries", "max_body_bytes", "max_inflight_body_bytes")
@@ -304,6 +305,7 @@ class SearchService:
     def __init__(self, index: DistributedIndex, options: ServiceOptions) -> None:
         self.index = index
         self.options = options
+        index.check_routing(**(options.routing or {}))
         self.token = options.token or secrets.token_urlsafe(32)
         self.metrics = _Metrics(index)
         self._queue: queue.Queue[_Pending | _Update] = queue.Queue()
@@ -425,7 +427,9 @@ class SearchService:
                 return
         queries = np.concatenate([p.queries[start:end] for p, start, end in chunks])
         try:
-            result = self.index.search(queries, first.k, first.nprobe, first.filter, first.strategy)
+            result = self.index.search(
+                queries, first.k, first.nprobe, first.filter, first.strategy, **(self.options.routing or {})
+            )
         except Exception as exc:
             failed = [p for p, _, _ in chunks]
             self._batches.drop(failed)

@@ -229,3 +229,18 @@ def test_cli_builds_reports_and_searches_a_local_kind(tmp_path: Path) -> None:
               "--shards", "4", "--pq-m", "8"],
     )  # fmt: skip
     assert wrong.exit_code != 0 and "--pq-m applies to --local ivf-pq, not --local ivf-flat" in wrong.output
+
+
+def test_the_service_searches_with_its_routing_and_refuses_a_bad_one(tmp_path: Path) -> None:
+    from hpcrag.search.service import SearchService, ServiceOptions
+    from tests.unit.search.service_helpers import client, running_service
+
+    index_dir = build(tmp_path, "hnsw")
+    routing = {"max_shards": 1, "shard_margin": None, "ef": 32, "refine": None}
+    with running_service(index_dir, ServiceOptions(port=0, routing=routing)) as (service, _):
+        answer = client(service).post("/search", json={"queries": QUERIES[:8].tolist(), "k": 5, "nprobe": 8})
+    assert answer.status_code == 200, answer.text
+    direct = DistributedIndex.open(index_dir).search(QUERIES[:8], k=5, nprobe=8, max_shards=1, ef=32)
+    assert answer.json()["ids"] == direct.ids.tolist()
+    with pytest.raises(HpcragError, match="--refine re-ranks ivf-pq candidates; this index is hnsw"):
+        SearchService(DistributedIndex.open(index_dir), ServiceOptions(port=0, routing={"refine": 5}))
