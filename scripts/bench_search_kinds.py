@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-NLIST = 1024
+NLIST = {"manpages-minilm": 1024, "synthetic-clustered": 256}  # unless --nlist says otherwise
 ROUTE_NPROBE = 16
 TARGET = 0.95
 HNSW = {"M": 32, "ef_construction": 40}
@@ -39,6 +39,7 @@ def kinds_suite(args: argparse.Namespace) -> None:
     from hpcrag.search import Metric, reference
 
     base, queries, gt, name = load_dataset(args)
+    nlist = args.nlist or NLIST.get(name, 1024)
     metric = Metric(args.metric)
     if gt is None:
         gt = reference.search(reference.exact(base, metric), queries, args.k, metric)[1]
@@ -55,22 +56,22 @@ def kinds_suite(args: argparse.Namespace) -> None:
         ):
             started = time.perf_counter()
             mpirun(2, args.threads, ["-m", "hpcrag", "index", "build", str(scratch / "base.npy"),
-                   "--out", str(scratch / label), "--nlist", str(NLIST), "--shards", str(shards),
+                   "--out", str(scratch / label), "--nlist", str(nlist), "--shards", str(shards),
                    "--metric", args.metric, "--local", kind, *extra])  # fmt: skip
             builds[label] = time.perf_counter() - started
         report = scratch / "report.json"
         job = [__file__, str(scratch), str(report), str(args.repeat), str(args.k), args.metric]
         mpirun(2, args.threads, job)
         rows = json.loads(report.read_text())
-    curve = fanout_curve(base, queries, gt, metric, args.k)
-    text = render(name, base, queries, args, rows, builds) + render_curve(curve, args.k)
+    curve = fanout_curve(base, queries, gt, metric, args.k, nlist)
+    text = render(name, base, queries, args, rows, builds, nlist) + render_curve(curve, args.k, nlist)
     print(text)
     out = REPO / "benchmarks" / f"search-kinds-{name}.md"
     out.write_text(text)
     print(f"saved {out.relative_to(REPO)}")
     if name == "manpages-minilm":
         calibration = REPO / "benchmarks" / "search-calibration.json"
-        calibration.write_text(json.dumps(calibrate(rows, curve, base, args), indent=1) + "\n")
+        calibration.write_text(json.dumps(calibrate(rows, curve, base, args, nlist), indent=1) + "\n")
         print(f"saved {calibration.relative_to(REPO)}")
 
 
@@ -79,11 +80,12 @@ def settings() -> list[tuple[str, str, dict]]:
     four = [{"max_shards": 2}, {"max_shards": 2, "shard_margin": 0.3}, {"max_shards": 2, "shard_margin": 0.5}]
     eight = [{"max_shards": 3}, {"max_shards": 3, "shard_margin": 0.5}]
     eight.append({"max_shards": 4, "shard_margin": 0.5})
+    lists = [{"nprobe": nprobe, **route} for nprobe in (32, 64) for route in (four[0], four[2])]
     hpcrag = [
-        *[("hpcrag hnsw, 4 shards", "hnsw-4", {**route, "ef": ef}) for route in four for ef in (16, 32)],
-        *[("hpcrag hnsw, 8 shards", "hnsw-8", {**route, "ef": ef}) for route in eight for ef in (16, 32)],
-        *[("hpcrag ivf-flat, 4 shards", "ivf-flat-4", {"nprobe": p, **four[1]}) for p in (32, 64)],
-        ("hpcrag ivf-pq, 4 shards", "ivf-pq-4", {"nprobe": 64, **four[1], "refine": 10}),
+        *[("hpcrag hnsw, 4 shards", "hnsw-4", {**route, "ef": ef}) for route in four for ef in EFS],
+        *[("hpcrag hnsw, 8 shards", "hnsw-8", {**route, "ef": ef}) for route in eight for ef in EFS],
+        *[("hpcrag ivf-flat, 4 shards", "ivf-flat-4", options) for options in lists],
+        *[("hpcrag ivf-pq, 4 shards", "ivf-pq-4", {**options, "refine": 10}) for options in lists[2:]],
     ]
     peers = [
         *[("faiss HNSW, one index", "single", {"ef": ef}) for ef in (*EFS, 128)],
@@ -181,13 +183,13 @@ def best_at_target(rows: list[dict], method: str) -> dict | None:
     return max(eligible, key=lambda r: r["qps"]) if eligible else None
 
 
-def render(name, base, queries, args, rows, builds) -> str:
+def render(name, base, queries, args, rows, builds, nlist: int) -> str:
     lines = [
         f"# Shard-local kinds and routing: {name}",
         "",
         f"- data: {base.shape[0]:,} x {base.shape[1]}, {len(queries):,} queries in one batch, metric "
         f"{args.metric}, recall@{args.k} against exact",
-        f"- hpcrag: nlist {NLIST}, routing nprobe {ROUTE_NPROBE}, 2 MPI ranks x 1 thread; hnsw M "
+        f"- hpcrag: nlist {nlist}, routing nprobe {ROUTE_NPROBE}, 2 MPI ranks x 1 thread; hnsw M "
         f"{HNSW['M']}, efConstruction {HNSW['ef_construction']}; peers: 2 threads, the same graphs",
         f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; date "
         f"{time.strftime('%Y-%m-%d')}; {args.repeat} interleaved rounds (median), one run",
@@ -219,8 +221,10 @@ def render(name, base, queries, args, rows, builds) -> str:
     return "\n".join(lines) + "\n"
 
 
-def fanout_curve(base: np.ndarray, queries: np.ndarray, gt: np.ndarray, metric, k: int) -> list[dict]:
-    """Routing alone, at more shards than 2 cores can serve: hpcrag's grouping of NLIST lists into S
+def fanout_curve(
+    base: np.ndarray, queries: np.ndarray, gt: np.ndarray, metric, k: int, nlist: int
+) -> list[dict]:
+    """Routing alone, at more shards than 2 cores can serve: hpcrag's grouping of `nlist` lists into S
     shards (its build's k-means and `group_lists`), queries ranking shards by their best centroid;
     recall@k if each chosen shard answered exactly, for 1, 2, ... shards per query."""
     import faiss
@@ -229,21 +233,21 @@ def fanout_curve(base: np.ndarray, queries: np.ndarray, gt: np.ndarray, metric, 
     from hpcrag.search.metric import prepare
 
     rows = prepare(base, metric, "base")
-    kmeans = faiss.Kmeans(rows.shape[1], NLIST, niter=20, seed=1234, spherical=metric.larger_is_better,
+    kmeans = faiss.Kmeans(rows.shape[1], nlist, niter=20, seed=1234, spherical=metric.larger_is_better,
                           min_points_per_centroid=1, max_points_per_centroid=256)  # fmt: skip
     kmeans.train(rows)
     quantizer = faiss.IndexFlat(rows.shape[1], metric.faiss_metric())
     quantizer.add(kmeans.centroids)
     lists = quantizer.search(rows, 1)[1][:, 0]
-    counts = np.bincount(lists, minlength=NLIST)
-    sample = quantizer.search(rows[:20000], NLIST // 16)[1]
-    ranked = quantizer.search(prepare(queries, metric, "queries"), NLIST)[1]  # every list, best first
+    counts = np.bincount(lists, minlength=nlist)
+    sample = quantizer.search(rows[:20000], nlist // 16)[1]
+    ranked = quantizer.search(prepare(queries, metric, "queries"), nlist)[1]  # every list, best first
     curve = []
     for nshards in (4, 8, 16, 32, 64, 100):
         list_shard = group_lists(kmeans.centroids, counts, nshards, 1234, sample)
         owner = list_shard[ranked]
-        order = np.full((len(queries), nshards), NLIST)
-        np.minimum.at(order, (np.arange(len(queries))[:, None].repeat(NLIST, 1), owner), np.arange(NLIST))
+        order = np.full((len(queries), nshards), nlist)
+        np.minimum.at(order, (np.arange(len(queries))[:, None].repeat(nlist, 1), owner), np.arange(nlist))
         shard_rank = order.argsort(axis=1).argsort(axis=1)  # 0 = the shard of the best centroid
         truth_rank = np.take_along_axis(shard_rank, list_shard[lists[gt[:, :k]]], axis=1)
         recalls = [float((truth_rank < s).mean()) for s in range(1, nshards + 1)]
@@ -253,10 +257,10 @@ def fanout_curve(base: np.ndarray, queries: np.ndarray, gt: np.ndarray, metric, 
     return curve
 
 
-def render_curve(curve: list[dict], k: int) -> str:
+def render_curve(curve: list[dict], k: int, nlist: int) -> str:
     lines = [
         "",
-        f"Routing alone (nlist {NLIST}, exact search inside each chosen shard): recall@{k} when a query "
+        f"Routing alone (nlist {nlist}, exact search inside each chosen shard): recall@{k} when a query "
         "visits its best 1, 2, 3, ... shards, and the shards it needs for recall >= "
         f"{TARGET}:",
         "",
@@ -270,19 +274,21 @@ def render_curve(curve: list[dict], k: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def calibrate(rows: list[dict], curve: list[dict], base: np.ndarray, args: argparse.Namespace) -> dict:
+def calibrate(
+    rows: list[dict], curve: list[dict], base: np.ndarray, args: argparse.Namespace, nlist: int
+) -> dict:
     """The measured fan-out and per-shard costs `hpcrag plan search` scales from."""
     fanout, local = [], {}
     for count in (4, 8):
         r = best_at_target(rows, f"hpcrag hnsw, {count} shards")
         if r:
-            fanout.append({"nshards": count, "nlist": NLIST, "max_shards": r["options"]["max_shards"],
+            fanout.append({"nshards": count, "nlist": nlist, "max_shards": r["options"]["max_shards"],
                            "recall": round(r["recall"], 4), "basis": "measured search, hnsw shards",
                            "mean_shards_touched": round(r["touched"], 3)})  # fmt: skip
     for point in curve:
         if point["nshards"] > 8:
             needed = point["shards_for_target"]
-            fanout.append({"nshards": point["nshards"], "nlist": NLIST, "max_shards": needed,
+            fanout.append({"nshards": point["nshards"], "nlist": nlist, "max_shards": needed,
                            "recall": round(point["recall"], 4), "basis": "routing alone, exact within shards",
                            "mean_shards_touched": needed})  # fmt: skip
     cores = 2
@@ -298,7 +304,7 @@ def calibrate(rows: list[dict], curve: list[dict], base: np.ndarray, args: argpa
         if kind == "hnsw":
             entry["ef_search"] = r["options"]["ef"]
         else:
-            entry["scanned_fraction"] = r["options"]["nprobe"] / NLIST * 4 / r["touched"]
+            entry["scanned_fraction"] = r["options"]["nprobe"] / nlist * 4 / r["touched"]
         if kind == "ivf-pq":
             entry.update(pq_m=base.shape[1] // 8, refine=r["options"]["refine"])
         local[kind] = entry

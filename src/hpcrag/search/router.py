@@ -25,6 +25,7 @@ class Router:
         self.xp = xp
         if xp is np:
             self._quantizer = coarse_quantizer(centroids, metric)
+            self._centroid_norms = (np.asarray(centroids, dtype=np.float32) ** 2).sum(axis=1)
         else:
             self._centroids = xp.asarray(centroids, dtype=xp.float32)
             self._centroid_norms = (self._centroids**2).sum(axis=1)
@@ -34,24 +35,28 @@ class Router:
         return self.probe_ranked(queries, nprobe)[0]
 
     def probe_ranked(self, queries: Any, nprobe: int) -> tuple[Any, Any]:
-        """The probes and their distance keys (smaller is nearer: the squared distance for l2,
-        1 - score for ip and cosine, which is half the squared distance between unit vectors)."""
-        if self.xp is np:
-            scores, ids = self._quantizer.search(queries, nprobe)
-            keys = scores if self.metric is Metric.L2 else 1.0 - scores
-            return ids.astype(np.int64), keys.astype(np.float32)
+        """The probes, best first by the metric, and each one's squared L2 distance from the query
+        (the scale shard selection's margin compares; for ip it is not the probes' order)."""
         xp = self.xp
-        scores = queries @ self._centroids.T
-        if self.metric is Metric.L2:
-            key = (queries**2).sum(axis=1)[:, None] + self._centroid_norms[None, :] - 2.0 * scores
+        if xp is np:
+            scores, ids = self._quantizer.search(queries, nprobe)
+            ids = ids.astype(np.int64)
         else:
-            key = 1.0 - scores
-        nearest = key.argsort(axis=1) if nprobe == key.shape[1] else xp.argpartition(key, nprobe - 1, axis=1)
-        nearest = nearest[:, :nprobe]
-        keys = xp.take_along_axis(key, nearest, axis=1)
-        order = keys.argsort(axis=1)
-        ranked = xp.take_along_axis(nearest, order, axis=1).astype(xp.int64)
-        return ranked, xp.take_along_axis(keys, order, axis=1)
+            every = queries @ self._centroids.T
+            key = self._centroid_norms[None, :] - 2.0 * every if self.metric is Metric.L2 else -every
+            nearest = (
+                key.argsort(axis=1) if nprobe == key.shape[1] else xp.argpartition(key, nprobe - 1, axis=1)
+            )
+            nearest = nearest[:, :nprobe]
+            nearest = xp.take_along_axis(
+                nearest, xp.take_along_axis(key, nearest, axis=1).argsort(axis=1), axis=1
+            )
+            ids, scores = nearest.astype(xp.int64), xp.take_along_axis(every, nearest, axis=1)
+        if self.metric is Metric.L2 and xp is np:
+            return ids, scores.astype(np.float32)  # faiss returns the squared distances
+        norms = self._centroid_norms[xp.maximum(ids, 0)]
+        distances = (queries**2).sum(axis=1)[:, None] + norms - 2.0 * scores
+        return ids, xp.maximum(distances, 0).astype(xp.float32)
 
     def route(self, queries: Any, nprobe: int, max_shards: int | None, margin: float | None) -> Any:
         """Probe, then select shards: the probes each query's chosen shards will scan (-1 elsewhere)."""
@@ -77,8 +82,8 @@ def select_shards(
     margin: float | None = None,
 ) -> np.ndarray:
     """Keep each row's probes into its chosen shards: shards ranked by their nearest probed list,
-    at most `max_shards` of them, and (with `margin`) only those whose nearest list is within
-    (1 + margin) x the key of the query's nearest list (SPANN's query-aware pruning, per shard)."""
+    at most `max_shards` of them, and (with `margin`) only those whose best probed list is within
+    (1 + margin) x the distance of the query's best list (SPANN's query-aware pruning, per shard)."""
     nq, nprobe = probes.shape
     nshards = int(list_shard.max()) + 1 if list_shard.size else 1
     if nq == 0:
@@ -96,7 +101,7 @@ def select_shards(
     if margin is not None and keys is not None:
         nearest = keys[:, :1]
         shard_key = np.take_along_axis(keys, np.minimum(first, nprobe - 1), axis=1)
-        # A query at a centroid (key <= 0) has no scale to compare with: keep its best shard only.
+        # A query on a centroid (distance 0) has no scale to compare with: its best shard only.
         chosen &= (rank == 0) | ((nearest > 0) & (shard_key <= (1.0 + margin) * nearest))
     keep = valid & np.take_along_axis(np.pad(chosen, ((0, 0), (0, 1))), shard, axis=1)
     return np.where(keep, probes, -1)
