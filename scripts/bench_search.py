@@ -227,7 +227,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--queries")
     parser.add_argument("--gt")
     parser.add_argument("--metric", default="ip", choices=["ip", "l2", "cosine"])
-    parser.add_argument("--nlist", type=int, default=None, help="[ivf 256; kinds 1024 manpages, 256 synthetic]")
+    parser.add_argument("--nlist", type=int, default=None, help="[ivf 256; kinds: 1024, synthetic 256]")
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--nprobe", default="8,16,32,64")
     parser.add_argument("--ranks", default="1,2,4")
