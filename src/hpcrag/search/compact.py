@@ -60,6 +60,12 @@ def compact_index(root: Path | str, progress: Progress | None = None) -> Compact
     root = Path(root)
     say = progress or (lambda message: None)
     manifest = layout.read_manifest(root)
+    kind = manifest.local.get("kind", "ivf-flat")
+    if kind != "ivf-flat":
+        raise HpcragError(
+            f"the index in {root} has {kind} shards, which take no updates: there is nothing to compact "
+            "(rebuild it to change its vectors)"
+        )
     if served_elsewhere(root):
         raise HpcragError(
             f"the index in {root} is open in another process (a search service or a job); compaction "

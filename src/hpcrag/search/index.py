@@ -13,8 +13,8 @@ replica, the CLI) are picked up by `refresh()` and before every write.
 
 Shard selection is a step of its own (`Router.route`): with `max_shards` a query visits at most that
 many shards, those owning its best probed centroids, and with `shard_margin` only those whose best
-centroid is nearly as near as the nearest. How a shard answers depends on its
-local kind (`local_kinds.py`): its lists (ivf-flat), or its own hnsw, ivf-pq or cagra index.
+centroid is nearly as near as the nearest. How a shard answers depends on its local kind
+(`local_kinds.py`): its lists (ivf-flat), or its own hnsw, ivf-pq or cagra index.
 
 Filters (`filters.py`) become a row mask inside the scan. When a filter matches so few rows that
 probing `nprobe` lists would miss neighbours (or would read more rows than the matches), every rank

@@ -14,6 +14,7 @@ from hpcrag.cli.main import cli
 from hpcrag.errors import HpcragError
 from hpcrag.search import DistributedIndex, Metric, reference
 from hpcrag.search.build import BuildOptions, build_index
+from hpcrag.search.compact import compact_index
 from hpcrag.search.grouping import shards_touched
 from hpcrag.search.layout import IndexFormatError, read_manifest
 from hpcrag.search.router import select_shards
@@ -177,6 +178,10 @@ def test_a_graph_index_refuses_updates_filters_and_knobs_of_other_kinds(tmp_path
         with pytest.raises(HpcragError, match=r"--max-shards must be in \[1, 4\]"):
             opened.search(QUERIES, k=5, max_shards=bad)
     assert opened.search(QUERIES, k=5, nprobe=4).ids.shape == (40, 5)  # still serving
+    opened.close()
+    with pytest.raises(HpcragError, match="has hnsw shards, which take no updates: there is nothing to"):
+        compact_index(opened.root)
+    assert DistributedIndex.open(opened.root).search(QUERIES, k=5, nprobe=4).ids.shape == (40, 5)
     flat = DistributedIndex.open(build(tmp_path, "ivf-flat", name="flat"))
     with pytest.raises(HpcragError, match="--ef sets the graph search effort of hnsw and cagra"):
         flat.search(QUERIES, k=5, ef=32)
