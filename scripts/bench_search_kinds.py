@@ -37,6 +37,7 @@ def kinds_suite(args: argparse.Namespace) -> None:
     from bench_search import load_dataset, mpirun
 
     from hpcrag.search import Metric, reference
+    from hpcrag.util.files import write_atomic
 
     base, queries, gt, name = load_dataset(args)
     nlist = args.nlist or NLIST.get(name, 1024)
@@ -71,7 +72,7 @@ def kinds_suite(args: argparse.Namespace) -> None:
     print(f"saved {out.relative_to(REPO)}")
     if name == "manpages-minilm":
         calibration = REPO / "benchmarks" / "search-calibration.json"
-        calibration.write_text(json.dumps(calibrate(rows, curve, base, args, nlist), indent=1) + "\n")
+        write_atomic(calibration, json.dumps(calibrate(rows, curve, base, args, nlist), indent=1) + "\n")
         print(f"saved {calibration.relative_to(REPO)}")
 
 

@@ -5,7 +5,8 @@
 (ivf-flat, hnsw, cagra, ivf-pq). Every figure it returns is a `Figure`: a value and its source, so that
 a reader can tell a measurement from the seed study's claim from an assumption. The model:
 
-- memory per GPU = bytes per vector x vectors per shard + runtime overhead; it fits when it stays within
+- memory per GPU = bytes per vector x vectors per shard + runtime overhead (hnsw and cagra hold
+  float32 copies of the rows, as hpcrag builds them); it fits when it stays within
   90% of the GPU's VRAM (10% headroom). hnsw is a CPU index, and ivf-pq keeps its full vectors for
   re-ranking on the host: host memory is checked against an assumed 32 GB per GPU.
 - fan-out: a query touches a fraction f of the shards, f measured at N shards by the calibration file
@@ -16,7 +17,7 @@ a reader can tell a measurement from the seed study's claim from an assumption. 
 - system QPS = 0.7 x min(coordinator, coordinator NIC, GPUs x per-GPU QPS / shards touched), the seed's
   70% utilisation; p99 = the seed's fixed P99 components + 1.7 x the per-shard mean.
 - GPUs needed for a QPS target: replicas of the plan's shards, and the fewest GPUs over all shard
-  counts, at the same fan-out fraction.
+  counts, each with the fan-out measured at the nearest shard count.
 
 The calibration file (JSON) holds what a benchmark measured on real data:
     {"dataset": str, "vectors": int, "dim": int, "k": int, "command": str,
@@ -48,6 +49,7 @@ ID_BYTES = 8
 SCORE_BYTES = 4
 QUERY_ELEMENT_BYTES = 4  # queries travel as float32
 HNSW_M = 32
+GRAPH_ELEMENT_BYTES = 4  # faiss HNSWFlat and hpcrag's CAGRA build keep float32 copies of the rows
 CAGRA_GRAPH_DEGREE = 64
 PQ_DIMS_PER_CODE = 8  # pq_m = dim / 8: 96 code bytes at 768 dims, the seed's §2.4 figure
 DEFAULT_REFINE = 10
@@ -410,6 +412,10 @@ class _Model:
         detail = f"{point.mean_shards_touched:g} of {point.nshards} shards at recall {point.recall}{short}"
         return fraction, self.calibration.label(detail)
 
+    def extrapolation(self, shards: int) -> str:
+        measured = self.calibration is not None and any(p.nshards == shards for p in self.calibration.fanout)
+        return "" if measured else f" (extrapolated to {shards} shards)"
+
     def touched(self, shards: int, fraction: float) -> float:
         return min(float(shards), max(1.0, fraction * shards))
 
@@ -429,7 +435,7 @@ class _Model:
             ),
             "fanout_fraction": Figure(fraction, "", fanout_source),
             "shards_touched": Figure(
-                touched, "", f"fraction x {shards} shards, at least 1 (extrapolated to {shards} shards)"
+                touched, "", f"fraction x {shards} shards, at least 1{self.extrapolation(shards)}"
             ),
             "network_bytes_per_query": Figure(
                 touched * per_shard,
@@ -502,6 +508,7 @@ class _Model:
         shard_vectors = math.ceil(self.vectors / shards)
         bandwidth = self.gpu.bandwidth_tbs * 1e12 * BANDWIDTH_EFFICIENCY
         full = self.dim * self.element + ID_BYTES
+        full32 = self.dim * GRAPH_ELEMENT_BYTES + ID_BYTES  # hpcrag's graphs hold float32 rows
         host: float | None = None
         read: float | None = None
         if kind == "ivf-flat":
@@ -517,11 +524,11 @@ class _Model:
             read = codes + self.k * self.refine()[0] * self.dim * self.element
             qps = bandwidth / read
         elif kind == "cagra":
-            per_vector = float(full + CAGRA_GRAPH_DEGREE * 4)
+            per_vector = float(full32 + CAGRA_GRAPH_DEGREE * 4)
             scale = self.graph_scale(shard_vectors, SEED_SHARD_VECTORS, SEED_DIM)
             qps = CAGRA_T4_QPS * (self.gpu.bandwidth_tbs / T4_BANDWIDTH_TBS) / scale
         else:
-            per_vector = float(full + HNSW_M * 2 * 4)
+            per_vector = float(full32 + HNSW_M * 2 * 4)
             cost, at_vectors, at_dim, _ = self.hnsw_cost()
             qps = CORES_PER_GPU / (cost * self.graph_scale(shard_vectors, at_vectors, at_dim))
         index = per_vector * shard_vectors
@@ -596,10 +603,14 @@ class _Model:
         elif kind == "ivf-pq":
             layout = f"pq_m {int(n.bytes_per_vector) - ID_BYTES} B codes ({self.pq_codes()[1]}) + 8 B id"
         elif kind == "cagra":
-            layout = f"{self.dim} x {e} B + 8 B id + graph degree {CAGRA_GRAPH_DEGREE} x 4 B"
+            layout = (
+                f"{self.dim} x 4 B (float32, as hpcrag builds it) + 8 B id + graph degree "
+                f"{CAGRA_GRAPH_DEGREE} x 4 B"
+            )
         else:
             layout = (
-                f"{self.dim} x {e} B + 8 B id + M={HNSW_M} x 2 x 4 B level-0 links (upper levels not counted)"
+                f"{self.dim} x 4 B (faiss HNSWFlat stores float32) + 8 B id + M={HNSW_M} x 2 x 4 B level-0 "
+                "links (upper levels not counted)"
             )
         out = {
             "bytes_per_vector": Figure(n.bytes_per_vector, "bytes", layout),
@@ -691,6 +702,11 @@ class _Model:
             notes.append("hnsw is a CPU index (faiss): the GPUs' hosts serve it, the GPUs idle")
         if kind == "cagra":
             notes.append("cagra is not calibrated here: its throughput and latency are the seed's claims")
+        if kind == "ivf-pq":
+            notes.append(
+                "modelled as a GPU index (cuVS IVF-PQ); hpcrag's ivf-pq runs on the CPU (faiss) today, "
+                "and its calibration was measured there"
+            )
         if kind == "ivf-pq" and measured is not None and "pq_m" in measured and self.calibration is not None:
             notes.append(
                 f"recall measured with pq_m {measured['pq_m']:g} at {self.calibration.dim} dims "
@@ -730,7 +746,7 @@ class _Model:
             return f"{text}; no layout of up to {MAX_SHARDS_SEARCHED:,} shards reaches it"
         if best[0] * best[1] < (shards * here if isinstance(here, int) else math.inf):
             text += f"; fewest: {_layout(*best)}"
-        return text + " (same fan-out fraction)"
+        return text + " (fan-out at each shard count from the nearest measured one)"
 
 
 def _layout(shards: int, replicas: int) -> str:

@@ -98,7 +98,7 @@ def routing_options(command: Callable[..., Any]) -> Callable[..., Any]:
             type=float,
             default=None,
             help="Visit a shard past the first only if its nearest probed centroid is within (1 + this) x "
-            "the nearest centroid's distance, e.g. 0.5 [no margin].",
+            "the nearest centroid's squared distance, e.g. 0.5 [no margin].",
         ),
         click.option("--ef", type=int, default=None, help="hnsw/cagra: graph search effort [64]."),
         click.option("--refine", type=int, default=None, help="ivf-pq: re-rank refine x k candidates [10]."),

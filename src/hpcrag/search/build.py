@@ -33,7 +33,7 @@ from hpcrag.search.attributes import (
 from hpcrag.search.comm import Communicator, LocalComm, agree
 from hpcrag.search.grouping import group_lists
 from hpcrag.search.inputs import check_finite, check_storable, load_ids, open_vectors
-from hpcrag.search.local_kinds import FILES, build_local, local_spec, train_template
+from hpcrag.search.local_kinds import FILES, MIN_PQ_TRAINING, build_local, local_spec, train_template
 from hpcrag.search.metric import Metric, prepare
 from hpcrag.search.threads import limit_threads, threads_per_rank
 
@@ -83,6 +83,11 @@ def build_index(
     out = Path(out)
     vectors, local = agree(comm, lambda: _validate(vectors_path, out, options, comm.size))
     ids = agree(comm, lambda: _ids_for(ids_path, vectors.shape[0]))
+    if attributes_path is not None and local["kind"] != "ivf-flat":
+        raise HpcragError(
+            f"--attributes serve filters, which only --local ivf-flat shards take; drop --attributes or "
+            f"build with --local ivf-flat (not {local['kind']})"
+        )
     schema, attributes = agree(comm, lambda: _attributes_for(attributes_path, schema, vectors.shape[0]))
     workdir = Path(comm.bcast_obj(_make_workdir(out) if comm.rank == 0 else None))
     done = False
@@ -118,6 +123,11 @@ def _validate(
         raise HpcragError(f"{out} already exists; choose another --out or pass --overwrite")
     vectors = open_vectors(vectors_path)
     local = local_spec(options.local_kind, options.local_params, vectors.shape[1], gpu_visible())
+    if local["kind"] == "ivf-pq" and vectors.shape[0] < MIN_PQ_TRAINING:
+        raise HpcragError(
+            f"ivf-pq needs at least {MIN_PQ_TRAINING} vectors to train its codebooks, {vectors_path} has "
+            f"{vectors.shape[0]}; use --local ivf-flat for so small a collection"
+        )
     if vectors.shape[0] < options.nlist:
         raise HpcragError(
             f"{vectors_path} has {vectors.shape[0]} vectors, fewer than --nlist {options.nlist}; "

@@ -181,7 +181,7 @@ class DistributedIndex:
         `filter` is a filter spec (see `filters.py`) or a compiled `Filter`; `strategy` forces "ivf"
         (the probed lists) or "exact" (every matching row); "auto" picks per batch. `max_shards`
         caps the shards a query visits (default: every shard owning one of its probes), and a shard
-        past the first is visited only if its nearest probed centroid's distance is within
+        past the first is visited only if its nearest probed centroid's squared distance is within
         (1 + `shard_margin`) x the nearest's; `ef` is the graph search effort (hnsw, cagra),
         `refine` the ivf-pq re-rank factor."""
         if self.comm.rank != 0:
@@ -191,6 +191,11 @@ class DistributedIndex:
             check_search_params(k, nprobe, self.manifest.nlist)
             check_strategy(strategy)
             self.check_routing(max_shards, shard_margin, ef, refine)
+            if strategy == "exact" and (max_shards is not None or shard_margin is not None):
+                raise HpcragError(
+                    "--strategy exact scans every matching row of every shard: it takes no --max-shards or "
+                    "--shard-margin"
+                )
             flt = self.compile_filter(filter)
             self._check_backend(flt is not None or self.seq != self.manifest.base_seq)
             self._check_kind(flt is not None or strategy == "exact", "filters and exact search")
@@ -199,9 +204,12 @@ class DistributedIndex:
         except Exception as exc:  # whatever rank 0 refuses, the other ranks must hear of it
             self.comm.announce({"op": "error", "message": str(exc)})
             raise
-        header = {"max_shards": max_shards, "shard_margin": shard_margin}
-        header["effort"] = {"ef": ef, "refine": refine}
-        return self._root_search(batch, k, nprobe, flt, strategy, header)
+        routing = {
+            "max_shards": max_shards,
+            "shard_margin": shard_margin,
+            "effort": {"ef": ef, "refine": refine},
+        }
+        return self._root_search(batch, k, nprobe, flt, strategy, routing)
 
     def check_routing(
         self,
@@ -238,13 +246,13 @@ class DistributedIndex:
         return compile_filter(spec, self.schema)
 
     def _root_search(
-        self, batch: Any, k: int, nprobe: int, flt: Filter | None, strategy: str, extra: dict[str, Any]
+        self, batch: Any, k: int, nprobe: int, flt: Filter | None, strategy: str, routing: dict[str, Any]
     ) -> SearchResult:
         started = time.perf_counter()
         nq = batch.shape[0]
-        probes = self._router.route(batch, nprobe, extra["max_shards"], extra["shard_margin"])
+        probes = self._router.route(batch, nprobe, routing["max_shards"], routing["shard_margin"])
         header = {"op": "search", "k": k, "nprobe": nprobe, "nq": nq, "filter": flt, "strategy": strategy}
-        header.update(extra)
+        header.update(routing)
         self.comm.announce(header)
         batch = self.comm.bcast_array(batch, batch.shape, batch.dtype)
         probes = self.comm.bcast_array(probes, probes.shape, probes.dtype)
@@ -285,7 +293,7 @@ class DistributedIndex:
                 chosen = self._choose(sum(per_shard.values()), header["nprobe"], k)
         if chosen == "exact":
             return exact_scan(batch, parts, k, self.metric, xp), chosen, touched
-        owned = self._owned[probes]
+        owned = (probes >= 0) & self._owned[xp.maximum(probes, 0)]  # -1: a probe shard selection dropped
         rows = xp.flatnonzero(owned.any(axis=1))
         scores, ids = empty_topk(xp, batch.shape[0], k, self.metric.worst)
         if rows.size:
@@ -521,13 +529,16 @@ def check_strategy(strategy: str) -> None:
 
 
 def check_max_shards(max_shards: int | None, nshards: int) -> None:
-    if max_shards is not None and (isinstance(max_shards, bool) or not 1 <= max_shards <= nshards):
+    whole = isinstance(max_shards, (int, np.integer)) and not isinstance(max_shards, bool)
+    if max_shards is not None and (not whole or not 1 <= max_shards <= nshards):
         raise HpcragError(f"--max-shards must be in [1, {nshards}] (the index's shards), got {max_shards}")
 
 
 def check_shard_margin(margin: float | None) -> None:
     if margin is not None and (isinstance(margin, bool) or not 0.0 <= margin <= 100.0):
-        raise HpcragError(f"--shard-margin must be a number in [0, 100] (0.3 = 30% farther), got {margin!r}")
+        raise HpcragError(
+            f"--shard-margin must be a number in [0, 100] (0.3: 30% more squared distance), got {margin!r}"
+        )
 
 
 def _checked_manifest(root: Path, ranks: int, device: str, scan_backend: str) -> layout.Manifest:

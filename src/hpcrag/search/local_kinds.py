@@ -33,6 +33,9 @@ BUILD_PARAMS = {
     "cagra": {"graph_degree": 64, "intermediate_graph_degree": 128},
 }
 SEARCH_DEFAULTS = {"ef": 64, "refine": 10}  # hnsw efSearch / cagra itopk_size; ivf-pq re-rank factor
+FLAGS = {"M": "--hnsw-m", "ef_construction": "--ef-construction", "pq_m": "--pq-m",
+         "graph_degree": "--graph-degree"}  # fmt: skip
+MIN_PQ_TRAINING = 256  # 2**nbits codebook entries need at least as many training rows
 
 
 def local_spec(kind: str, params: Mapping[str, Any], dim: int, on_gpu: bool) -> dict[str, Any]:
@@ -47,9 +50,12 @@ def local_spec(kind: str, params: Mapping[str, Any], dim: int, on_gpu: bool) -> 
     spec.update({name: value for name, value in params.items() if value is not None})
     if kind == "hnsw":
         _check_range(spec, "M", 4, 256)
+        if params.get("ef_construction") is None:  # the default effort must not be below M
+            spec["ef_construction"] = max(spec["ef_construction"], spec["M"])
         _check_range(spec, "ef_construction", spec["M"], 4096)
     elif kind == "ivf-pq":
-        spec["pq_m"] = spec["pq_m"] or max(1, dim // 8)
+        if spec["pq_m"] is None:  # the largest divisor of dim that codes at least 8 dims per byte
+            spec["pq_m"] = max(m for m in range(1, max(1, dim // 8) + 1) if dim % m == 0)
         _check_range(spec, "pq_m", 1, dim)
         if dim % spec["pq_m"]:
             divisors = [m for m in (dim // 16, dim // 8, dim // 4, dim // 2) if m and dim % m == 0]
@@ -61,6 +67,8 @@ def local_spec(kind: str, params: Mapping[str, Any], dim: int, on_gpu: bool) -> 
             raise HpcragError(f"ivf-pq: nbits {spec['nbits']} is not supported; use 8")
     elif kind == "cagra":
         _check_range(spec, "graph_degree", 8, 1024)
+        if params.get("intermediate_graph_degree") is None:
+            spec["intermediate_graph_degree"] = max(spec["intermediate_graph_degree"], spec["graph_degree"])
         _check_range(spec, "intermediate_graph_degree", spec["graph_degree"], 4096)
         why = cagra_unavailable(on_gpu)
         if why:
@@ -75,7 +83,8 @@ def _check_range(spec: dict[str, Any], name: str, low: int, high: int) -> None:
     value = spec[name]
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise HpcragError(
-            f"--local {spec['kind']}: {name} must be an integer in [{low}, {high}], got {value!r}"
+            f"--local {spec['kind']}: {FLAGS.get(name, name)} must be an integer in [{low}, {high}], "
+            f"got {value!r}"
         )
 
 
@@ -94,10 +103,14 @@ def check_search_effort(kind: str, ef: int | None, refine: int | None) -> None:
         raise HpcragError(f"--ef sets the graph search effort of hnsw and cagra; this index is {kind}")
     if refine is not None and kind != "ivf-pq":
         raise HpcragError(f"--refine re-ranks ivf-pq candidates; this index is {kind}")
-    if ef is not None and not 1 <= ef <= 4096:
-        raise HpcragError(f"--ef must be in [1, 4096], got {ef}")
-    if refine is not None and not 1 <= refine <= 1000:
-        raise HpcragError(f"--refine must be in [1, 1000], got {refine}")
+    if ef is not None and (not _is_int(ef) or not 1 <= ef <= 4096):
+        raise HpcragError(f"--ef must be an integer in [1, 4096], got {ef!r}")
+    if refine is not None and (not _is_int(refine) or not 1 <= refine <= 1000):
+        raise HpcragError(f"--refine must be an integer in [1, 1000], got {refine!r}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def train_template(spec: Mapping[str, Any], centroids: np.ndarray, sample: np.ndarray, metric: Metric) -> Any:
@@ -106,11 +119,6 @@ def train_template(spec: Mapping[str, Any], centroids: np.ndarray, sample: np.nd
         return None
     import faiss
 
-    if sample.shape[0] < 2 ** spec["nbits"]:
-        raise HpcragError(
-            f"ivf-pq needs at least {2 ** spec['nbits']} vectors to train its codebooks, got "
-            f"{sample.shape[0]}; use --local ivf-flat for so small a collection"
-        )
     nlist, dim = centroids.shape
     quantizer = faiss.IndexFlat(dim, metric.faiss_metric())
     quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
@@ -174,7 +182,7 @@ def load_local(spec: Mapping[str, Any], path: Any) -> Any:
         return cagra.load(str(path))
     import faiss
 
-    return faiss.deserialize_index(np.fromfile(path, dtype=np.uint8))
+    return faiss.read_index(str(path))
 
 
 def memory_per_vector(spec: Mapping[str, Any], dim: int, dtype_bytes: int) -> dict[str, float]:

@@ -21,6 +21,8 @@ from hpcrag.search.metric import Metric
 from hpcrag.search.store import Segment
 from hpcrag.search.topk import empty_topk, merge_topk, select_topk
 
+REFINE_BYTES = 64 * 2**20  # candidate vectors gathered at once for an ivf-pq re-rank
+
 
 class LocalKindScan:
     def __init__(self, spec: Mapping[str, Any], metric: Metric) -> None:
@@ -68,18 +70,29 @@ class LocalKindScan:
         index = segment.local
         if "centroids" not in segment.cache:
             segment.cache["centroids"] = index.quantizer.reconstruct_n(0, index.nlist)
-        centroids = segment.cache["centroids"]
+        index.nprobe = probes.shape[1]
+        candidates = min(k * refine, max(k, segment.rows))
+        # The re-rank gathers candidates x dim floats per query: bound it by working in slices.
+        step = max(1, REFINE_BYTES // (candidates * queries.shape[1] * 4))
+        found = [
+            self._ivf_pq_slice(segment, queries[lo : lo + step], probes[lo : lo + step], k, candidates)
+            for lo in range(0, queries.shape[0], step)
+        ]
+        return np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
+
+    def _ivf_pq_slice(
+        self, segment: Segment, queries: np.ndarray, probes: np.ndarray, k: int, candidates: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         probes = np.ascontiguousarray(probes, dtype=np.int64)
         # Residual codes score relative to the list's centroid: faiss needs the coarse term too.
-        near = centroids[np.maximum(probes, 0)]
+        near = segment.cache["centroids"][np.maximum(probes, 0)]
         if self.metric is Metric.L2:
             coarse = ((queries[:, None, :] - near) ** 2).sum(axis=2)
         else:
             coarse = np.einsum("qd,qpd->qp", queries, near)
         coarse = np.ascontiguousarray(coarse, dtype=np.float32)
-        index.nprobe = probes.shape[1]
-        candidates = min(k * refine, max(k, segment.rows))
-        _, labels = index.search_preassigned(queries, candidates, probes, coarse)
+        queries = np.ascontiguousarray(queries)
+        _, labels = segment.local.search_preassigned(queries, candidates, probes, coarse)
         vectors = np.asarray(segment.vectors)[np.maximum(labels, 0)].astype(np.float32)
         scores = np.einsum("qd,qcd->qc", queries, vectors)
         if self.metric is Metric.L2:

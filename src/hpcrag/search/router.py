@@ -83,7 +83,7 @@ def select_shards(
 ) -> np.ndarray:
     """Keep each row's probes into its chosen shards: shards ranked by their nearest probed list,
     at most `max_shards` of them, and (with `margin`) only those whose best probed list is within
-    (1 + margin) x the distance of the query's best list (SPANN's query-aware pruning, per shard)."""
+    (1 + margin) x the squared distance of the query's best list (SPANN's query-aware pruning, per shard)."""
     nq, nprobe = probes.shape
     nshards = int(list_shard.max()) + 1 if list_shard.size else 1
     if nq == 0:

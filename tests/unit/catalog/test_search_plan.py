@@ -115,14 +115,14 @@ def test_hand_computed_plan(calibration: sp.Calibration) -> None:
     hnsw = values(plan.kind("hnsw").figures)
     assert plan.kind("hnsw").device == "cpu"
     assert "vram_per_gpu" not in hnsw
-    assert hnsw["host_bytes_per_gpu"] == 100_000 * (256 + 8 + 32 * 2 * 4)
+    assert hnsw["host_bytes_per_gpu"] == 100_000 * (128 * 4 + 8 + 32 * 2 * 4)  # float32 rows
     # Measured at the same shard size and dim: 1e-4 core-seconds; 8 cores per GPU -> 80,000 QPS.
     assert hnsw["cpu_seconds_per_query_per_shard"] == pytest.approx(1e-4)
     assert hnsw["qps_per_gpu"] == pytest.approx(80_000)
     assert hnsw["p99_ms"] == pytest.approx(19 + 1.7 * 0.1)
 
     cagra = values(plan.kind("cagra").figures)
-    assert cagra["bytes_per_vector"] == 256 + 8 + 64 * 4
+    assert cagra["bytes_per_vector"] == 128 * 4 + 8 + 64 * 4  # float32 rows
     # Seed: 1,000 QPS per T4 (0.32 TB/s) at 1M x 768: x (1 / 0.32) x (768 ln 1e6) / (128 ln 1e5) = 22,500.
     assert cagra["qps_per_gpu"] == pytest.approx(22_500)
     assert cagra["shard_mean_ms"] == pytest.approx(12 * 1000 / 22_500)
@@ -138,7 +138,8 @@ def test_hand_computed_plan(calibration: sp.Calibration) -> None:
     assert plan.kind("ivf-flat").verdicts["qps"] == "5,000 QPS: meets"
     # One 1M-vector shard already sustains 0.7 x 45,455 QPS, so the fewest is a single GPU.
     assert plan.kind("ivf-flat").verdicts["gpus_needed"] == (
-        "10 GPUs as 10 shards x 1 replica; fewest: 1 GPU as 1 shard x 1 replica (same fan-out fraction)"
+        "10 GPUs as 10 shards x 1 replica; fewest: 1 GPU as 1 shard x 1 replica "
+        "(fan-out at each shard count from the nearest measured one)"
     )
 
 

@@ -146,7 +146,13 @@ def test_ivf_pq_with_refine_matches_ivf_flat_recall(tmp_path: Path, metric: str)
         ("cagra", {}, "--local cagra needs a GPU with cuVS, and no CUDA GPU is in use here"),
         ("ivf-pq", {"pq_m": 10}, "ivf-pq: pq_m 10 does not divide the dimension 32"),
         ("ivf-pq", {"nbits": 4}, "ivf-pq: nbits 4 is not supported; use 8"),
-        ("hnsw", {"M": 2}, "--local hnsw: M must be an integer in [4, 256], got 2"),
+        ("hnsw", {"M": 2}, "--local hnsw: --hnsw-m must be an integer in [4, 256], got 2"),
+        (
+            "hnsw",
+            {"M": 64, "ef_construction": 40},
+            "--local hnsw: --ef-construction must be an integer in [64,",
+        ),
+        ("ivf-pq", {"pq_m": 0}, "--local ivf-pq: --pq-m must be an integer in [1, 32], got 0"),
         ("hnsw", {"pq_m": 8}, "--local hnsw takes no parameter ['pq_m']; its parameters: M, ef_construction"),
     ],
 )
@@ -174,7 +180,13 @@ def test_a_graph_index_refuses_updates_filters_and_knobs_of_other_kinds(tmp_path
         opened.search(QUERIES, k=5, refine=4)
     with pytest.raises(HpcragError, match=r"--shard-margin must be a number in \[0, 100\]"):
         opened.search(QUERIES, k=5, shard_margin=-0.1)
-    for bad in (0, 5):
+    with pytest.raises(HpcragError, match="--strategy exact scans every matching row of every shard"):
+        DistributedIndex.open(build(tmp_path, "ivf-flat", name="exact")).search(
+            QUERIES, k=5, strategy="exact", max_shards=1
+        )
+    with pytest.raises(HpcragError, match=r"--ef must be an integer in \[1, 4096\], got 64.5"):
+        opened.search(QUERIES, k=5, ef=64.5)
+    for bad in (0, 5, 1.5):
         with pytest.raises(HpcragError, match=r"--max-shards must be in \[1, 4\]"):
             opened.search(QUERIES, k=5, max_shards=bad)
     assert opened.search(QUERIES, k=5, nprobe=4).ids.shape == (40, 5)  # still serving
@@ -249,3 +261,41 @@ def test_the_service_searches_with_its_routing_and_refuses_a_bad_one(tmp_path: P
     assert answer.json()["ids"] == direct.ids.tolist()
     with pytest.raises(HpcragError, match="--refine re-ranks ivf-pq candidates; this index is hnsw"):
         SearchService(DistributedIndex.open(index_dir), ServiceOptions(port=0, routing={"refine": 5}))
+
+
+def test_defaults_follow_the_parameters_given_and_small_or_filtered_builds_are_refused(
+    tmp_path: Path,
+) -> None:
+    wide = build(tmp_path, "hnsw", name="wide", M=64)  # the default build effort rises to M
+    assert read_manifest(wide).local == {"kind": "hnsw", "M": 64, "ef_construction": 64}
+    np.save(tmp_path / "dim100.npy", np.random.default_rng(0).standard_normal((300, 100)).astype(np.float32))
+    options = BuildOptions(nlist=4, nshards=2, local_kind="ivf-pq")
+    build_index(tmp_path / "dim100.npy", tmp_path / "pq100", options)
+    assert read_manifest(tmp_path / "pq100").local["pq_m"] == 10  # the largest divisor of 100 up to 100/8
+    np.save(tmp_path / "few.npy", BASE[:200])
+    with pytest.raises(HpcragError, match="ivf-pq needs at least 256 vectors to train its codebooks"):
+        build_index(
+            tmp_path / "few.npy", tmp_path / "few", BuildOptions(nlist=4, nshards=2, local_kind="ivf-pq")
+        )
+    assert not (tmp_path / "few").exists()
+    attributes = tmp_path / "attributes.jsonl"
+    attributes.write_text("".join(json.dumps({"source": "a"}) + "\n" for _ in range(len(BASE))))
+    with pytest.raises(
+        HpcragError, match="--attributes serve filters, which only --local ivf-flat shards take"
+    ):
+        hnsw = BuildOptions(nlist=32, nshards=4, local_kind="hnsw")
+        build_index(tmp_path / "base.npy", tmp_path / "filtered", hnsw, attributes_path=attributes)
+    assert not (tmp_path / "filtered").exists()
+
+
+def test_ivf_pq_re_ranks_in_slices_with_the_same_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hpcrag.search import local_scan
+
+    opened = DistributedIndex.open(build(tmp_path, "ivf-pq", pq_m=8))
+    whole = opened.search(QUERIES, k=10, nprobe=8, refine=10)
+    monkeypatch.setattr(local_scan, "REFINE_BYTES", 100 * 32 * 4 * 3)  # three queries per slice
+    sliced = opened.search(QUERIES, k=10, nprobe=8, refine=10)
+    np.testing.assert_array_equal(sliced.ids, whole.ids)
+    np.testing.assert_allclose(sliced.distances, whole.distances, rtol=1e-6)
