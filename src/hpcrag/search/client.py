@@ -20,6 +20,7 @@ import numpy as np
 
 from hpcrag.errors import HpcragError
 from hpcrag.search.index import SearchResult, UpdateResult
+from hpcrag.search.inputs import ROUTING_FIELDS
 
 
 class ServiceUnavailable(HpcragError):
@@ -104,14 +105,22 @@ class SearchClient:
         filter: dict[str, Any] | None = None,
         strategy: str = "auto",
         min_seq: int = 0,
+        **routing: Any,
     ) -> SearchResult:
         """Search a (nq, d) batch (or one vector); raises HpcragError with the service's reason.
 
         `filter` is a filter spec (see `hpcrag.search.filters`); `min_seq` asks for a state that
-        includes that update (the `seq` an update returned)."""
-        if filter is not None:
+        includes that update (the `seq` an update returned); `routing` takes max_shards,
+        shard_margin, ef and refine, over the service's own."""
+        unknown = set(routing) - set(ROUTING_FIELDS)
+        if unknown:
+            raise HpcragError(
+                f"unknown search option {sorted(unknown)[0]!r}; valid: {', '.join(ROUTING_FIELDS)}"
+            )
+        routing = {name: value for name, value in routing.items() if value is not None}
+        if filter is not None or routing:
             # In the body, not the URL: a filter of thousands of values outgrows a request line.
-            return self._search_json(queries, k, nprobe, filter, strategy, min_seq)
+            return self._search_json(queries, k, nprobe, filter, strategy, min_seq, routing)
         body = io.BytesIO()
         np.save(body, np.asarray(queries, dtype=np.float32), allow_pickle=False)
         params: dict[str, Any] = {"k": k, "nprobe": nprobe}
@@ -140,7 +149,14 @@ class SearchClient:
         )
 
     def _search_json(
-        self, queries: Any, k: int, nprobe: int, filter: dict[str, Any], strategy: str, min_seq: int
+        self,
+        queries: Any,
+        k: int,
+        nprobe: int,
+        filter: dict[str, Any] | None,
+        strategy: str,
+        min_seq: int,
+        routing: dict[str, Any],
     ) -> SearchResult:
         rows = np.asarray(queries, dtype=np.float32)
         body = {
@@ -150,6 +166,7 @@ class SearchClient:
             "filter": filter,
             "strategy": strategy,
             "min_seq": min_seq,
+            **routing,
         }
         started = time.perf_counter()
         answer = self._checked(self._request("POST", "/search", json=body)).json()

@@ -14,7 +14,7 @@ import io
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -154,7 +154,8 @@ def check_search_params(k: int, nprobe: int, nlist: int) -> None:
         raise HpcragError(f"nprobe must be between 1 and nlist ({nlist}), got {nprobe}")
 
 
-SEARCH_FIELDS = ("queries", "k", "nprobe", "filter", "strategy", "min_seq")
+ROUTING_FIELDS = ("max_shards", "shard_margin", "ef", "refine")  # JSON bodies only
+SEARCH_FIELDS = ("queries", "k", "nprobe", "filter", "strategy", "min_seq", *ROUTING_FIELDS)
 _DECIMAL = re.compile(r"[0-9]{1,9}")
 
 
@@ -186,11 +187,12 @@ class SearchRequest:
     filter: Any = None  # a filter spec (filters.py), compiled against the index's attributes later
     strategy: str = "auto"
     min_seq: int = 0  # answer only from a state that includes this update (read your writes)
+    routing: Mapping[str, Any] = field(default_factory=dict)  # the routing fields the caller gave
 
 
 def parse_search_json(raw: bytes, max_queries: int) -> SearchRequest:
     """A search from a JSON body {"queries": [[...], ...], "k": 10, "nprobe": 1, "filter": {...},
-    "strategy": "auto", "min_seq": 0}."""
+    "strategy": "auto", "min_seq": 0, "max_shards": 2, "shard_margin": 0.5, "ef": 32, "refine": 10}."""
     try:
         body = json.loads(raw, parse_constant=refuse_constant)
     except RecursionError:
@@ -215,7 +217,20 @@ def parse_search_json(raw: bytes, max_queries: int) -> SearchRequest:
         body.get("filter"),
         strategy,
         min_seq,
+        _json_routing(body),
     )
+
+
+def _json_routing(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The routing fields given (null counts as not given); ranges are the index's to check."""
+    integers = ("max_shards", "ef", "refine")
+    given: dict[str, Any] = {n: _json_int(body, n, 0) for n in integers if body.get(n) is not None}
+    margin = body.get("shard_margin")
+    if margin is not None:
+        if type(margin) not in (int, float):
+            raise HpcragError(f'"shard_margin" must be a number (like 0.5), got {shown(margin)}')
+        given["shard_margin"] = float(margin)
+    return given
 
 
 def first_line(exc: Exception) -> str:

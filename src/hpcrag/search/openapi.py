@@ -93,6 +93,29 @@ def _vectors(max_rows: int) -> dict[str, Any]:
     return {"oneOf": [vector, {"type": "array", "items": vector, "minItems": 1, "maxItems": max_rows}]}
 
 
+def _routing() -> dict[str, Any]:
+    """The JSON body's routing fields; absent or null: the service's own (`index serve --max-shards`...)."""
+    return {
+        "max_shards": {
+            "type": ["integer", "null"], "minimum": 1,
+            "description": "Visit at most this many (<= the index's shards) per query: its best probed ones",
+        },
+        "shard_margin": {
+            "type": ["number", "null"], "minimum": 0, "maximum": 100,
+            "description": "Visit a shard past the first only within (1 + this) x the nearest's "
+            "squared distance",
+        },
+        "ef": {
+            "type": ["integer", "null"], "minimum": 1, "maximum": 4096,
+            "description": "Graph search effort (hnsw, cagra shards only)",
+        },
+        "refine": {
+            "type": ["integer", "null"], "minimum": 1, "maximum": 1000,
+            "description": "Re-rank refine x k candidates (ivf-pq shards only)",
+        },
+    }  # fmt: skip
+
+
 def _search(options: ServiceOptions, nlist: int, errors: dict[str, Any]) -> dict[str, Any]:
     k = {"type": "integer", "minimum": 1, "maximum": options.max_k, "default": 10}
     nprobe = {"type": "integer", "minimum": 1, "maximum": nlist, "default": 1}
@@ -162,6 +185,7 @@ def _search(options: ServiceOptions, nlist: int, errors: dict[str, Any]) -> dict
                             "filter": _FILTER,
                             "strategy": strategy,
                             "min_seq": min_seq,
+                            **_routing(),
                         },
                     }
                 },

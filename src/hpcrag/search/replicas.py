@@ -179,10 +179,11 @@ class ReplicaSet:
         nprobe: int = 1,
         filter: dict[str, Any] | None = None,
         strategy: str = "auto",
+        **routing: Any,
     ) -> SearchResult:
         return self._call(
             lambda c: c.search(
-                queries, k, nprobe, filter=filter, strategy=strategy, min_seq=self.written_seq
+                queries, k, nprobe, filter=filter, strategy=strategy, min_seq=self.written_seq, **routing
             ),
             retry_unsent_only=False,
         )

@@ -148,6 +148,7 @@ class _Pending:
     filter: Filter | None = None
     strategy: str = "auto"
     min_seq: int = 0
+    routing: tuple[tuple[str, Any], ...] = ()  # the service's routing, with the request's fields over it
     future: Future = field(default_factory=Future)
     assigned: int = 0  # rows handed to batches so far
     parts: list[SearchResult] = field(default_factory=list)
@@ -158,9 +159,10 @@ class _Pending:
         return len(self.queries) - self.assigned
 
     @property
-    def kind(self) -> tuple[int, int, str | None, str]:
-        """Requests of one kind can share a batch: one (k, nprobe, filter, strategy) per search."""
-        return self.k, self.nprobe, None if self.filter is None else self.filter.key, self.strategy
+    def kind(self) -> tuple[Any, ...]:
+        """Requests of one kind can share a batch: one (k, nprobe, filter, strategy, routing) per search."""
+        key = None if self.filter is None else self.filter.key
+        return self.k, self.nprobe, key, self.strategy, self.routing
 
 
 @dataclass
@@ -428,7 +430,7 @@ class SearchService:
         queries = np.concatenate([p.queries[start:end] for p, start, end in chunks])
         try:
             result = self.index.search(
-                queries, first.k, first.nprobe, first.filter, first.strategy, **(self.options.routing or {})
+                queries, first.k, first.nprobe, first.filter, first.strategy, **dict(first.routing)
             )
         except Exception as exc:
             failed = [p for p, _, _ in chunks]
@@ -673,8 +675,11 @@ class SearchService:
         check_search_params(k, nprobe, self.index.manifest.nlist)
         check_strategy(request.strategy)
         flt = self.index.compile_filter(request.filter)
+        routing = {**(self.options.routing or {}), **request.routing}
+        self.index.check_routing(**routing)
         queries = check_queries(request.queries, self.index.dim)
-        return _Pending(queries, k, nprobe, flt, request.strategy, request.min_seq)
+        given = tuple(sorted((name, value) for name, value in routing.items() if value is not None))
+        return _Pending(queries, k, nprobe, flt, request.strategy, request.min_seq, given)
 
     async def _handle_update(self, request: Any) -> Any:
         from aiohttp import web

@@ -299,3 +299,39 @@ def test_ivf_pq_re_ranks_in_slices_with_the_same_answer(
     sliced = opened.search(QUERIES, k=10, nprobe=8, refine=10)
     np.testing.assert_array_equal(sliced.ids, whole.ids)
     np.testing.assert_allclose(sliced.distances, whole.distances, rtol=1e-6)
+
+
+def test_a_request_routes_over_the_service_default_and_bad_fields_are_400s(tmp_path: Path) -> None:
+    from hpcrag.search.client import SearchClient
+    from hpcrag.search.service import ServiceOptions
+    from tests.unit.search.service_helpers import TOKEN, client, running_service
+
+    index_dir = build(tmp_path, "hnsw")
+    defaults = {"max_shards": 1, "shard_margin": None, "ef": 16, "refine": None}
+    direct = DistributedIndex.open(index_dir)
+    with running_service(index_dir, ServiceOptions(port=0, routing=defaults)) as (service, _):
+        searcher = SearchClient(service.url, token=TOKEN)
+        default = searcher.search(QUERIES[:6], k=5, nprobe=8)
+        wide = searcher.search(QUERIES[:6], k=5, nprobe=8, max_shards=4, ef=256)
+        http = client(service)
+        bad = {
+            "max_shards": 9,
+            "ef": "64",
+            "shard_margin": "wide",
+            "refine": 3,
+        }
+        answers = {
+            name: http.post("/search", json={"queries": QUERIES[:2].tolist(), "nprobe": 8, name: value})
+            for name, value in bad.items()
+        }
+        with pytest.raises(HpcragError, match="unknown search option 'nprobes'"):
+            searcher.search(QUERIES[:2], nprobes=3)
+    assert default.ids.tolist() == direct.search(QUERIES[:6], k=5, nprobe=8, max_shards=1, ef=16).ids.tolist()
+    assert (default.shards_touched == 1).all()
+    assert wide.ids.tolist() == direct.search(QUERIES[:6], k=5, nprobe=8, max_shards=4, ef=256).ids.tolist()
+    assert (wide.shards_touched > 1).any()
+    assert {name: answer.status_code for name, answer in answers.items()} == dict.fromkeys(bad, 400)
+    assert "--max-shards must be in [1, 4]" in answers["max_shards"].json()["error"]
+    assert answers["ef"].json()["error"] == '"ef" must be an integer (like 10), got "64"'
+    assert answers["shard_margin"].json()["error"] == '"shard_margin" must be a number (like 0.5), got "wide"'
+    assert "--refine re-ranks ivf-pq candidates" in answers["refine"].json()["error"]
