@@ -29,7 +29,7 @@ FILES = {"hnsw": "hnsw.faiss", "ivf-pq": "ivfpq.faiss", "cagra": "cagra.bin"}
 BUILD_PARAMS = {
     "ivf-flat": {},
     "hnsw": {"M": 32, "ef_construction": 40},
-    "ivf-pq": {"pq_m": None, "nbits": 8},  # pq_m None: dim / 8 (8 dimensions per byte of code)
+    "ivf-pq": {"pq_m": None, "nbits": 8},  # pq_m None: the largest divisor of dim up to dim / 8
     "cagra": {"graph_degree": 64, "intermediate_graph_degree": 128},
 }
 SEARCH_DEFAULTS = {"ef": 64, "refine": 10}  # hnsw efSearch / cagra itopk_size; ivf-pq re-rank factor
@@ -60,7 +60,7 @@ def local_spec(kind: str, params: Mapping[str, Any], dim: int, on_gpu: bool) -> 
         if dim % spec["pq_m"]:
             divisors = [m for m in (dim // 16, dim // 8, dim // 4, dim // 2) if m and dim % m == 0]
             raise HpcragError(
-                f"ivf-pq: pq_m {spec['pq_m']} does not divide the dimension {dim}; each sub-quantizer "
+                f"ivf-pq: --pq-m {spec['pq_m']} does not divide the dimension {dim}; each sub-quantizer "
                 f"codes dim/pq_m dimensions: choose a divisor of {dim}, such as {divisors or [dim]}"
             )
         if spec["nbits"] != 8:
@@ -123,7 +123,7 @@ def train_template(spec: Mapping[str, Any], centroids: np.ndarray, sample: np.nd
     quantizer = faiss.IndexFlat(dim, metric.faiss_metric())
     quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
     index = faiss.IndexIVFPQ(quantizer, dim, nlist, spec["pq_m"], spec["nbits"], metric.faiss_metric())
-    index.pq.cp.min_points_per_centroid = 1  # the sample size was checked above; spare faiss's warning
+    index.pq.cp.min_points_per_centroid = 1  # the build refuses < 256 rows; spare faiss's warning
     index.train(np.ascontiguousarray(sample, dtype=np.float32))  # the quantizer is full: PQ only
     return faiss.serialize_index(index)
 
@@ -189,7 +189,7 @@ def memory_per_vector(spec: Mapping[str, Any], dim: int, dtype_bytes: int) -> di
     """Bytes per vector a shard holds in memory for searching, and on disk beside it."""
     kind = spec["kind"]
     stored = dim * dtype_bytes + 8 + 4  # vectors, ids, squared norms (the shard's arrays)
-    if kind == "hnsw":  # FP32 copy + level-0 links (2M) + upper levels (~M/ln(M) expected)
+    if kind == "hnsw":  # float32 copy + level-0 links (2M), +10% for the upper levels' links
         return {"memory": dim * 4 + 2 * spec["M"] * 4 * 1.1 + 8, "disk": stored}
     if kind == "ivf-pq":  # codes + ids in the lists; full vectors only read to re-rank (mmap)
         return {"memory": spec["pq_m"] * spec["nbits"] / 8 + 8, "disk": stored}

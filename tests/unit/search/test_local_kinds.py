@@ -144,7 +144,7 @@ def test_ivf_pq_with_refine_matches_ivf_flat_recall(tmp_path: Path, metric: str)
     [
         ("flat", {}, "unknown local index kind 'flat'; use one of: ivf-flat, hnsw, cagra, ivf-pq"),
         ("cagra", {}, "--local cagra needs a GPU with cuVS, and no CUDA GPU is in use here"),
-        ("ivf-pq", {"pq_m": 10}, "ivf-pq: pq_m 10 does not divide the dimension 32"),
+        ("ivf-pq", {"pq_m": 10}, "ivf-pq: --pq-m 10 does not divide the dimension 32"),
         ("ivf-pq", {"nbits": 4}, "ivf-pq: nbits 4 is not supported; use 8"),
         ("hnsw", {"M": 2}, "--local hnsw: --hnsw-m must be an integer in [4, 256], got 2"),
         (
