@@ -95,8 +95,8 @@ def select_shards(
     np.minimum.at(first, (rows, shard), np.broadcast_to(np.arange(nprobe), probes.shape))
     first = first[:, :nshards]
     reached = first < nprobe
-    # A shard's rank is how many shards a query reaches before it (positions are distinct per row).
-    rank = (first[:, None, :] < first[:, :, None]).sum(axis=2)
+    # A shard's rank: its place in the order the query reaches shards (reached positions are distinct).
+    rank = first.argsort(axis=1, kind="stable").argsort(axis=1)
     chosen = reached & (rank < (max_shards or nshards))
     if margin is not None and keys is not None:
         nearest = keys[:, :1]
