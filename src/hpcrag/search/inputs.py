@@ -25,6 +25,7 @@ from hpcrag.search.arrays import array_module
 
 VECTOR_DTYPES = (np.float32, np.float16)
 FLOAT16_MAX = float(np.finfo(np.float16).max)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def open_vectors(path: Path) -> np.ndarray:
@@ -139,6 +140,13 @@ def check_queries(queries: Any, dim: int, what: str = "queries") -> Any:
         raise HpcragError(f"{what}: expected numbers, found {queries.dtype}")
     queries = queries.astype(xp.float32)
     check_finite(queries, what)
+    # A row whose squared norm overflows float32 cannot be scored (its distances would be inf).
+    huge = xp.flatnonzero((queries.astype(xp.float64) ** 2).sum(axis=1) > FLOAT32_MAX)
+    if huge.size:
+        raise HpcragError(
+            f"{what} row {int(huge[0])} is too large to score: its squared norm exceeds the float32 range "
+            f"({FLOAT32_MAX:.3g}); scale the vectors down"
+        )
     return queries
 
 

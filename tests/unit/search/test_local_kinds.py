@@ -335,3 +335,15 @@ def test_a_request_routes_over_the_service_default_and_bad_fields_are_400s(tmp_p
     assert answers["ef"].json()["error"] == '"ef" must be an integer (like 10), got "64"'
     assert answers["shard_margin"].json()["error"] == '"shard_margin" must be a number (like 0.5), got "wide"'
     assert "--refine re-ranks ivf-pq candidates" in answers["refine"].json()["error"]
+
+
+def test_a_row_too_large_to_score_is_refused_by_search_and_updates(tmp_path: Path) -> None:
+    opened = DistributedIndex.open(build(tmp_path, "ivf-flat"))
+    huge = np.full((1, 32), 1e19, dtype=np.float32)  # each square fits float32, their sum does not
+    for call in (
+        lambda: opened.search(np.vstack([QUERIES[:2], huge]), k=5, nprobe=4),
+        lambda: opened.upsert(huge, np.array([7])),
+    ):
+        with pytest.raises(HpcragError, match=r"row \d is too large to score: its squared norm exceeds"):
+            call()
+    assert opened.search(QUERIES[:2], k=5, nprobe=4).ids.shape == (2, 5)
