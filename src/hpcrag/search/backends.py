@@ -14,7 +14,7 @@ deleted, or a filter) is scanned with matrix products: the WMMA kernel reads who
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -29,7 +29,8 @@ from hpcrag.search.topk import empty_topk, merge_topk, select_topk
 
 BACKENDS = ("kernels", "matmul", "faiss")
 SIMT_MAX_K = 64  # numba_cuda.MAX_K, kept here so that choosing a fallback imports no CUDA module
-Scanner = Callable[[Any, Any, int, list[Part]], tuple[Any, Any]]
+Effort = Mapping[str, int | None] | None  # ef and refine: the list scans have no such knob
+Scanner = Callable[[Any, Any, int, list[Part], Effort], tuple[Any, Any]]
 log = logging.getLogger(__name__)
 
 
@@ -67,7 +68,9 @@ class _MatmulScan:
     def __init__(self, metric: Metric) -> None:
         self.metric = metric
 
-    def __call__(self, queries: Any, probes: Any, k: int, parts: list[Part]) -> tuple[Any, Any]:
+    def __call__(
+        self, queries: Any, probes: Any, k: int, parts: list[Part], effort: Effort = None
+    ) -> tuple[Any, Any]:
         found = [matmul_scan(queries, probes, segment, mask, k, self.metric) for segment, mask in parts]
         return _merge_shards(found, queries.shape[0], k, self.metric, array_module(queries))
 
@@ -76,7 +79,9 @@ class _NumbaScan:
     def __init__(self, metric: Metric) -> None:
         self.metric = metric
 
-    def __call__(self, queries: Any, probes: Any, k: int, parts: list[Part]) -> tuple[Any, Any]:
+    def __call__(
+        self, queries: Any, probes: Any, k: int, parts: list[Part], effort: Effort = None
+    ) -> tuple[Any, Any]:
         from hpcrag.kernels.numba_cpu import scan_lists
 
         found = []
@@ -108,7 +113,9 @@ class _GpuKernelScan:
             self._told.add(why)
             log.warning("WMMA scan unavailable (%s): using %s", why, to)
 
-    def __call__(self, queries: Any, probes: Any, k: int, parts: list[Part]) -> tuple[Any, Any]:
+    def __call__(
+        self, queries: Any, probes: Any, k: int, parts: list[Part], effort: Effort = None
+    ) -> tuple[Any, Any]:
         import cupy
 
         found = [
@@ -191,7 +198,9 @@ class _FaissScan:
         self.metric = metric
         self.nlist = nlist
 
-    def __call__(self, queries: Any, probes: Any, k: int, parts: list[Part]) -> tuple[Any, Any]:
+    def __call__(
+        self, queries: Any, probes: Any, k: int, parts: list[Part], effort: Effort = None
+    ) -> tuple[Any, Any]:
         # Only the index as built reaches here: DistributedIndex refuses updates and filters on rank 0.
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         probes = np.ascontiguousarray(probes, dtype=np.int64)

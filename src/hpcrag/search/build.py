@@ -31,6 +31,7 @@ from hpcrag.search.attributes import (
     with_undeclared,
 )
 from hpcrag.search.comm import Communicator, LocalComm, agree
+from hpcrag.search.device import require_cupy
 from hpcrag.search.grouping import group_lists
 from hpcrag.search.inputs import check_finite, check_storable, load_ids, open_vectors
 from hpcrag.search.local_kinds import FILES, MIN_PQ_TRAINING, build_local, local_spec, train_template
@@ -139,11 +140,10 @@ def _validate(
 def gpu_visible() -> bool:
     """Whether CuPy sees a CUDA GPU here (building CAGRA needs one)."""
     try:
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:  # no CuPy, no driver, no device: all mean "no GPU" to a build
+        require_cupy()
+    except HpcragError:
         return False
+    return True
 
 
 def _ids_for(ids_path: Path | None, count: int) -> np.ndarray:

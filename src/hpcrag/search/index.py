@@ -298,10 +298,7 @@ class DistributedIndex:
         scores, ids = empty_topk(xp, batch.shape[0], k, self.metric.worst)
         if rows.size:
             local_probes = xp.where(owned[rows], probes[rows], -1)
-            if self.kind == "ivf-flat":
-                scores[rows], ids[rows] = self._scan(batch[rows], local_probes, k, parts)
-            else:
-                scores[rows], ids[rows] = self._scan(batch[rows], local_probes, k, parts, header["effort"])
+            scores[rows], ids[rows] = self._scan(batch[rows], local_probes, k, parts, header["effort"])
         return (scores, ids), chosen, touched
 
     def _choose(self, matching: int, nprobe: int, k: int) -> str:
@@ -555,10 +552,11 @@ def _checked_manifest(root: Path, ranks: int, device: str, scan_backend: str) ->
         )
     if kind in ("hnsw", "ivf-pq") and device != "cpu":
         raise HpcragError(f"{kind} shards are faiss CPU indexes: open this index with --device cpu")
-    if kind == "cagra" and cagra_unavailable(device != "cpu"):
+    why = cagra_unavailable(device != "cpu") if kind == "cagra" else None
+    if why:
         raise HpcragError(
-            f"this index's shards are CAGRA graphs, and {cagra_unavailable(device != 'cpu')}: open it on a "
-            "GPU node with cuVS installed (--device cuda)"
+            f"this index's shards are CAGRA graphs, and {why}: open it on a GPU node with cuVS installed "
+            "(--device cuda)"
         )
     if ranks > manifest.nshards:
         raise HpcragError(

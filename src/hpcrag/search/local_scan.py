@@ -37,7 +37,9 @@ class LocalKindScan:
         host_probes = to_numpy(probes)
         result = empty_topk(xp, queries.shape[0], k, self.metric.worst)
         for segment, _ in parts:
-            holds = np.diff(segment.offsets) > 0
+            if "holds" not in segment.cache:  # the lists this segment has rows in: fixed for its life
+                segment.cache["holds"] = np.diff(segment.offsets) > 0
+            holds = segment.cache["holds"]
             routed = (host_probes >= 0) & holds[np.maximum(host_probes, 0)]
             rows = np.flatnonzero(routed.any(axis=1))
             if not rows.size:

@@ -32,42 +32,48 @@ class Router:
 
     def probe(self, queries: Any, nprobe: int) -> Any:
         """(nq, nprobe) int64 list ids, nearest first, in the array module of the queries."""
-        return self.probe_ranked(queries, nprobe)[0]
-
-    def probe_ranked(self, queries: Any, nprobe: int) -> tuple[Any, Any]:
-        """The probes, best first by the metric, and each one's squared L2 distance from the query
-        (the scale shard selection's margin compares; for ip it is not the probes' order)."""
-        xp = self.xp
-        if xp is np:
-            scores, ids = self._quantizer.search(queries, nprobe)
-            ids = ids.astype(np.int64)
-        else:
-            every = queries @ self._centroids.T
-            key = self._centroid_norms[None, :] - 2.0 * every if self.metric is Metric.L2 else -every
-            nearest = (
-                key.argsort(axis=1) if nprobe == key.shape[1] else xp.argpartition(key, nprobe - 1, axis=1)
-            )
-            nearest = nearest[:, :nprobe]
-            nearest = xp.take_along_axis(
-                nearest, xp.take_along_axis(key, nearest, axis=1).argsort(axis=1), axis=1
-            )
-            ids, scores = nearest.astype(xp.int64), xp.take_along_axis(every, nearest, axis=1)
-        if self.metric is Metric.L2 and xp is np:
-            return ids, scores.astype(np.float32)  # faiss returns the squared distances
-        norms = self._centroid_norms[xp.maximum(ids, 0)]
-        distances = (queries**2).sum(axis=1)[:, None] + norms - 2.0 * scores
-        return ids, xp.maximum(distances, 0).astype(xp.float32)
+        return self._nearest(queries, nprobe)[0]
 
     def route(self, queries: Any, nprobe: int, max_shards: int | None, margin: float | None) -> Any:
         """Probe, then select shards: the probes each query's chosen shards will scan (-1 elsewhere)."""
-        probes, keys = self.probe_ranked(queries, nprobe)
         if max_shards is None and margin is None:
-            return probes
-        kept = select_shards(_host(probes), self.list_shard, max_shards, _host(keys), margin)
-        return self.xp.asarray(kept)
+            return self.probe(queries, nprobe)
+        ids, scores = self._nearest(queries, nprobe)
+        keys = None if margin is None else _host(self._squared_distances(queries, ids, scores))
+        return self.xp.asarray(select_shards(_host(ids), self.list_shard, max_shards, keys, margin))
+
+    def _nearest(self, queries: Any, nprobe: int) -> tuple[Any, Any]:
+        """The probes, best first by the metric, and their scores: squared distances where faiss
+        probes for l2, inner products otherwise."""
+        xp = self.xp
+        if xp is np:
+            scores, ids = self._quantizer.search(queries, nprobe)
+            return ids.astype(np.int64), scores
+        every = queries @ self._centroids.T
+        key = self._centroid_norms[None, :] - 2.0 * every if self.metric is Metric.L2 else -every
+        nearest = _smallest_sorted(xp, key, nprobe)
+        return nearest.astype(xp.int64), xp.take_along_axis(every, nearest, axis=1)
+
+    def _squared_distances(self, queries: Any, ids: Any, scores: Any) -> Any:
+        """Each probe's squared L2 distance from its query: the scale a shard margin compares (for
+        ip it is not the order of the probes)."""
+        xp = self.xp
+        if self.metric is Metric.L2 and xp is np:
+            return scores.astype(np.float32)
+        norms = self._centroid_norms[xp.maximum(ids, 0)]
+        distances = (queries**2).sum(axis=1)[:, None] + norms - 2.0 * scores
+        return xp.maximum(distances, 0).astype(xp.float32)
 
     def shards_touched(self, probes: np.ndarray) -> np.ndarray:
         return shards_touched(probes, self.list_shard)
+
+
+def _smallest_sorted(xp: Any, key: Any, count: int) -> Any:
+    """Per row, the columns of the `count` smallest keys, smallest first."""
+    if count == key.shape[1]:
+        return key.argsort(axis=1)
+    nearest = xp.argpartition(key, count - 1, axis=1)[:, :count]
+    return xp.take_along_axis(nearest, xp.take_along_axis(key, nearest, axis=1).argsort(axis=1), axis=1)
 
 
 def _host(array: Any) -> np.ndarray:
