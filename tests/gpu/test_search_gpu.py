@@ -45,7 +45,7 @@ def test_nccl_ranks_equal_the_cpu(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("metric", ["ip", "l2"])
 def test_cagra_shards_at_high_effort_equal_exact_search(tmp_path: Path, metric: str) -> None:
-    pytest.importorskip("cuvs", reason="CAGRA needs cuVS: pip install cuvs-cu12 (or cuvs-cu13)")
+    pytest.importorskip("cuvs", reason="CAGRA needs cuVS: pip install -e '.[cuda12]' (or cuda13)")
     from hpcrag.search import Metric, reference
     from hpcrag.search.build import BuildOptions, build_index
 

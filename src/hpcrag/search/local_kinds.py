@@ -74,7 +74,7 @@ def local_spec(kind: str, params: Mapping[str, Any], dim: int, on_gpu: bool) -> 
         if why:
             raise HpcragError(
                 f"--local cagra needs a GPU with cuVS, and {why}; on a GPU node install the GPU extra "
-                "and `pip install cuvs-cu12` (or cuvs-cu13), or use --local hnsw on CPUs"
+                "(pip install -e '.[cuda12]' or '.[cuda13]', which brings cuVS), or use --local hnsw on CPUs"
             )
     return spec
 
