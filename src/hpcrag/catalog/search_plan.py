@@ -43,6 +43,7 @@ from hpcrag.paths import repo_root
 
 KINDS = ("ivf-flat", "hnsw", "cagra", "ivf-pq")
 DTYPE_BYTES = {"float16": 2, "float32": 4}
+MAX_VECTORS = 1e15
 DEFAULT_CALIBRATION = repo_root() / "benchmarks" / "search-calibration.json"
 
 ID_BYTES = 8
@@ -200,12 +201,16 @@ def human_bytes(n: float) -> str:
 
 def parse_count(text: str) -> int:
     """A count such as 100M, 1.5B, 250k, 1e8 or 100_000_000 as an integer >= 1."""
-    match = re.fullmatch(r"\s*([0-9][0-9_,]*(?:\.[0-9]+)?(?:e[0-9]+)?)\s*([kmbgt]?)\s*", text.lower())
+    # Commas only as thousands separators: "1,5M" is a typo, not 15M.
+    number = r"(?:[0-9][0-9_]*|[0-9]{1,3}(?:,[0-9]{3})+)(?:\.[0-9]+)?(?:e[0-9]{1,2})?"
+    match = re.fullmatch(rf"\s*({number})\s*([kmbgt]?)\s*", text.lower())
     if not match:
         raise HpcragError(
             f"cannot read {text!r} as a number of vectors; write e.g. 100M, 1.5B, 250k or 84114"
         )
     value = float(match.group(1).replace("_", "").replace(",", "")) * _SUFFIX[match.group(2)]
+    if value > MAX_VECTORS:
+        raise HpcragError(f"number of vectors {text!r} is beyond any plan (more than {MAX_VECTORS:.0e})")
     if value < 1 or value != int(value):
         raise HpcragError(f"number of vectors {text!r} must be a whole number >= 1; write e.g. 100M or 84114")
     return int(value)

@@ -219,7 +219,14 @@ def test_cli_reads_the_default_calibration_when_present(
 
 @pytest.mark.parametrize(
     ("text", "count"),
-    [("100M", 100_000_000), ("1.5B", 1_500_000_000), ("250k", 250_000), ("84114", 84_114), ("1e8", 10**8)],
+    [
+        ("100M", 100_000_000),
+        ("1.5B", 1_500_000_000),
+        ("250k", 250_000),
+        ("84114", 84_114),
+        ("1e8", 10**8),
+        ("1,500,000", 1_500_000),
+    ],
 )
 def test_parse_count(text: str, count: int) -> None:
     assert sp.parse_count(text) == count
@@ -231,6 +238,10 @@ def test_parse_count(text: str, count: int) -> None:
         ("--gpu", "v100", "unknown GPU type 'v100'; valid GPU types: .*t4"),
         ("--vectors", "lots", "cannot read 'lots' as a number of vectors; write e.g. 100M"),
         ("--vectors", "0.5", "must be a whole number >= 1"),
+        ("--vectors", "1e400", "cannot read '1e400' as a number of vectors"),
+        ("--vectors", "1e99", r"number of vectors '1e99' is beyond any plan \(more than 1e\+15\)"),
+        ("--vectors", "1,5M", "cannot read '1,5M' as a number of vectors"),
+        ("--vectors", "\uff11\uff10\uff10M", "cannot read"),
         ("--dim", "0", "--dim must be > 0, got 0"),
         ("--gpus", "0", "--gpus must be >= 1, got 0"),
         ("--recall", "0", r"--recall must be in \(0, 1\], got 0.0"),
