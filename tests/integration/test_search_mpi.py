@@ -54,6 +54,18 @@ def test_invariants_at_every_rank_count(workdir: Path, ranks: int, case: str) ->
 
 
 @pytest.mark.parametrize("ranks", [2, 3, 4])
+def test_routing_split_over_ranks_equals_one_process_for_any_batch_size(workdir: Path, ranks: int) -> None:
+    nq = len(np.load(workdir / "queries.npy"))
+    for case in CASES:
+        whole = np.load(workdir / "r1" / f"{case}-routed{nq}.npz")
+        assert (whole["touched"] <= 2).all() and whole["touched"].min() >= 1
+        for size in (1, 2, nq):
+            found = np.load(workdir / f"r{ranks}" / f"{case}-routed{size}.npz")
+            np.testing.assert_array_equal(found["ids"], whole["ids"][:size])
+            np.testing.assert_array_equal(found["touched"], whole["touched"][:size])
+
+
+@pytest.mark.parametrize("ranks", [2, 3, 4])
 def test_a_build_by_r_ranks_equals_the_one_process_build(workdir: Path, ranks: int) -> None:
     for case in CASES:
         one = json.loads((workdir / "r1" / case / "manifest.json").read_text())

@@ -5,10 +5,11 @@
 - `NcclComm`: NCCL (through cupy.cuda.nccl) over device (CuPy) buffers, with MPI for the small
   control messages and to broadcast NCCL's unique id; the GPU path keeps arrays on the device.
 
-Arrays move with `bcast_array`/`send_array`/`recv_array`; small Python objects (headers, plans,
-error messages) with the `*_obj` methods. `announce` is the broadcast a rank may wait in for a long
-time (a service's idle followers): it waits without burning a core. `agree` turns an error on any
-rank into the same error on every rank, so a collective never hangs on one rank's bad input.
+Arrays move with `bcast_array`/`send_array`/`recv_array`/`allgather_rows`; small Python objects
+(headers, plans, error messages) with the `*_obj` methods. `announce` is the broadcast a rank may
+wait in for a long time (a service's idle followers): it waits without burning a core. `agree`
+turns an error on any rank into the same error on every rank, so a collective never hangs on one
+rank's bad input.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class Communicator(Protocol):
     def bcast_array(self, array: Any, shape: tuple[int, ...], dtype: Any) -> Any: ...
     def send_array(self, array: Any, dest: int) -> None: ...
     def recv_array(self, shape: tuple[int, ...], dtype: Any, source: int) -> Any: ...
+    def allgather_rows(self, part: Any, bounds: np.ndarray) -> Any: ...
     def alltoallv(self, parts: list[np.ndarray]) -> list[np.ndarray]: ...
     def barrier(self) -> None: ...
     def abort(self, code: int) -> None: ...
@@ -80,6 +82,9 @@ class LocalComm:
 
     def recv_array(self, shape: tuple[int, ...], dtype: Any, source: int) -> Any:
         raise HpcragError("a communicator of one rank has no peer to receive from")
+
+    def allgather_rows(self, part: Any, bounds: np.ndarray) -> Any:
+        return part
 
     def alltoallv(self, parts: list[np.ndarray]) -> list[np.ndarray]:
         return list(parts)
@@ -155,6 +160,14 @@ class MpiComm:
         buffer = np.empty(shape, dtype=dtype)
         self.comm.Recv(buffer, source=source)
         return buffer
+
+    def allgather_rows(self, part: Any, bounds: np.ndarray) -> Any:
+        """Every rank's rows, concatenated in rank order: rank r holds rows bounds[r]:bounds[r + 1]."""
+        part = np.ascontiguousarray(part)
+        row = int(np.prod(part.shape[1:], dtype=np.int64))
+        rows = np.empty((int(bounds[-1]), *part.shape[1:]), dtype=part.dtype)
+        self.comm.Allgatherv(part, [rows, (np.diff(bounds) * row, bounds[:-1] * row)])
+        return rows
 
     def alltoallv(self, parts: list[np.ndarray]) -> list[np.ndarray]:
         """Send parts[r] to rank r; return what each rank sent here. Parts share dtype and row shape."""
@@ -237,6 +250,11 @@ class NcclComm(MpiComm):
         self._stream.synchronize()
         return buffer
 
+    def allgather_rows(self, part: Any, bounds: np.ndarray) -> Any:
+        # Through the host: NCCL's allGather wants equal parts, and what this gathers (routed probes)
+        # is a few hundred kilobytes.
+        return self.xp.asarray(super().allgather_rows(self.xp.asnumpy(part), bounds))
+
 
 def _wait_idly(request: Any) -> None:
     """Complete an MPI request, spinning briefly and then sleeping between tests."""
@@ -248,6 +266,12 @@ def _wait_idly(request: Any) -> None:
     while not request.Test():
         time.sleep(sleep)
         sleep = min(sleep * 2, ANNOUNCE_MAX_SLEEP_S)
+
+
+def row_bounds(rows: int, size: int) -> np.ndarray:
+    """Bounds that split `rows` over `size` ranks as evenly as they go: rank r takes
+    bounds[r]:bounds[r + 1]."""
+    return np.array([rows * rank // size for rank in range(size + 1)], dtype=np.int64)
 
 
 def launched_by_mpi() -> bool:

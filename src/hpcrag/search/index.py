@@ -43,13 +43,13 @@ from hpcrag.search import layout
 from hpcrag.search.arrays import to_numpy
 from hpcrag.search.attributes import AttributeSchema, encode_rows, with_undeclared
 from hpcrag.search.backends import make_scanner
-from hpcrag.search.comm import Communicator, LocalComm, agree
+from hpcrag.search.comm import Communicator, LocalComm, agree, row_bounds
 from hpcrag.search.device import array_module_for
 from hpcrag.search.exact import exact_scan
 from hpcrag.search.filters import Filter, compile_filter
 from hpcrag.search.inputs import check_ids, check_queries, check_search_params, check_storable
 from hpcrag.search.live import LiveShards
-from hpcrag.search.local_kinds import KINDS, cagra_unavailable, check_search_effort
+from hpcrag.search.local_kinds import KINDS, LIVE_KINDS, cagra_unavailable, check_search_effort
 from hpcrag.search.local_scan import LocalKindScan
 from hpcrag.search.metric import Metric, prepare
 from hpcrag.search.reduction import reduce_topk
@@ -96,7 +96,7 @@ class DistributedIndex:
         manifest: layout.Manifest,
         comm: Communicator,
         live: LiveShards,
-        router: Router | None,
+        router: Router,
         scan_backend: str = "kernels",
     ) -> None:
         self.root = root
@@ -108,11 +108,8 @@ class DistributedIndex:
         self._live = live
         self.scan_backend = scan_backend
         self.kind = manifest.local["kind"]
-        self._scan = (
-            make_scanner(scan_backend, self.metric, comm.xp, manifest.nlist)
-            if self.kind == "ivf-flat"
-            else LocalKindScan(manifest.local, self.metric)
-        )
+        lists = make_scanner(scan_backend, self.metric, comm.xp, manifest.nlist)
+        self._scan = lists if self.kind == "ivf-flat" else LocalKindScan(manifest.local, self.metric, lists)
         self._router = router
         self._owned = comm.xp.asarray(live.owned)  # once, not per batch: on the GPU it is a copy
         self._log = UpdateLog(root, manifest.base_seq) if comm.rank == 0 else None
@@ -141,8 +138,9 @@ class DistributedIndex:
         owned = [shard for shard in range(manifest.nshards) if shard % comm.size == comm.rank]
         bases = agree(comm, lambda: {s: load_shard(root, manifest, s, verify, xp) for s in owned})
         list_shard = np.asarray(manifest.list_shard, dtype=np.int64)
-        centroids = agree(comm, lambda: _load_centroids(root, manifest, verify) if comm.rank == 0 else None)
-        router = Router(centroids, Metric(manifest.metric), list_shard, xp) if comm.rank == 0 else None
+        # Every rank routes a slice of each batch, so every rank holds the centroids.
+        centroids = agree(comm, lambda: _load_centroids(root, manifest, verify))
+        router = Router(centroids, Metric(manifest.metric), list_shard, xp)
         live = LiveShards(bases, list_shard, manifest.nlist, len(manifest.attributes), xp)
         index = cls(root, manifest, comm, live, router, scan_backend)
         replay = agree(comm, lambda: index._log.read_new() if comm.rank == 0 else None)
@@ -224,11 +222,11 @@ class DistributedIndex:
         check_search_effort(self.kind, ef, refine)
 
     def _check_kind(self, asked: bool, what: str) -> None:
-        """Refuse, on rank 0, what only ivf-flat shards can do (updates, filters, exact scans)."""
-        if asked and self.kind != "ivf-flat":
+        """Refuse, on rank 0, updates, filters and exact scans where the local kind takes none."""
+        if asked and self.kind not in LIVE_KINDS:
             raise HpcragError(
                 f"this index's shards are {self.kind} (built with --local {self.kind}), which takes no "
-                f"{what}; rebuild with --local ivf-flat for a live or filtered index"
+                f"{what}; rebuild with --local {' or '.join(LIVE_KINDS)} for a live or filtered index"
             )
 
     def _check_backend(self, live: bool) -> None:
@@ -250,12 +248,11 @@ class DistributedIndex:
     ) -> SearchResult:
         started = time.perf_counter()
         nq = batch.shape[0]
-        probes = self._router.route(batch, nprobe, routing["max_shards"], routing["shard_margin"])
         header = {"op": "search", "k": k, "nprobe": nprobe, "nq": nq, "filter": flt, "strategy": strategy}
         header.update(routing)
         self.comm.announce(header)
         batch = self.comm.bcast_array(batch, batch.shape, batch.dtype)
-        probes = self.comm.bcast_array(probes, probes.shape, probes.dtype)
+        probes = self._route(batch, header)
         (scores, ids), chosen, touched = self._scan_owned(batch, probes, header)
         scores, ids = reduce_topk(self.comm, scores, ids, k, self.metric)
         host_probes = to_numpy(probes)
@@ -273,9 +270,20 @@ class DistributedIndex:
     def _follower_search(self, header: dict[str, Any]) -> None:
         xp, nq, k = self.comm.xp, header["nq"], header["k"]
         batch = self.comm.bcast_array(None, (nq, self.dim), xp.float32)
-        probes = self.comm.bcast_array(None, (nq, header["nprobe"]), xp.int64)
+        probes = self._route(batch, header)
         (scores, ids), _, _ = self._scan_owned(batch, probes, header)
         reduce_topk(self.comm, scores, ids, k, self.metric)
+
+    def _route(self, batch: Any, header: dict[str, Any]) -> Any:
+        """Every query's routed probes, on every rank: each rank routes its slice of the batch (the
+        centroid scoring is what rank 0 alone would spend most of a graph search's time on)."""
+        bounds = row_bounds(batch.shape[0], self.comm.size)
+        mine = batch[int(bounds[self.comm.rank]) : int(bounds[self.comm.rank + 1])]
+        if mine.shape[0]:
+            part = self._router.route(mine, header["nprobe"], header["max_shards"], header["shard_margin"])
+        else:
+            part = self.comm.xp.empty((0, header["nprobe"]), dtype=self.comm.xp.int64)
+        return self.comm.allgather_rows(part, bounds)
 
     def _scan_owned(
         self, batch: Any, probes: Any, header: dict[str, Any]
