@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hpcrag.errors import HpcragError
 from hpcrag.search import DistributedIndex
 from hpcrag.search.synthetic import clustered
 from tests.integration.helpers import mpirun
@@ -61,3 +62,6 @@ def test_cagra_shards_at_high_effort_equal_exact_search(tmp_path: Path, metric: 
     np.testing.assert_allclose(found.distances[:, 0], distances[:, 0], rtol=1e-2, atol=1e-2)
     routed = opened.search(queries, k=10, nprobe=16, max_shards=2, ef=64)
     assert (routed.shards_touched <= 2).all()
+    refusal = "this index's shards are cagra (built with --local cagra), which takes no updates"
+    with pytest.raises(HpcragError, match=refusal):
+        opened.delete(np.array([1]))

@@ -145,12 +145,12 @@ def routing_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option(
     "--local",
     "local_kind",
-    type=click.Choice(["ivf-flat", "hnsw", "cagra", "ivf-pq"]),
+    type=click.Choice(["ivf-flat", "hnsw", "cagra", "ivf-pq"]),  # local_kinds.KINDS (a test checks)
     default="ivf-flat",
     show_default=True,
-    help="How each shard searches its vectors: its inverted lists (the only kind that takes updates "
-    "and filters), a faiss HNSW graph (CPU), a cuVS CAGRA graph (GPU) or faiss IVF-PQ codes re-ranked "
-    "against the full vectors.",
+    help="How each shard searches its vectors: its inverted lists, a faiss HNSW graph (CPU), a cuVS "
+    "CAGRA graph (GPU) or faiss IVF-PQ codes re-ranked against the full vectors. All but cagra take "
+    "updates and filters.",
 )
 @click.option("--hnsw-m", type=int, default=None, help="hnsw: links per node [32].")
 @click.option("--ef-construction", type=int, default=None, help="hnsw: build effort [40].")

@@ -34,7 +34,14 @@ from hpcrag.search.comm import Communicator, LocalComm, agree
 from hpcrag.search.device import require_cupy
 from hpcrag.search.grouping import group_lists
 from hpcrag.search.inputs import check_finite, check_storable, load_ids, open_vectors
-from hpcrag.search.local_kinds import FILES, MIN_PQ_TRAINING, build_local, local_spec, train_template
+from hpcrag.search.local_kinds import (
+    FILES,
+    LIVE_KINDS,
+    MIN_PQ_TRAINING,
+    build_local,
+    local_spec,
+    train_template,
+)
 from hpcrag.search.metric import Metric, prepare
 from hpcrag.search.threads import limit_threads, threads_per_rank
 
@@ -84,10 +91,10 @@ def build_index(
     out = Path(out)
     vectors, local = agree(comm, lambda: _validate(vectors_path, out, options, comm.size))
     ids = agree(comm, lambda: _ids_for(ids_path, vectors.shape[0]))
-    if attributes_path is not None and local["kind"] != "ivf-flat":
+    if attributes_path is not None and local["kind"] not in LIVE_KINDS:
         raise HpcragError(
-            f"--attributes serve filters, which only --local ivf-flat shards take; drop --attributes or "
-            f"build with --local ivf-flat (not {local['kind']})"
+            f"--attributes serve filters, which --local {local['kind']} shards do not take; drop "
+            f"--attributes or build with --local {' or '.join(LIVE_KINDS)}"
         )
     schema, attributes = agree(comm, lambda: _attributes_for(attributes_path, schema, vectors.shape[0]))
     workdir = Path(comm.bcast_obj(_make_workdir(out) if comm.rank == 0 else None))

@@ -6,6 +6,9 @@ is swapped in by renames like a build (`build.publish`): a reader sees the old i
 and a failed compaction leaves the old one as it was. The new manifest's `base_seq` is the last
 update folded in, so the log starts empty from there.
 
+Shards whose local kind keeps an index of its own (hnsw, ivf-pq) get it rebuilt over their new
+rows; ivf-pq reuses the codebooks trained at build.
+
 It is offline: it refuses while any process has the index open (a search service, a job), since
 those hold the old generation's files and would not see the swap. Updates are held off for its
 duration by the writer lock.
@@ -31,6 +34,7 @@ from hpcrag.search import layout
 from hpcrag.search.arrays import to_numpy
 from hpcrag.search.build import Progress, publish, shard_record, squared_error, write_shard
 from hpcrag.search.index import DistributedIndex
+from hpcrag.search.local_kinds import LIVE_KINDS, rebuild_template
 from hpcrag.search.wal import UpdateLog, served_elsewhere
 
 ADDED_SHARE_ADVISE = 0.2
@@ -61,7 +65,7 @@ def compact_index(root: Path | str, progress: Progress | None = None) -> Compact
     say = progress or (lambda message: None)
     manifest = layout.read_manifest(root)
     kind = manifest.local.get("kind", "ivf-flat")
-    if kind != "ivf-flat":
+    if kind not in LIVE_KINDS:
         raise HpcragError(
             f"the index in {root} has {kind} shards, which take no updates: there is nothing to compact "
             "(rebuild it to change its vectors)"
@@ -100,6 +104,7 @@ def _write_generation(
         columns = len(index.schema.columns)
         record = shard_record(manifest.dtype, manifest.dim, columns)
         shards, counts = [], np.zeros(manifest.nlist, dtype=np.int64)
+        template = rebuild_template(manifest.local, index.segments(0)[0].local)
         dropped = folded = added_live = 0
         error = 0.0
         for shard in range(manifest.nshards):
@@ -119,7 +124,10 @@ def _write_generation(
             mine = np.concatenate(rows)
             counts += np.bincount(mine["list"], minlength=manifest.nlist)
             error += squared_error(mine["vector"], centroids, mine["list"])
-            shards.append(write_shard(workdir, shard, mine, manifest.nlist))
+            written = write_shard(
+                workdir, shard, mine, manifest.nlist, manifest.local, index.metric, template
+            )
+            shards.append(written)
         total = int(counts.sum())
         trained = manifest.build.get("trained_vectors", manifest.ntotal)
         since_training = manifest.build.get("added_since_training", 0) + added_live

@@ -138,7 +138,8 @@ def check_queries(queries: Any, dim: int, what: str = "queries") -> Any:
         raise HpcragError(f"{what}: dimension {queries.shape[1]} does not match the index dimension {dim}")
     if queries.dtype.kind not in "fiu":
         raise HpcragError(f"{what}: expected numbers, found {queries.dtype}")
-    queries = queries.astype(xp.float32)
+    with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, which check_finite names
+        queries = queries.astype(xp.float32)
     check_finite(queries, what)
     # A row whose squared norm overflows float32 cannot be scored (its distances would be inf).
     huge = xp.flatnonzero((queries.astype(xp.float64) ** 2).sum(axis=1) > FLOAT32_MAX)

@@ -9,8 +9,14 @@
 
 Routing, the top-k reduction and the on-disk layout are the same for every kind: a kind adds one
 file to each shard folder (checksummed in the manifest) whose labels are row positions in the
-shard, mapped back to ids through `ids.npy`. Only `ivf-flat` takes updates and filters; the others
-say so when asked (`DistributedIndex` refuses on rank 0 before any rank works).
+shard, mapped back to ids through `ids.npy`.
+
+Updates and filters (`LIVE_KINDS`): rows added since the build sit in delta segments that every
+kind scans through their lists, as ivf-flat does, and a deleted, replaced or filtered-out base row
+is hidden from the shard's own index by a faiss selector over row positions (HNSW still walks
+through it, so the graph stays connected); `compact` rebuilds the shard indexes with the updates
+folded in. `cagra` takes none of these (hpcrag has not run cuVS's filtered search), and says so:
+`DistributedIndex` refuses on rank 0 before any rank works.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from hpcrag.errors import HpcragError
 from hpcrag.search.metric import Metric
 
 KINDS = ("ivf-flat", "hnsw", "cagra", "ivf-pq")
+LIVE_KINDS = ("ivf-flat", "hnsw", "ivf-pq")  # kinds that take updates, filters and exact scans
 FILES = {"hnsw": "hnsw.faiss", "ivf-pq": "ivfpq.faiss", "cagra": "cagra.bin"}
 BUILD_PARAMS = {
     "ivf-flat": {},
@@ -150,6 +157,18 @@ def build_local(
     if kind == "cagra":
         return _build_cagra(spec, rows, metric)
     raise HpcragError(f"--local {kind} keeps no file of its own")
+
+
+def rebuild_template(spec: Mapping[str, Any], built: Any) -> Any:
+    """What rebuilding shards shares with their first build (ivf-pq: the trained codebooks, taken
+    from one of its shard indexes emptied), or None: `compact` builds no codebooks anew."""
+    if spec["kind"] != "ivf-pq":
+        return None
+    import faiss
+
+    empty = faiss.clone_index(built)
+    empty.reset()
+    return faiss.serialize_index(empty)
 
 
 def _build_cagra(spec: Mapping[str, Any], rows: np.ndarray, metric: Metric) -> np.ndarray:

@@ -4,7 +4,9 @@ list scans (`backends.Scanner`), so routing and the top-k reduction do not know 
 A query reaches a shard when one of its routed probes names a list the shard holds; the shard's
 index then searches it whole (hnsw, cagra) or in those probed lists (ivf-pq, with faiss's
 `search_preassigned` and rank 0's probes, then an exact re-rank of `refine` x k candidates against
-the full vectors).
+the full vectors). Rows a scan may not read (deleted, replaced, filtered out) are hidden from the
+shard's index by a faiss `IDSelectorBitmap`; rows added since the build (delta segments, which have
+no index of their own) go to the list scan, through their probed lists.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from hpcrag.search.arrays import array_module, to_numpy
+from hpcrag.search.backends import Scanner
 from hpcrag.search.live import Part
 from hpcrag.search.local_kinds import SEARCH_DEFAULTS
 from hpcrag.search.metric import Metric
@@ -25,9 +28,10 @@ REFINE_BYTES = 64 * 2**20  # candidate vectors gathered at once for an ivf-pq re
 
 
 class LocalKindScan:
-    def __init__(self, spec: Mapping[str, Any], metric: Metric) -> None:
+    def __init__(self, spec: Mapping[str, Any], metric: Metric, deltas: Scanner) -> None:
         self.kind = spec["kind"]
         self.metric = metric
+        self.deltas = deltas  # the list scan, for rows added since the build
 
     def __call__(
         self, queries: Any, probes: Any, k: int, parts: list[Part], effort: Mapping[str, int] | None = None
@@ -35,8 +39,14 @@ class LocalKindScan:
         xp = array_module(queries)
         effort = {**SEARCH_DEFAULTS, **{n: v for n, v in (effort or {}).items() if v is not None}}
         host_probes = to_numpy(probes)
-        result = empty_topk(xp, queries.shape[0], k, self.metric.worst)
-        for segment, _ in parts:
+        added = [(segment, mask) for segment, mask in parts if segment.local is None]
+        if added:
+            result = self.deltas(queries, probes, k, added, None)
+        else:
+            result = empty_topk(xp, queries.shape[0], k, self.metric.worst)
+        for segment, mask in parts:
+            if segment.local is None:
+                continue
             if "holds" not in segment.cache:  # the lists this segment has rows in: fixed for its life
                 segment.cache["holds"] = np.diff(segment.offsets) > 0
             holds = segment.cache["holds"]
@@ -44,7 +54,10 @@ class LocalKindScan:
             rows = np.flatnonzero(routed.any(axis=1))
             if not rows.size:
                 continue
-            scores, labels = self._search(segment, queries[xp.asarray(rows)], host_probes[rows], k, effort)
+            allowed = None if mask is None else _Selection(mask)
+            scores, labels = self._search(
+                segment, queries[xp.asarray(rows)], host_probes[rows], k, effort, allowed
+            )
             labels = xp.asarray(labels).astype(xp.int64)
             ids = xp.where(labels >= 0, xp.asarray(segment.ids)[xp.maximum(labels, 0)], -1)
             scores = xp.where(ids < 0, xp.float32(self.metric.worst), xp.asarray(scores)).astype(xp.float32)
@@ -54,36 +67,49 @@ class LocalKindScan:
         return result
 
     def _search(
-        self, segment: Segment, queries: Any, probes: np.ndarray, k: int, effort: Mapping[str, int]
+        self,
+        segment: Segment,
+        queries: Any,
+        probes: np.ndarray,
+        k: int,
+        effort: Mapping[str, int],
+        allowed: _Selection | None,
     ) -> tuple[Any, Any]:
-        if self.kind == "cagra":
+        if self.kind == "cagra":  # DistributedIndex refuses updates and filters for cagra
             return _search_cagra(segment, queries, k, effort["ef"])
         import faiss
 
         queries = np.ascontiguousarray(to_numpy(queries), dtype=np.float32)
+        selector = None if allowed is None else allowed.selector()
         if self.kind == "hnsw":
-            params = faiss.SearchParametersHNSW(efSearch=max(effort["ef"], k))
+            params = faiss.SearchParametersHNSW(efSearch=max(effort["ef"], k), sel=selector)
             return segment.local.search(queries, k, params=params)
-        return self._ivf_pq(segment, queries, probes, k, effort["refine"])
+        params = faiss.SearchParametersIVF(nprobe=probes.shape[1], sel=selector)
+        return self._ivf_pq(segment, queries, probes, k, effort["refine"], params)
 
     def _ivf_pq(
-        self, segment: Segment, queries: np.ndarray, probes: np.ndarray, k: int, refine: int
+        self, segment: Segment, queries: np.ndarray, probes: np.ndarray, k: int, refine: int, params: Any
     ) -> tuple[np.ndarray, np.ndarray]:
         index = segment.local
         if "centroids" not in segment.cache:
             segment.cache["centroids"] = index.quantizer.reconstruct_n(0, index.nlist)
-        index.nprobe = probes.shape[1]
         candidates = min(k * refine, max(k, segment.rows))
         # The re-rank gathers candidates x dim floats per query: bound it by working in slices.
         step = max(1, REFINE_BYTES // (candidates * queries.shape[1] * 4))
-        found = [
-            self._ivf_pq_slice(segment, queries[lo : lo + step], probes[lo : lo + step], k, candidates)
-            for lo in range(0, queries.shape[0], step)
-        ]
+        found = []
+        for lo in range(0, queries.shape[0], step):
+            rows = slice(lo, lo + step)
+            found.append(self._ivf_pq_slice(segment, queries[rows], probes[rows], k, candidates, params))
         return np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
 
     def _ivf_pq_slice(
-        self, segment: Segment, queries: np.ndarray, probes: np.ndarray, k: int, candidates: int
+        self,
+        segment: Segment,
+        queries: np.ndarray,
+        probes: np.ndarray,
+        k: int,
+        candidates: int,
+        params: Any,
     ) -> tuple[np.ndarray, np.ndarray]:
         probes = np.ascontiguousarray(probes, dtype=np.int64)
         # Residual codes score relative to the list's centroid: faiss needs the coarse term too.
@@ -94,7 +120,7 @@ class LocalKindScan:
             coarse = np.einsum("qd,qpd->qp", queries, near)
         coarse = np.ascontiguousarray(coarse, dtype=np.float32)
         queries = np.ascontiguousarray(queries)
-        _, labels = segment.local.search_preassigned(queries, candidates, probes, coarse)
+        labels = _search_preassigned(segment.local, queries, candidates, probes, coarse, params)
         vectors = np.asarray(segment.vectors)[np.maximum(labels, 0)].astype(np.float32)
         scores = np.einsum("qd,qcd->qc", queries, vectors)
         if self.metric is Metric.L2:
@@ -102,6 +128,36 @@ class LocalKindScan:
             scores = (queries**2).sum(axis=1)[:, None] - 2.0 * scores + norms
         scores = np.where(labels < 0, np.float32(self.metric.worst), scores).astype(np.float32)
         return select_topk(scores, labels, k, self.metric.larger_is_better, self.metric.worst)
+
+
+def _search_preassigned(
+    index: Any, queries: np.ndarray, k: int, probes: np.ndarray, coarse: np.ndarray, params: Any
+) -> np.ndarray:
+    """faiss's IndexIVF::search_preassigned with search parameters (its Python wrapper takes none)."""
+    import faiss
+
+    distances = np.empty((queries.shape[0], k), dtype=np.float32)
+    labels = np.empty((queries.shape[0], k), dtype=np.int64)
+    ptr = faiss.swig_ptr
+    nq = queries.shape[0]
+    index.search_preassigned_c(
+        nq, ptr(queries), k, ptr(probes), ptr(coarse), ptr(distances), ptr(labels), False, params
+    )
+    return labels
+
+
+class _Selection:
+    """A part's readable rows as a faiss selector over row positions (the shard index's labels).
+    faiss holds only a pointer to the bitmap: this object keeps it alive for the search."""
+
+    def __init__(self, mask: np.ndarray) -> None:
+        self.rows = int(mask.size)
+        self.bits = np.packbits(np.asarray(mask, dtype=bool), bitorder="little")
+
+    def selector(self) -> Any:
+        import faiss
+
+        return faiss.IDSelectorBitmap(self.rows, faiss.swig_ptr(self.bits))
 
 
 def _search_cagra(segment: Segment, queries: Any, k: int, ef: int) -> tuple[Any, Any]:
