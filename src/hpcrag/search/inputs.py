@@ -163,9 +163,10 @@ def check_search_params(k: int, nprobe: int, nlist: int) -> None:
         raise HpcragError(f"nprobe must be between 1 and nlist ({nlist}), got {nprobe}")
 
 
-ROUTING_FIELDS = ("max_shards", "shard_margin", "ef", "refine")  # JSON bodies only
+ROUTING_FIELDS = ("max_shards", "shard_margin", "ef", "refine")
 SEARCH_FIELDS = ("queries", "k", "nprobe", "filter", "strategy", "min_seq", *ROUTING_FIELDS)
 _DECIMAL = re.compile(r"[0-9]{1,9}")
+_PLAIN_NUMBER = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9})?")
 
 
 class RequestTooLarge(HpcragError):
@@ -240,6 +241,13 @@ def _json_routing(body: Mapping[str, Any]) -> dict[str, Any]:
             raise HpcragError(f'"shard_margin" must be a number (like 0.5), got {shown(margin)}')
         given["shard_margin"] = float(margin)
     return given
+
+
+def parse_margin_param(text: str) -> float:
+    """The shard_margin query parameter: a plain decimal (0.5), nothing float() would also take."""
+    if not _PLAIN_NUMBER.fullmatch(text):
+        raise HpcragError(f"query parameter shard_margin must be a number like 0.5, got {shown(text)}")
+    return float(text)
 
 
 def first_line(exc: Exception) -> str:
@@ -318,8 +326,11 @@ def parse_search_npy(raw: bytes, max_queries: int) -> np.ndarray:
     return np.load(io.BytesIO(raw), allow_pickle=False)
 
 
-def parse_query_params(pairs: Iterable[tuple[str, str]], defaults: Mapping[str, int]) -> dict[str, int]:
-    """Integer query parameters (?k=10&nprobe=4): known names only, decimal digits only, each once."""
+def parse_query_params(
+    pairs: Iterable[tuple[str, str]], defaults: Mapping[str, int | None]
+) -> dict[str, int | None]:
+    """Integer query parameters (?k=10&nprobe=4): known names only, decimal digits only, each once
+    (a default of None: not given)."""
     values, seen = dict(defaults), set()
     for name, text in pairs:
         if name not in defaults:

@@ -169,6 +169,15 @@ def _search(options: ServiceOptions, nlist: int, errors: dict[str, Any]) -> dict
             },
             {"name": "strategy", "in": "query", "schema": strategy, "description": npy_only},
             {"name": "min_seq", "in": "query", "schema": min_seq, "description": npy_only},
+            *(
+                {
+                    "name": name,
+                    "in": "query",
+                    "schema": {**schema, "type": schema["type"][0]},
+                    "description": npy_only,
+                }
+                for name, schema in _routing().items()
+            ),
         ],
         "requestBody": {
             "required": True,

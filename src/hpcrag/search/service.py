@@ -61,10 +61,12 @@ from hpcrag.errors import HpcragError
 from hpcrag.search.filters import Filter
 from hpcrag.search.index import DistributedIndex, SearchResult, UpdateResult, check_strategy
 from hpcrag.search.inputs import (
+    ROUTING_FIELDS,
     RequestTooLarge,
     SearchRequest,
     check_queries,
     check_search_params,
+    parse_margin_param,
     parse_query_params,
     parse_search_json,
     parse_search_npy,
@@ -649,11 +651,20 @@ class SearchService:
         return self._checked(parse_search_json(raw, self.options.max_queries))
 
     def _parse_npy(self, raw: bytes, params: list[tuple[str, str]]) -> _Pending:
-        text = {name: value for name, value in params if name in ("filter", "strategy")}
+        integers = {"k": 10, "nprobe": 1, "min_seq": 0, "max_shards": None, "ef": None, "refine": None}
+        texts = ("filter", "strategy", "shard_margin")
+        unknown = [name for name, _ in params if name not in (*integers, *texts)]
+        if unknown:
+            valid = ", ".join((*integers, *texts))
+            raise HpcragError(f"unknown query parameter {shown(unknown[0])}; valid: {valid}")
+        text = {name: value for name, value in params if name in texts}
         numbers = [(name, value) for name, value in params if name not in text]
         if len(text) + len(numbers) != len(params):
-            raise HpcragError("query parameters filter and strategy may be given once each")
-        values = parse_query_params(numbers, {"k": 10, "nprobe": 1, "min_seq": 0})
+            raise HpcragError(f"query parameters {', '.join(texts)} may be given once each")
+        values = parse_query_params(numbers, integers)
+        routing: dict[str, Any] = {n: v for n in ROUTING_FIELDS if (v := values.get(n)) is not None}
+        if "shard_margin" in text:
+            routing["shard_margin"] = parse_margin_param(text["shard_margin"])
         queries = parse_search_npy(raw, self.options.max_queries)
         spec = None
         if "filter" in text:
@@ -664,7 +675,13 @@ class SearchService:
                     f"query parameter filter must be a JSON object, got {shown(text['filter'])}"
                 ) from None
         request = SearchRequest(
-            queries, values["k"], values["nprobe"], spec, text.get("strategy", "auto"), values["min_seq"]
+            queries,
+            values["k"],
+            values["nprobe"],
+            spec,
+            text.get("strategy", "auto"),
+            values["min_seq"],
+            routing,
         )
         return self._checked(request)
 

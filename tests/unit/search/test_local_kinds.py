@@ -3,6 +3,7 @@ each kind's invariant, persistence and damage, and every refusal before any work
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -323,3 +324,56 @@ def test_a_row_too_large_to_score_is_refused_by_search_and_updates(tmp_path: Pat
         with pytest.raises(HpcragError, match=r"row \d is too large to score: its squared norm exceeds"):
             call()
     assert opened.search(QUERIES[:2], k=5, nprobe=4).ids.shape == (2, 5)
+
+
+def test_a_npy_request_routes_by_its_query_parameters(tmp_path: Path) -> None:
+    from hpcrag.search.service import ServiceOptions
+    from tests.unit.search.service_helpers import client, running_service
+    from tests.unit.search.test_service_limits import npy
+
+    index_dir = build(tmp_path, "hnsw")
+    direct = DistributedIndex.open(index_dir)
+    headers = {"Content-Type": "application/x-npy"}
+    routing = {"max_shards": 1, "shard_margin": None, "ef": 16, "refine": None}
+    queries = (
+        "k=5&nprobe=8",
+        "k=5&nprobe=8&max_shards=4&ef=256",
+        "k=5&nprobe=8&max_shards=4&shard_margin=0.25",
+        "max_shards=5",
+        "shard_margin=1e3",
+        "shard_margin=0.5&shard_margin=1",
+        "ef=32.5",
+        "refine=4",
+        "efs=4",
+    )
+    with running_service(index_dir, ServiceOptions(port=0, routing=routing)) as (service, _):
+        http = client(service)
+        answers = {q: http.post(f"/search?{q}", content=npy(QUERIES[:6]), headers=headers) for q in queries}
+    found = {query: np.load(io.BytesIO(answer.content)) for query, answer in list(answers.items())[:3]}
+    expected = [
+        direct.search(QUERIES[:6], k=5, nprobe=8, max_shards=1, ef=16),
+        direct.search(QUERIES[:6], k=5, nprobe=8, max_shards=4, ef=256),
+        direct.search(QUERIES[:6], k=5, nprobe=8, max_shards=4, shard_margin=0.25, ef=16),
+    ]
+    for answer, want in zip(found.values(), expected, strict=True):
+        np.testing.assert_array_equal(answer["ids"], want.ids)
+        np.testing.assert_array_equal(answer["shards_touched"], want.shards_touched)
+    assert (expected[0].shards_touched == 1).all() and (expected[1].shards_touched > 1).any()
+    errors = {query: answer.json()["error"] for query, answer in list(answers.items())[3:]}
+    assert {answer.status_code for answer in list(answers.values())[3:]} == {400}
+    assert "--max-shards must be in [1, 4]" in errors["max_shards=5"]
+    assert errors["shard_margin=1e3"] == 'query parameter shard_margin must be a number like 0.5, got "1e3"'
+    twice = errors["shard_margin=0.5&shard_margin=1"]
+    assert twice == "query parameters filter, strategy, shard_margin may be given once each"
+    assert errors["ef=32.5"] == 'query parameter ef must be a positive integer (like ef=10), got "32.5"'
+    assert "--refine re-ranks ivf-pq candidates" in errors["refine=4"]
+    assert errors["efs=4"].startswith('unknown query parameter "efs"; valid: k, nprobe, min_seq, max_shards')
+
+
+def test_the_kind_lists_agree() -> None:
+    from hpcrag.catalog import search_plan
+    from hpcrag.cli.index import build as build_command
+    from hpcrag.search.local_kinds import KINDS
+
+    choices = next(p.type.choices for p in build_command.params if p.name == "local_kind")
+    assert tuple(choices) == KINDS == search_plan.KINDS

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from openapi_spec_validator import validate as validate_spec
 
 from hpcrag.search import DistributedIndex
+from hpcrag.search.inputs import ROUTING_FIELDS
 from hpcrag.search.openapi import openapi_document
 from hpcrag.search.service import NPZ, SearchService, ServiceOptions
 from hpcrag.search.synthetic import clustered
@@ -88,7 +89,8 @@ def test_document_is_valid_openapi_and_describes_every_route(service: tuple) -> 
     assert fields["strategy"]["enum"] == ["auto", "ivf", "exact"]
     assert (fields["min_seq"]["type"], fields["min_seq"]["minimum"]) == ("integer", 0)
     assert fields["filter"]["type"] == "object"
-    assert {p["name"] for p in search["parameters"]} == {"k", "nprobe", "filter", "strategy", "min_seq"}
+    npy_parameters = {"k", "nprobe", "filter", "strategy", "min_seq", *ROUTING_FIELDS}
+    assert {p["name"] for p in search["parameters"]} == npy_parameters
     answer = search["responses"]["200"]["content"]["application/json"]["schema"]
     assert {"strategy", "seq"} <= set(answer["required"])
     assert set(search["responses"]) == {"200", "400", "401", "413", "503"}
