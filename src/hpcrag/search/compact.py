@@ -140,6 +140,7 @@ def _write_generation(
             shards=shards,
             attributes=index.schema.to_json(),
             base_seq=index.seq,
+            format_version=layout.FORMAT_VERSION,
             build={
                 **manifest.build,
                 "trained_vectors": trained,

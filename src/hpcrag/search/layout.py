@@ -29,7 +29,8 @@ from hpcrag.errors import HpcragError
 from hpcrag.util.files import atomic_output, write_atomic
 
 FORMAT = "hpcrag-ivf"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the manifest names the shards' local kind (`local`); 1: ivf-flat lists only
+READS_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 CENTROIDS = "centroids.npy"
 SHARD_ARRAYS = ("vectors.npy", "ids.npy", "sqnorms.npy", "list_offsets.npy")
@@ -137,10 +138,12 @@ def read_manifest(root: Path) -> Manifest:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise IndexFormatError(f"{path}: not an {FORMAT} manifest")
     version = data.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READS_VERSIONS:
+        newer = isinstance(version, int) and version > FORMAT_VERSION
         raise IndexFormatError(
-            f"{path}: index format version {version}, this hpcrag reads version {FORMAT_VERSION}; "
-            "rebuild the index with this version"
+            f"{path}: index format version {version}, this hpcrag reads versions "
+            f"{', '.join(map(str, READS_VERSIONS))}; "
+            + ("it was written by a newer hpcrag: upgrade hpcrag" if newer else "rebuild the index")
         )
     try:
         return Manifest.from_dict(data)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from hpcrag.search import DistributedIndex, layout
+from hpcrag.search.compact import compact_index
 from hpcrag.search.layout import IndexFormatError
 from hpcrag.search.synthetic import clustered
 from tests.search_helpers import build_small
@@ -71,13 +72,25 @@ def test_missing_shard_file_and_manifest_are_named(index_dir: Path) -> None:
         DistributedIndex.open(index_dir)
 
 
-def test_other_format_version_is_refused(index_dir: Path) -> None:
+def test_other_format_versions_are_refused_and_version_1_is_read(index_dir: Path) -> None:
     path = index_dir / layout.MANIFEST
     data = json.loads(path.read_text())
-    data["format_version"] = 99
-    path.write_text(json.dumps(data))
-    with pytest.raises(IndexFormatError, match="format version 99, this hpcrag reads version 1"):
-        DistributedIndex.open(index_dir)
+    newer = "it was written by a newer hpcrag: upgrade hpcrag"
+    for version, advice in ((99, newer), (0, "rebuild the index")):
+        path.write_text(json.dumps({**data, "format_version": version}))
+        with pytest.raises(IndexFormatError) as info:
+            DistributedIndex.open(index_dir)
+        expected = f"format version {version}, this hpcrag reads versions 1, 2; {advice}"
+        assert str(info.value).endswith(expected)
+    # Version 1 had no local kind: its shards are ivf-flat lists.
+    version_1 = {name: value for name, value in data.items() if name != "local"}
+    path.write_text(json.dumps({**version_1, "format_version": 1}))
+    opened = DistributedIndex.open(index_dir)
+    assert (opened.kind, opened.manifest.format_version) == ("ivf-flat", 1)
+    assert opened.search(np.ones((1, opened.dim), np.float32), k=3, nprobe=2).ids.shape == (1, 3)
+    opened.close()
+    compact_index(index_dir)  # rewrites the manifest in the current version
+    assert layout.read_manifest(index_dir).format_version == layout.FORMAT_VERSION == 2
 
 
 def test_garbled_manifest_is_refused(index_dir: Path) -> None:
