@@ -493,7 +493,8 @@ def serve(
 def info(index_dir: Path, verify: bool, as_json: bool) -> None:
     """Describe an index and check its files (sizes always, checksums unless --no-verify)."""
     from hpcrag.search import layout
-    from hpcrag.search.local_kinds import memory_per_vector
+    from hpcrag.search.local_kinds import memory_per_shard, memory_per_vector
+    from hpcrag.search.metric import Metric
     from hpcrag.search.wal import UpdateLog
 
     manifest = layout.read_manifest(index_dir)
@@ -504,6 +505,7 @@ def info(index_dir: Path, verify: bool, as_json: bool) -> None:
     log = UpdateLog(index_dir, manifest.base_seq)
     pending = log.read_new()
     per_vector = memory_per_vector(manifest.local, manifest.dim, 2 if manifest.dtype == "float16" else 4)
+    per_shard = memory_per_shard(manifest.local, manifest.nlist, manifest.dim, Metric(manifest.metric))
     attributes = dict(manifest.attributes)
     for update in pending:
         attributes.update(update.columns or {})
@@ -519,7 +521,7 @@ def info(index_dir: Path, verify: bool, as_json: bool) -> None:
         "checked": "sizes and checksums" if verify else "sizes",
         "build": manifest.build,
         "attributes": attributes,
-        "local": {**manifest.local, "bytes_per_vector": per_vector},
+        "local": {**manifest.local, "bytes_per_vector": per_vector, "bytes_per_shard": per_shard},
         "updates": {"folded_up_to": manifest.base_seq, "pending": len(pending), "last": log.last_seq},
     }
     if as_json:
@@ -530,11 +532,13 @@ def info(index_dir: Path, verify: bool, as_json: bool) -> None:
         f"{manifest.nlist} lists, {manifest.nshards} shards; files OK ({summary['checked']})"
     )
     local = summary["local"]
-    params = ", ".join(f"{n} {v}" for n, v in local.items() if n not in ("kind", "bytes_per_vector"))
+    sizes = ("kind", "bytes_per_vector", "bytes_per_shard")
+    params = ", ".join(f"{n} {v}" for n, v in local.items() if n not in sizes)
     memory = local["bytes_per_vector"]
+    fixed = f", plus {per_shard / 2**20:,.1f} MiB per shard" if per_shard else ""
     click.echo(
         f"  shards search with {local['kind']}{f' ({params})' if params else ''}: "
-        f"{memory['memory']:,.0f} bytes per vector in memory, {memory['disk']:,.0f} on disk"
+        f"{memory['memory']:,.0f} bytes per vector in memory{fixed}, {memory['disk']:,.0f} on disk"
     )
     for shard in manifest.shards:
         click.echo(f"  shard {shard.shard}: {shard.ntotal} vectors")

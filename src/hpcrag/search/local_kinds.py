@@ -204,6 +204,15 @@ def load_local(spec: Mapping[str, Any], path: Any) -> Any:
     return faiss.read_index(str(path))
 
 
+def memory_per_shard(spec: Mapping[str, Any], nlist: int, dim: int, metric: Metric) -> int:
+    """Bytes each shard holds whatever its size: ivf-pq keeps its own copy of the centroids and, for
+    l2, faiss's precomputed table of centroid-codeword terms (nlist x pq_m x 2^nbits floats)."""
+    if spec["kind"] != "ivf-pq":
+        return 0
+    table = nlist * spec["pq_m"] * 2 ** spec["nbits"] * 4 if metric is Metric.L2 else 0
+    return nlist * dim * 4 + table
+
+
 def memory_per_vector(spec: Mapping[str, Any], dim: int, dtype_bytes: int) -> dict[str, float]:
     """Bytes per vector a shard holds in memory for searching, and on disk beside it."""
     kind = spec["kind"]

@@ -377,3 +377,21 @@ def test_the_kind_lists_agree() -> None:
 
     choices = next(p.type.choices for p in build_command.params if p.name == "local_kind")
     assert tuple(choices) == KINDS == search_plan.KINDS
+
+
+@pytest.mark.parametrize(
+    ("metric", "per_shard"), [("l2", 32 * 32 * 4 + 32 * 8 * 256 * 4), ("ip", 32 * 32 * 4)]
+)
+def test_info_counts_what_an_ivf_pq_shard_holds_whatever_its_size(
+    tmp_path: Path, metric: str, per_shard: int
+) -> None:
+    index_dir = build(tmp_path, "ivf-pq", metric, pq_m=8)  # nlist 32, dim 32
+    runner = CliRunner()
+    summary = json.loads(runner.invoke(cli, ["index", "info", str(index_dir), "--json"]).output)
+    assert summary["local"]["bytes_per_shard"] == per_shard  # centroids, and faiss's l2 table
+    text = runner.invoke(cli, ["index", "info", str(index_dir)]).output
+    assert f"bytes per vector in memory, plus {per_shard / 2**20:,.1f} MiB per shard" in text
+    hnsw = json.loads(
+        runner.invoke(cli, ["index", "info", str(build(tmp_path, "hnsw", name="g")), "--json"]).output
+    )
+    assert hnsw["local"]["bytes_per_shard"] == 0
