@@ -131,3 +131,24 @@ def test_filters_equal_brute_force_over_the_matching_survivors(tmp_path: Path, k
         assert_same_neighbours(result.ids, result.distances, expected, distances)
     everyday = live.index.search(QUERIES, k=K, nprobe=4, filter=spec)
     assert np.isin(everyday.ids[everyday.ids >= 0], ids).all()
+
+
+def test_the_service_takes_updates_on_hnsw_shards(tmp_path: Path) -> None:
+    from hpcrag.search.service import ServiceOptions
+    from tests.unit.search.service_helpers import client, running_service
+
+    index_dir = build(tmp_path, "hnsw", "l2")
+    query = QUERIES[:1]
+    with running_service(index_dir, ServiceOptions(port=0)) as (service, _):
+        http = client(service)
+        nearest = http.post("/search", json={"queries": query.tolist(), "k": 1, "nprobe": 2}).json()["ids"][
+            0
+        ][0]
+        written = http.post("/upsert", json={"vectors": query.tolist(), "ids": [NEW_IDS]}).json()
+        deleted = http.post("/delete", json={"ids": [nearest]}).json()
+        body = {"queries": query.tolist(), "k": 3, "nprobe": 2, "ef": 64, "min_seq": deleted["seq"]}
+        found = http.post("/search", json=body).json()
+    assert (written["seq"], written["added"], deleted["seq"], deleted["deleted"]) == (1, 1, 2, 1)
+    assert found["seq"] == 2 and found["ids"][0][0] == NEW_IDS and nearest not in found["ids"][0]
+    reopened = DistributedIndex.open(index_dir).search(query, k=3, nprobe=2, ef=64)
+    assert reopened.ids[0].tolist() == found["ids"][0]
