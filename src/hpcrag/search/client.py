@@ -21,6 +21,7 @@ import numpy as np
 from hpcrag.errors import HpcragError
 from hpcrag.search.index import SearchResult, UpdateResult
 from hpcrag.search.inputs import ROUTING_FIELDS
+from hpcrag.util.npy_headers import HEADER_LOCK
 
 
 class ServiceUnavailable(HpcragError):
@@ -138,7 +139,8 @@ class SearchClient:
                 headers={"Content-Type": "application/x-npy"},
             )
         )
-        arrays = np.load(io.BytesIO(response.content), allow_pickle=False)
+        with HEADER_LOCK:  # a client may search from several threads (ReplicaSet, RAG)
+            arrays = dict(np.load(io.BytesIO(response.content), allow_pickle=False))
         return SearchResult(
             ids=arrays["ids"],
             distances=arrays["distances"],

@@ -22,6 +22,7 @@ import numpy as np
 
 from hpcrag.errors import HpcragError
 from hpcrag.search.arrays import array_module
+from hpcrag.util.npy_headers import HEADER_LOCK
 
 VECTOR_DTYPES = (np.float32, np.float16)
 FLOAT16_MAX = float(np.finfo(np.float16).max)
@@ -299,12 +300,13 @@ def parse_search_npy(raw: bytes, max_queries: int) -> np.ndarray:
     stream = io.BytesIO(raw)
     try:
         version = npy.read_magic(stream)
-        if version == (1, 0):
-            shape, _, dtype = npy.read_array_header_1_0(stream)
-        elif version == (2, 0):
-            shape, _, dtype = npy.read_array_header_2_0(stream)
-        else:
-            raise ValueError(f".npy format version {version} is not read here; save with numpy.save")
+        with HEADER_LOCK:
+            if version == (1, 0):
+                shape, _, dtype = npy.read_array_header_1_0(stream)
+            elif version == (2, 0):
+                shape, _, dtype = npy.read_array_header_2_0(stream)
+            else:
+                raise ValueError(f".npy format version {version} is not read here; save with numpy.save")
     except Exception as exc:  # numpy's header parser lets tokenize and syntax errors through too
         raise HpcragError(f"the request body is not a .npy array ({first_line(exc)})") from None
     if dtype.hasobject or dtype.kind not in "fiu":
@@ -323,7 +325,8 @@ def parse_search_npy(raw: bytes, max_queries: int) -> np.ndarray:
             f"the .npy body is damaged: its header says shape {shape} of {dtype} ({expected} bytes) "
             f"but {len(raw) - stream.tell()} bytes follow"
         )
-    return np.load(io.BytesIO(raw), allow_pickle=False)
+    with HEADER_LOCK:
+        return np.load(io.BytesIO(raw), allow_pickle=False)
 
 
 def parse_query_params(

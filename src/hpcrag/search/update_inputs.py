@@ -23,6 +23,7 @@ import numpy as np
 
 from hpcrag.errors import HpcragError
 from hpcrag.search.inputs import RequestTooLarge, first_line, json_vectors, refuse_constant, shown
+from hpcrag.util.npy_headers import HEADER_LOCK
 
 WRITE_FIELDS = ("vectors", "ids", "attributes", "declare")
 DELETE_FIELDS = ("ids", "strict")
@@ -72,7 +73,7 @@ def parse_update_json(raw: bytes, kind: str, max_rows: int) -> UpdateRequest:
 
 def parse_update_npz(raw: bytes, kind: str, params: list[tuple[str, str]], max_rows: int) -> UpdateRequest:
     try:
-        with np.load(io.BytesIO(raw), allow_pickle=False) as arrays:
+        with HEADER_LOCK, np.load(io.BytesIO(raw), allow_pickle=False) as arrays:
             packed = [info for info in arrays.zip.infolist() if info.compress_type != zipfile.ZIP_STORED]
             if packed:
                 # A compressed member could expand far beyond the body limit before any check.

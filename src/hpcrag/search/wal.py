@@ -38,6 +38,7 @@ import numpy as np
 
 from hpcrag.errors import HpcragError
 from hpcrag.search.layout import MANIFEST, IndexFormatError, read_manifest
+from hpcrag.util.npy_headers import HEADER_LOCK
 
 LOG = "updates.wal"
 WRITER_LOCK = "updates.lock"
@@ -79,7 +80,7 @@ class Update:
     def from_payload(cls, payload: bytes, seq: int) -> Update:
         (length,) = struct.unpack_from("<I", payload)
         head = json.loads(payload[4 : 4 + length])
-        with np.load(io.BytesIO(payload[4 + length :]), allow_pickle=False) as arrays:
+        with HEADER_LOCK, np.load(io.BytesIO(payload[4 + length :]), allow_pickle=False) as arrays:
             values = {name: arrays[name] for name in arrays.files}
         return cls(kind=head["kind"], columns=head["columns"], seq=seq, **values)
 
