@@ -459,7 +459,16 @@ class DistributedIndex:
         return schema if attributes is None else with_undeclared(schema, attributes)
 
     def _append_and_apply(self, update: Update) -> None:
+        self._mark_format_for_updates()
         self._broadcast_apply([replace(update, seq=self._log.append(update))])
+
+    def _mark_format_for_updates(self) -> None:
+        """An hpcrag that reads only format version 1 would ignore updates to hnsw or ivf-pq shards
+        (and serve deleted rows): the first update to such an index marks its manifest version 2,
+        which that reader refuses."""
+        if self.kind != "ivf-flat" and self.manifest.format_version < layout.FORMAT_VERSION:
+            self.manifest = replace(self.manifest, format_version=layout.FORMAT_VERSION)
+            layout.write_manifest(self.root, self.manifest)
 
     def _broadcast_apply(self, records: list[Update]) -> None:
         if records:

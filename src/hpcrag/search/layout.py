@@ -29,7 +29,9 @@ from hpcrag.errors import HpcragError
 from hpcrag.util.files import atomic_output, write_atomic
 
 FORMAT = "hpcrag-ivf"
-FORMAT_VERSION = 2  # 2: the manifest names the shards' local kind (`local`); 1: ivf-flat lists only
+# 2: hnsw and ivf-pq shards (the manifest's `local`) may take updates, which a reader of version 1
+# would ignore; an index whose shards are lists, or that no update has touched, reads the same in 1.
+FORMAT_VERSION = 2
 READS_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 CENTROIDS = "centroids.npy"
@@ -138,8 +140,8 @@ def read_manifest(root: Path) -> Manifest:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise IndexFormatError(f"{path}: not an {FORMAT} manifest")
     version = data.get("format_version")
-    if version not in READS_VERSIONS:
-        newer = isinstance(version, int) and version > FORMAT_VERSION
+    if type(version) is not int or version not in READS_VERSIONS:
+        newer = type(version) is int and version > FORMAT_VERSION
         raise IndexFormatError(
             f"{path}: index format version {version}, this hpcrag reads versions "
             f"{', '.join(map(str, READS_VERSIONS))}; "

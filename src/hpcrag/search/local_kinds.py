@@ -42,6 +42,7 @@ BUILD_PARAMS = {
 SEARCH_DEFAULTS = {"ef": 64, "refine": 10}  # hnsw efSearch / cagra itopk_size; ivf-pq re-rank factor
 FLAGS = {"M": "--hnsw-m", "ef_construction": "--ef-construction", "pq_m": "--pq-m",
          "graph_degree": "--graph-degree"}  # fmt: skip
+FAISS_PRECOMPUTED_TABLE_MAX_BYTES = 2**31  # faiss's default (faiss.cvar.precomputed_table_max_bytes)
 MIN_PQ_TRAINING = 256  # 2**nbits codebook entries need at least as many training rows
 
 
@@ -206,11 +207,13 @@ def load_local(spec: Mapping[str, Any], path: Any) -> Any:
 
 def memory_per_shard(spec: Mapping[str, Any], nlist: int, dim: int, metric: Metric) -> int:
     """Bytes each shard holds whatever its size: ivf-pq keeps its own copy of the centroids and, for
-    l2, faiss's precomputed table of centroid-codeword terms (nlist x pq_m x 2^nbits floats)."""
+    l2, faiss's precomputed table of centroid-codeword terms (nlist x pq_m x 2^nbits floats), which
+    faiss builds only up to its `precomputed_table_max_bytes`."""
     if spec["kind"] != "ivf-pq":
         return 0
-    table = nlist * spec["pq_m"] * 2 ** spec["nbits"] * 4 if metric is Metric.L2 else 0
-    return nlist * dim * 4 + table
+    table = nlist * spec["pq_m"] * 2 ** spec["nbits"] * 4
+    built = metric is Metric.L2 and table <= FAISS_PRECOMPUTED_TABLE_MAX_BYTES
+    return nlist * dim * 4 + (table if built else 0)
 
 
 def memory_per_vector(spec: Mapping[str, Any], dim: int, dtype_bytes: int) -> dict[str, float]:

@@ -7,6 +7,12 @@ index then searches it whole (hnsw, cagra) or in those probed lists (ivf-pq, wit
 the full vectors). Rows a scan may not read (deleted, replaced, filtered out) are hidden from the
 shard's index by a faiss `IDSelectorBitmap`; rows added since the build (delta segments, which have
 no index of their own) go to the list scan, through their probed lists.
+
+A graph walk only passes through hidden rows: when they surround the query (a deleted collection,
+a filter that excludes the query's topic) it can end without reaching a readable row near it, and
+return far ones. So an hnsw segment with hidden rows is also list-scanned through its probed lists,
+as ivf-flat is, and the two answers merged (each id once): the answer is never worse than ivf-flat's
+at the same nprobe, and exact at nprobe = nlist.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from hpcrag.search.live import Part
 from hpcrag.search.local_kinds import SEARCH_DEFAULTS
 from hpcrag.search.metric import Metric
 from hpcrag.search.store import Segment
-from hpcrag.search.topk import empty_topk, merge_topk, select_topk
+from hpcrag.search.topk import empty_topk, merge_distinct_topk, merge_topk, select_topk
 
 REFINE_BYTES = 64 * 2**20  # candidate vectors gathered at once for an ivf-pq re-rank
 
@@ -39,9 +45,9 @@ class LocalKindScan:
         xp = array_module(queries)
         effort = {**SEARCH_DEFAULTS, **{n: v for n, v in (effort or {}).items() if v is not None}}
         host_probes = to_numpy(probes)
-        added = [(segment, mask) for segment, mask in parts if segment.local is None]
-        if added:
-            result = self.deltas(queries, probes, k, added, None)
+        listed = [(segment, mask) for segment, mask in parts if self._list_scans(segment, mask)]
+        if listed:
+            result = self.deltas(queries, probes, k, listed, None)
         else:
             result = empty_topk(xp, queries.shape[0], k, self.metric.worst)
         for segment, mask in parts:
@@ -63,8 +69,14 @@ class LocalKindScan:
             scores = xp.where(ids < 0, xp.float32(self.metric.worst), xp.asarray(scores)).astype(xp.float32)
             found = empty_topk(xp, queries.shape[0], k, self.metric.worst)
             found[0][xp.asarray(rows)], found[1][xp.asarray(rows)] = scores, ids
-            result = merge_topk(result, found, k, self.metric.larger_is_better, self.metric.worst)
+            merge = merge_distinct_topk if self._list_scans(segment, mask) else merge_topk
+            result = merge(result, found, k, self.metric.larger_is_better, self.metric.worst)
         return result
+
+    def _list_scans(self, segment: Segment, mask: np.ndarray | None) -> bool:
+        """Whether the list scan reads this segment: rows added since the build, and an hnsw
+        segment with hidden rows (see the module's docstring)."""
+        return segment.local is None or (self.kind == "hnsw" and mask is not None)
 
     def _search(
         self,
@@ -90,9 +102,13 @@ class LocalKindScan:
     def _ivf_pq(
         self, segment: Segment, queries: np.ndarray, probes: np.ndarray, k: int, refine: int, params: Any
     ) -> tuple[np.ndarray, np.ndarray]:
+        import faiss
+
         index = segment.local
-        if "centroids" not in segment.cache:
-            segment.cache["centroids"] = index.quantizer.reconstruct_n(0, index.nlist)
+        if "centroids" not in segment.cache:  # a view of the quantizer's own rows, not a copy
+            quantizer = faiss.downcast_index(index.quantizer)
+            rows = faiss.rev_swig_ptr(quantizer.get_xb(), index.nlist * index.d)
+            segment.cache["centroids"] = rows.reshape(index.nlist, index.d)
         candidates = min(k * refine, max(k, segment.rows))
         # The re-rank gathers candidates x dim floats per query: bound it by working in slices.
         step = max(1, REFINE_BYTES // (candidates * queries.shape[1] * 4))

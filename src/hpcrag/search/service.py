@@ -77,6 +77,7 @@ from hpcrag.search.wal import LogWriteError
 from hpcrag.util.http_server import add_routes, bearer_token, protocol_logger
 
 NPY = "application/x-npy"
+SHARD_SELECTION = ("max_shards", "shard_margin")  # routing fields an exact scan has no use for
 NPZ = "application/x-npz"
 TOKEN_ENV = "HPCRAG_SEARCH_TOKEN"
 MIN_TOKEN_CHARS = 16
@@ -692,7 +693,16 @@ class SearchService:
         check_search_params(k, nprobe, self.index.manifest.nlist)
         check_strategy(request.strategy)
         flt = self.index.compile_filter(request.filter)
-        routing = {**(self.options.routing or {}), **request.routing}
+        defaults = dict(self.options.routing or {})
+        if request.strategy == "exact":  # it scans every shard: shard selection does not apply
+            chosen = [name for name in SHARD_SELECTION if request.routing.get(name) is not None]
+            if chosen:
+                raise HpcragError(
+                    f'strategy "exact" scans every matching row of every shard: drop {chosen[0]} '
+                    'or use strategy "auto" or "ivf"'
+                )
+            defaults = {name: value for name, value in defaults.items() if name not in SHARD_SELECTION}
+        routing = {**defaults, **request.routing}
         self.index.check_routing(**routing)
         queries = check_queries(request.queries, self.index.dim)
         given = tuple(sorted((name, value) for name, value in routing.items() if value is not None))

@@ -52,6 +52,26 @@ def merge_topk(
     return select_topk(scores, ids, k, larger_is_better, worst)
 
 
+def merge_distinct_topk(
+    a: tuple[Any, Any], b: tuple[Any, Any], k: int, larger_is_better: bool, worst: float
+) -> tuple[Any, Any]:
+    """`merge_topk` of two sets that may both hold an id (two scans of the same rows): each id once,
+    as `a` scored it."""
+    xp = array_module(a[0])
+    scores = xp.concatenate([a[0], b[0]], axis=1)
+    ids = xp.concatenate([a[1], b[1]], axis=1)
+    stable = {"kind": "stable"} if xp.__name__ == "numpy" else {}
+    order = xp.argsort(ids, axis=1, **stable)
+    by_id = xp.take_along_axis(ids, order, axis=1)
+    repeated = xp.zeros(ids.shape, dtype=bool)
+    repeated[:, 1:] = (by_id[:, 1:] == by_id[:, :-1]) & (by_id[:, 1:] >= 0)
+    hidden = xp.zeros(ids.shape, dtype=bool)
+    hidden[xp.arange(ids.shape[0])[:, None], order] = repeated
+    scores = xp.where(hidden, xp.float32(worst), scores)
+    ids = xp.where(hidden, -1, ids)
+    return select_topk(scores, ids, k, larger_is_better, worst)
+
+
 def _order_rows(xp: Any, key: Any, tiebreak: Any) -> Any:
     """Per row, the order by (key, tiebreak): sort by the tiebreak, then stably by the key."""
     by_tiebreak = xp.argsort(tiebreak, axis=1)

@@ -76,7 +76,7 @@ def test_other_format_versions_are_refused_and_version_1_is_read(index_dir: Path
     path = index_dir / layout.MANIFEST
     data = json.loads(path.read_text())
     newer = "it was written by a newer hpcrag: upgrade hpcrag"
-    for version, advice in ((99, newer), (0, "rebuild the index")):
+    for version, advice in ((99, newer), (0, "rebuild the index"), (True, "rebuild the index")):
         path.write_text(json.dumps({**data, "format_version": version}))
         with pytest.raises(IndexFormatError) as info:
             DistributedIndex.open(index_dir)

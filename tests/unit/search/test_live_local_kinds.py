@@ -18,8 +18,9 @@ from hpcrag.search import DistributedIndex, Metric, reference
 from hpcrag.search.build import BuildOptions, build_index
 from hpcrag.search.compact import compact_index
 from hpcrag.search.layout import read_manifest
+from hpcrag.search.synthetic import clustered
 from hpcrag.search.wal import LOG
-from tests.search_helpers import assert_same_neighbours
+from tests.search_helpers import assert_same_neighbours, centroids_of
 from tests.unit.search.test_live_updates import BASE, NEW_IDS, NLIST, QUERIES, Live, near_base
 
 K = 10
@@ -29,6 +30,7 @@ SOURCES = ("docs", "mail", "code")
 
 
 def build(tmp_path: Path, kind: str, metric: str, attributes: bool = False) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     np.save(tmp_path / "base.npy", BASE)
     path = None
     if attributes:
@@ -152,3 +154,43 @@ def test_the_service_takes_updates_on_hnsw_shards(tmp_path: Path) -> None:
     assert found["seq"] == 2 and found["ids"][0][0] == NEW_IDS and nearest not in found["ids"][0]
     reopened = DistributedIndex.open(index_dir).search(query, k=3, nprobe=2, ef=64)
     assert reopened.ids[0].tolist() == found["ids"][0]
+
+
+def test_hnsw_finds_readable_rows_when_the_hidden_ones_surround_the_query(tmp_path: Path) -> None:
+    # Delete the topic around a query (tight clusters): the graph walk ends among the deleted rows.
+    base, queries = clustered(20000, 5, 32, clusters=20, spread=0.3, seed=1)
+    np.save(tmp_path / "topics.npy", base)
+    options = BuildOptions(nlist=64, nshards=4, metric=Metric.L2, dtype="float32", local_kind="hnsw")
+    build_index(tmp_path / "topics.npy", tmp_path / "idx", options)
+    index = DistributedIndex.open(tmp_path / "idx")
+    query = queries[:1]
+    centre = base[np.argmin(((base - query) ** 2).sum(axis=1))]
+    topic = np.argsort(((base - centre) ** 2).sum(axis=1))[:1000]
+    index.delete(topic)
+    ids = np.setdiff1d(np.arange(len(base)), topic)
+    truth = reference.search(reference.exact(base[ids], Metric.L2, ids), query, K, Metric.L2)
+    result = index.search(query, k=K, nprobe=64)  # everyday ef: the probed lists are exact
+    assert_same_neighbours(result.ids, result.distances, truth[1], truth[0])
+    ivf = reference.ivf_flat(base[ids], centroids_of(tmp_path / "idx"), Metric.L2, ids)
+    for nprobe in (2, 8):
+        found = index.search(query, k=K, nprobe=nprobe).ids
+        at_least = reference.search(ivf, query, K, Metric.L2, nprobe)[1]
+        assert reference.recall_at(found, truth[1], K) >= reference.recall_at(at_least, truth[1], K)
+        assert len(set(found[0].tolist())) == K  # each id once, though both scans read the segment
+
+
+def test_the_first_update_to_a_version_1_graph_index_marks_it_version_2(tmp_path: Path) -> None:
+    # hpcrag of format version 1 built hnsw shards but read no updates on them: it must not open
+    # an index whose deletes it would ignore. Lists (ivf-flat) read updates in version 1 already.
+    for kind in ("hnsw", "ivf-flat"):
+        manifest = build(tmp_path / kind, kind, "ip") / "manifest.json"
+        data = json.loads(manifest.read_text())
+        manifest.write_text(json.dumps({**data, "format_version": 1}))
+        index = DistributedIndex.open(manifest.parent)
+        index.search(QUERIES[:2], k=3, nprobe=2)
+        assert json.loads(manifest.read_text())["format_version"] == 1  # searching changes nothing
+        index.delete(np.array([0, 1]))
+        expected = 2 if kind == "hnsw" else 1
+        assert json.loads(manifest.read_text())["format_version"] == expected, kind
+        assert read_manifest(manifest.parent).local == data["local"]
+        assert DistributedIndex.open(manifest.parent).ntotal == len(BASE) - 2

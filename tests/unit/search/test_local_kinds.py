@@ -395,3 +395,40 @@ def test_info_counts_what_an_ivf_pq_shard_holds_whatever_its_size(
         runner.invoke(cli, ["index", "info", str(build(tmp_path, "hnsw", name="g")), "--json"]).output
     )
     assert hnsw["local"]["bytes_per_shard"] == 0
+
+
+def test_an_exact_request_ignores_the_service_shard_selection_and_refuses_its_own(tmp_path: Path) -> None:
+    from hpcrag.search.service import ServiceOptions
+    from tests.unit.search.service_helpers import client, running_service
+    from tests.unit.search.test_service_limits import npy
+
+    index_dir = build(tmp_path, "hnsw")
+    routing = {"max_shards": 1, "shard_margin": 0.5, "ef": 16, "refine": None}
+    with running_service(index_dir, ServiceOptions(port=0, routing=routing)) as (service, _):
+        http = client(service)
+        body = {"queries": QUERIES[:4].tolist(), "k": 5, "strategy": "exact"}
+        exact = http.post("/search", json=body)
+        own = http.post("/search", json={**body, "max_shards": 2})
+        binary = http.post(
+            "/search?k=5&strategy=exact&shard_margin=0.2",
+            content=npy(QUERIES[:4]),
+            headers={"Content-Type": "application/x-npy"},
+        )
+    assert exact.status_code == 200, exact.text
+    truth = reference.search(reference.exact(BASE, Metric.IP), QUERIES[:4], 5, Metric.IP)[1]
+    assert exact.json()["ids"] == truth.tolist() and exact.json()["strategy"] == "exact"
+    assert (own.status_code, binary.status_code) == (400, 400)
+    refusal = 'strategy "exact" scans every matching row of every shard: drop '
+    assert own.json()["error"] == refusal + 'max_shards or use strategy "auto" or "ivf"'
+    assert binary.json()["error"].startswith(refusal + "shard_margin")
+
+
+def test_faiss_builds_no_precomputed_table_past_its_limit_and_info_says_so() -> None:
+    from hpcrag.search.local_kinds import FAISS_PRECOMPUTED_TABLE_MAX_BYTES, memory_per_shard
+
+    faiss = pytest.importorskip("faiss")
+    assert faiss.cvar.precomputed_table_max_bytes == FAISS_PRECOMPUTED_TABLE_MAX_BYTES
+    spec = {"kind": "ivf-pq", "pq_m": 96, "nbits": 8}
+    # nlist 65,536 x 96 x 256 x 4 B = 6 GiB of table: over the limit, so faiss keeps none.
+    assert memory_per_shard(spec, 65_536, 768, Metric.L2) == 65_536 * 768 * 4
+    assert memory_per_shard(spec, 1024, 768, Metric.L2) == 1024 * 768 * 4 + 1024 * 96 * 256 * 4
