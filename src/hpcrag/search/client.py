@@ -119,12 +119,14 @@ class SearchClient:
                 f"unknown search option {sorted(unknown)[0]!r}; valid: {', '.join(ROUTING_FIELDS)}"
             )
         routing = {name: value for name, value in routing.items() if value is not None}
-        if filter is not None or routing:
+        if filter is not None:
             # In the body, not the URL: a filter of thousands of values outgrows a request line.
             return self._search_json(queries, k, nprobe, filter, strategy, min_seq, routing)
         body = io.BytesIO()
         np.save(body, np.asarray(queries, dtype=np.float32), allow_pickle=False)
-        params: dict[str, Any] = {"k": k, "nprobe": nprobe}
+        params: dict[str, Any] = {"k": k, "nprobe": nprobe, **routing}
+        if isinstance(routing.get("shard_margin"), float):  # plain decimals: the service takes no 1e-05
+            params["shard_margin"] = f"{routing['shard_margin']:.9f}".rstrip("0").rstrip(".")
         if strategy != "auto":
             params["strategy"] = strategy
         if min_seq:

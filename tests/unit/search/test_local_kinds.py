@@ -290,6 +290,7 @@ def test_a_request_routes_over_the_service_default_and_bad_fields_are_400s(tmp_p
         searcher = SearchClient(service.url, token=TOKEN)
         default = searcher.search(QUERIES[:6], k=5, nprobe=8)
         wide = searcher.search(QUERIES[:6], k=5, nprobe=8, max_shards=4, ef=256)
+        margin = searcher.search(QUERIES[:6], k=5, nprobe=8, max_shards=4, shard_margin=1e-5)  # as .npy
         http = client(service)
         bad = {
             "max_shards": 9,
@@ -307,6 +308,9 @@ def test_a_request_routes_over_the_service_default_and_bad_fields_are_400s(tmp_p
     assert (default.shards_touched == 1).all()
     assert wide.ids.tolist() == direct.search(QUERIES[:6], k=5, nprobe=8, max_shards=4, ef=256).ids.tolist()
     assert (wide.shards_touched > 1).any()
+    narrow = direct.search(QUERIES[:6], k=5, nprobe=8, max_shards=4, shard_margin=1e-5, ef=16)
+    assert margin.ids.tolist() == narrow.ids.tolist()
+    assert margin.shards_touched.tolist() == narrow.shards_touched.tolist()
     assert {name: answer.status_code for name, answer in answers.items()} == dict.fromkeys(bad, 400)
     assert "--max-shards must be in [1, 4]" in answers["max_shards"].json()["error"]
     assert answers["ef"].json()["error"] == '"ef" must be an integer (like 10), got "64"'
