@@ -275,8 +275,9 @@ class DistributedIndex:
         reduce_topk(self.comm, scores, ids, k, self.metric)
 
     def _route(self, batch: Any, header: dict[str, Any]) -> Any:
-        """Every query's routed probes, on every rank: each rank routes its slice of the batch (the
-        centroid scoring is what rank 0 alone would spend most of a graph search's time on)."""
+        """Every query's routed probes, on every rank: each rank routes its slice of the batch
+        (scoring it against the centroids cost rank 0 alone a fifth of an hnsw batch, the others
+        waiting)."""
         bounds = row_bounds(batch.shape[0], self.comm.size)
         mine = batch[int(bounds[self.comm.rank]) : int(bounds[self.comm.rank + 1])]
         if mine.shape[0]:

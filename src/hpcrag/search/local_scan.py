@@ -3,7 +3,7 @@ list scans (`backends.Scanner`), so routing and the top-k reduction do not know 
 
 A query reaches a shard when one of its routed probes names a list the shard holds; the shard's
 index then searches it whole (hnsw, cagra) or in those probed lists (ivf-pq, with faiss's
-`search_preassigned` and rank 0's probes, then an exact re-rank of `refine` x k candidates against
+`search_preassigned` and the routed probes, then an exact re-rank of `refine` x k candidates against
 the full vectors). Rows a scan may not read (deleted, replaced, filtered out) are hidden from the
 shard's index by a faiss `IDSelectorBitmap`; rows added since the build (delta segments, which have
 no index of their own) go to the list scan, through their probed lists.
@@ -34,10 +34,10 @@ REFINE_BYTES = 64 * 2**20  # candidate vectors gathered at once for an ivf-pq re
 
 
 class LocalKindScan:
-    def __init__(self, spec: Mapping[str, Any], metric: Metric, deltas: Scanner) -> None:
+    def __init__(self, spec: Mapping[str, Any], metric: Metric, lists: Scanner) -> None:
         self.kind = spec["kind"]
         self.metric = metric
-        self.deltas = deltas  # the list scan, for rows added since the build
+        self.lists = lists  # the list scan: rows added since the build, masked hnsw segments
 
     def __call__(
         self, queries: Any, probes: Any, k: int, parts: list[Part], effort: Mapping[str, int] | None = None
@@ -47,7 +47,7 @@ class LocalKindScan:
         host_probes = to_numpy(probes)
         listed = [(segment, mask) for segment, mask in parts if self._list_scans(segment, mask)]
         if listed:
-            result = self.deltas(queries, probes, k, listed, None)
+            result = self.lists(queries, probes, k, listed, None)
         else:
             result = empty_topk(xp, queries.shape[0], k, self.metric.worst)
         for segment, mask in parts:

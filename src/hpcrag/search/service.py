@@ -77,8 +77,8 @@ from hpcrag.search.wal import LogWriteError
 from hpcrag.util.http_server import add_routes, bearer_token, protocol_logger
 
 NPY = "application/x-npy"
-SHARD_SELECTION = ("max_shards", "shard_margin")  # routing fields an exact scan has no use for
 NPZ = "application/x-npz"
+SHARD_SELECTION = ("max_shards", "shard_margin")  # routing fields an exact scan has no use for
 TOKEN_ENV = "HPCRAG_SEARCH_TOKEN"
 MIN_TOKEN_CHARS = 16
 MIB = 1024 * 1024
