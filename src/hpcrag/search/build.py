@@ -30,7 +30,7 @@ from hpcrag.search.attributes import (
     read_attributes_file,
     with_undeclared,
 )
-from hpcrag.search.comm import Communicator, LocalComm, agree
+from hpcrag.search.comm import Communicator, LocalComm, agree, row_bounds
 from hpcrag.search.device import require_cupy
 from hpcrag.search.grouping import group_lists
 from hpcrag.search.inputs import check_finite, check_storable, load_ids, open_vectors
@@ -207,7 +207,7 @@ def _build(
     trained = agree(comm, lambda: _train(vectors, options, say) if comm.rank == 0 else None)
     centroids = comm.bcast_obj(trained[0] if comm.rank == 0 else None)
     quantizer = coarse_quantizer(centroids, options.metric)
-    lo, hi = n * comm.rank // comm.size, n * (comm.rank + 1) // comm.size
+    lo, hi = (int(bound) for bound in row_bounds(n, comm.size)[comm.rank : comm.rank + 2])
     chunks = [(start, min(start + options.chunk_rows, hi)) for start in range(lo, hi, options.chunk_rows)]
     rounds = max(comm.allgather_obj(len(chunks)))
     chunks += [(hi, hi)] * (rounds - len(chunks))

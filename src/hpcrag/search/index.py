@@ -279,7 +279,8 @@ class DistributedIndex:
         (scoring it against the centroids cost rank 0 alone a fifth of an hnsw batch, the others
         waiting)."""
         bounds = row_bounds(batch.shape[0], self.comm.size)
-        mine = batch[int(bounds[self.comm.rank]) : int(bounds[self.comm.rank + 1])]
+        lo, hi = (int(bound) for bound in bounds[self.comm.rank : self.comm.rank + 2])
+        mine = batch[lo:hi]
         if mine.shape[0]:
             part = self._router.route(mine, header["nprobe"], header["max_shards"], header["shard_margin"])
         else:
