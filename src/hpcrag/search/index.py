@@ -276,8 +276,7 @@ class DistributedIndex:
 
     def _route(self, batch: Any, header: dict[str, Any]) -> Any:
         """Every query's routed probes, on every rank: each rank routes its slice of the batch
-        (scoring it against the centroids cost rank 0 alone a fifth of an hnsw batch, the others
-        waiting)."""
+        (on rank 0 alone, scoring the whole batch against the centroids kept the others waiting)."""
         bounds = row_bounds(batch.shape[0], self.comm.size)
         lo, hi = (int(bound) for bound in bounds[self.comm.rank : self.comm.rank + 2])
         mine = batch[lo:hi]
