@@ -1,7 +1,7 @@
 // Device merge of two top-k candidate sets of the same queries (the NCCL reduction's merge step).
 // Each input row is sorted best first by (score, id) with empty slots (id -1) last; one thread per
-// query walks both rows like the merge step of merge sort and writes the best K, exactly as the host
-// merge (hpcrag.search.topk.merge_topk) orders them.
+// query walks both rows like the merge step of merge sort and writes the best K distinct ids, exactly
+// as the host merge (hpcrag.search.topk.merge_topk) orders them.
 //
 // Compile-time parameters (-D): K, LARGER_IS_BETTER (1 for inner product and cosine, 0 for L2).
 #ifndef K
@@ -32,22 +32,28 @@ extern "C" __global__ void topk_merge(const float* __restrict__ a_scores, const 
   const int q = blockIdx.x * blockDim.x + threadIdx.x;
   if (q >= nq) return;
   const long long base = static_cast<long long>(q) * K;
-  int i = 0, j = 0;
-  for (int o = 0; o < K; ++o) {
+  int i = 0, j = 0, o = 0;
+  // An id in both sets (a replicated row found in two shards) is written once, at its best place.
+  while (o < K && (i < K || j < K)) {
     const bool take_a =
         j >= K || (i < K && !before(b_scores[base + j], b_ids[base + j], a_scores[base + i], a_ids[base + i]));
-    float score;
-    long long id;
+    const float score = take_a ? a_scores[base + i] : b_scores[base + j];
+    const long long id = take_a ? a_ids[base + i] : b_ids[base + j];
     if (take_a) {
-      score = a_scores[base + i];
-      id = a_ids[base + i];
       ++i;
     } else {
-      score = b_scores[base + j];
-      id = b_ids[base + j];
       ++j;
     }
-    out_scores[base + o] = id >= 0 ? score : worst;
+    if (id < 0) break;  // rows are sorted with empty slots last: nothing real follows
+    bool seen = false;
+    for (int p = 0; p < o && !seen; ++p) seen = out_ids[base + p] == id;
+    if (seen) continue;
+    out_scores[base + o] = score;
     out_ids[base + o] = id;
+    ++o;
+  }
+  for (; o < K; ++o) {
+    out_scores[base + o] = worst;
+    out_ids[base + o] = -1;
   }
 }

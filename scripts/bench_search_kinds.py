@@ -3,12 +3,13 @@
 
     .venv/bin/python scripts/bench_search.py --suite kinds --dataset manpages [--repeat 5]
 
-Builds hpcrag indexes (hnsw with 4 and 8 shards, ivf-flat and ivf-pq with 4; nlist 1024) with
-`hpcrag index build` under mpirun, then one `mpirun -n 2` job (one thread per rank) opens them all.
-Rank 0 also holds the peers: a faiss IndexHNSWFlat over the whole set and faiss IndexShards over
-the very HNSW graphs of the hpcrag shards (ids mapped back), queried scatter-gather both ways faiss
-offers (a thread per shard; shard after shard, OpenMP inside each), each given both threads while
-rank 1 sleeps; the ratios take the faster of the two. Every round runs every setting of every
+Builds hpcrag indexes (hnsw with 4 and 8 shards, plain and with boundary replication
+(`--replicate`); ivf-flat and ivf-pq with 4; nlist 1024) with `hpcrag index build` under mpirun,
+then one `mpirun -n 2` job (one thread per rank) opens them all. Rank 0 also holds the peers: a
+faiss IndexHNSWFlat over the whole set and faiss IndexShards over the very HNSW graphs of the plain
+hpcrag shards (scatter-gather needs no copies; ids mapped back), queried scatter-gather both ways
+faiss offers (a thread per shard; shard after shard, OpenMP inside each), each given both threads
+while rank 1 sleeps; the ratios take the faster of the two. Every round runs every setting of every
 method once; the first round warms up and is dropped; queries/s is the median over rounds of all
 queries in one batch.
 """
@@ -33,6 +34,15 @@ ROUTE_NPROBE = 16
 TARGET = 0.95
 HNSW = {"M": 32, "ef_construction": 40}
 EFS = (10, 12, 16, 24, 32, 64)
+REPLICATED = ((4, 0.3), (4, 0.5), (8, 0.3))  # (shards, --replicate) of the boundary-replicated builds
+
+
+def replicated(count: int, share: float) -> str:
+    return f"hnsw-{count}-replicate-{share}"
+
+
+def hnsw_method(count: int, share: float = 0.0) -> str:
+    return f"hpcrag hnsw, {count} shards" + (f", {share:.0%} replicated" if share else "")
 
 
 def kinds_suite(args: argparse.Namespace) -> None:
@@ -56,6 +66,10 @@ def kinds_suite(args: argparse.Namespace) -> None:
             ("hnsw-8", "hnsw", 8, []),
             ("ivf-flat-4", "ivf-flat", 4, []),
             ("ivf-pq-4", "ivf-pq", 4, []),
+            *[
+                (replicated(count, share), "hnsw", count, ["--replicate", str(share)])
+                for count, share in REPLICATED
+            ],
         ):
             started = time.perf_counter()
             mpirun(2, args.threads, ["-m", "hpcrag", "index", "build", str(scratch / "base.npy"),
@@ -84,9 +98,20 @@ def settings() -> list[tuple[str, str, dict]]:
     eight = [{"max_shards": 3}, {"max_shards": 3, "shard_margin": 0.5}]
     eight.append({"max_shards": 4, "shard_margin": 0.5})
     lists = [{"nprobe": nprobe, **route} for nprobe in (32, 64) for route in (four[0], four[2])]
+    near = [{"max_shards": 1}, *({"max_shards": 2, "shard_margin": m} for m in (0.1, 0.2, 0.3))]
+    routes = {
+        4: near + four[2:],
+        8: near[:1] + [{"max_shards": 3, "shard_margin": m} for m in (0.2, 0.3, 0.5)],
+    }
     hpcrag = [
-        *[("hpcrag hnsw, 4 shards", "hnsw-4", {**route, "ef": ef}) for route in four for ef in EFS],
-        *[("hpcrag hnsw, 8 shards", "hnsw-8", {**route, "ef": ef}) for route in eight for ef in EFS],
+        *[(hnsw_method(4), "hnsw-4", {**route, "ef": ef}) for route in four for ef in EFS],
+        *[(hnsw_method(8), "hnsw-8", {**route, "ef": ef}) for route in eight for ef in EFS],
+        *[
+            (hnsw_method(count, share), replicated(count, share), {**route, "ef": ef})
+            for count, share in REPLICATED
+            for route in routes[count]
+            for ef in EFS[:4]
+        ],
         *[("hpcrag ivf-flat, 4 shards", "ivf-flat-4", options) for options in lists],
         *[("hpcrag ivf-pq, 4 shards", "ivf-pq-4", {**options, "refine": 10}) for options in lists[2:]],
     ]
@@ -111,7 +136,7 @@ def worker(scratch: Path, report: Path, repeat: int, k: int, metric_name: str) -
 
     comm = make_comm()
     metric = Metric(metric_name)
-    labels = ("hnsw-4", "hnsw-8", "ivf-flat-4", "ivf-pq-4")
+    labels = ("hnsw-4", "hnsw-8", "ivf-flat-4", "ivf-pq-4", *(replicated(c, s) for c, s in REPLICATED))
     indexes = {label: DistributedIndex.open(scratch / label, comm) for label in labels}
     queries = gt = None
     peers: dict = {}
@@ -220,15 +245,16 @@ def render(name, base, queries, args, rows, builds, nlist: int) -> str:
     for method, r in best.items():
         lines.append(f"- {method}: " + ("none reaches it" if r is None else f"{r['qps']:,.0f} q/s "
                      f"(recall {r['recall']:.3f}, {r['touched']:.2f} shards)"))  # fmt: skip
-    for count in (4, 8):
-        ours = best.get(f"hpcrag hnsw, {count} shards")
+    ours_all = [(count, 0.0) for count in (4, 8)] + list(REPLICATED)
+    for count, share in sorted(ours_all):
+        ours = best.get(hnsw_method(count, share))
         peers = [best.get(scatter_gather(count, threaded)) for threaded in (True, False)]
         single = best.get("faiss HNSW, one index")
         if ours and all(peers) and single:
             scatter = max(peers, key=lambda r: r["qps"])  # the faster way of the two
             lines.append(
-                f"- {count} shards: hpcrag / the faster IndexShards scatter-gather ({scatter['method']}) = "
-                f"{ours['qps'] / scatter['qps']:.2f}x; "
+                f"- {hnsw_method(count, share)}: hpcrag / the faster IndexShards scatter-gather "
+                f"({scatter['method']}) = {ours['qps'] / scatter['qps']:.2f}x; "
                 f"hpcrag / one faiss HNSW = {ours['qps'] / single['qps']:.2f}x"
             )
     return "\n".join(lines) + "\n"

@@ -84,6 +84,33 @@ def test_device_merge_equals_the_host_merge(larger_is_better: bool) -> None:
         np.testing.assert_array_equal(cupy.asnumpy(got[0]), want[0])
 
 
+@pytest.mark.parametrize("larger_is_better", [True, False])
+def test_device_merge_keeps_an_id_in_both_sets_once_like_the_host(larger_is_better: bool) -> None:
+    """A replicated row found in two shards: the same id in both sets, at equal or other scores."""
+    import cupy
+
+    from hpcrag.kernels import cuda
+
+    rng = _rng()
+    worst = float("-inf") if larger_is_better else float("inf")
+    k = 16
+    ids = np.stack([rng.permutation(40)[:k] for _ in range(200)]).astype(np.int64)
+    scores = rng.standard_normal((200, k)).astype(np.float32)
+    a = select_topk(scores, ids, k, larger_is_better, worst)
+    shifted = np.where(rng.random((200, k)) < 0.5, scores, scores + 0.3).astype(np.float32)
+    other = np.where(rng.random((200, k)) < 0.5, ids, ids + 40)  # half shared, half new ids
+    b = select_topk(shifted, other, k, larger_is_better, worst)
+    want = host_merge(a, b, k, larger_is_better, worst)
+    for row in want[1]:
+        assert np.unique(row[row >= 0]).size == (row >= 0).sum()
+    got = cuda.merge_topk(
+        (cupy.asarray(a[0]), cupy.asarray(a[1])), (cupy.asarray(b[0]), cupy.asarray(b[1])), k,
+        larger_is_better, worst, poison=True,
+    )  # fmt: skip
+    np.testing.assert_array_equal(cupy.asnumpy(got[1]), want[1])
+    np.testing.assert_array_equal(cupy.asnumpy(got[0]), want[0])
+
+
 @pytest.mark.parametrize("metric", ["ip", "l2", "cosine"])
 def test_search_with_gpu_kernels_equals_the_cpu_kernels(tmp_path: Path, metric: str) -> None:
     base, queries = clustered(30000, 200, 100, clusters=40, seed=7)

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from hpcrag.search import BuildOptions, DistributedIndex, Metric, MpiComm, build_index
-from hpcrag.search.build import coarse_quantizer
 from hpcrag.search.metric import prepare
+from hpcrag.search.router import coarse_quantizer
 
 SEARCHES = [(10, 3), (10, 16)]
 FILTER = {"bucket": {"lt": 3}}

@@ -156,6 +156,15 @@ def routing_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--ef-construction", type=int, default=None, help="hnsw: build effort [40].")
 @click.option("--pq-m", type=int, default=None, help="ivf-pq: code bytes per vector [dim/8].")
 @click.option("--graph-degree", type=int, default=None, help="cagra: edges per node [64].")
+@click.option(
+    "--replicate",
+    type=float,
+    default=0.0,
+    show_default=True,
+    metavar="SHARE",
+    help="Also store this share of the vectors, those nearest a list of another shard, in that shard "
+    "(memory grows by the share): queries then find their neighbours in fewer shards (--max-shards).",
+)
 @comm_option
 def build(
     vectors: Path,
@@ -177,6 +186,7 @@ def build(
     ef_construction: int | None,
     pq_m: int | None,
     graph_degree: int | None,
+    replicate: float,
     comm_kind: str,
 ) -> None:
     """Build an index of VECTORS (.npy float32/float16 or .fvecs) into --out."""
@@ -209,6 +219,7 @@ def build(
             route_nprobe=route_nprobe,
             local_kind=local_kind,
             local_params=local_params,
+            replicate=replicate,
         )
         schema = agree(comm, lambda: AttributeSchema.parse(declared))
         manifest = build_index(
@@ -221,6 +232,11 @@ def build(
                 f"{manifest.nlist} lists, {manifest.nshards} shards ({sizes})"
                 f"{'' if local_kind == 'ivf-flat' else f' searched with {local_kind}'} "
                 f"in {manifest.build['seconds']:.1f} s on {comm.size} rank(s)"
+                + (
+                    f"; {manifest.replicas} boundary vectors also stored in a second shard"
+                    if manifest.replicas
+                    else ""
+                )
                 + (
                     f"; attributes {', '.join(f'{n}:{t}' for n, t in manifest.attributes.items())}"
                     if manifest.attributes
@@ -518,6 +534,7 @@ def info(index_dir: Path, verify: bool, as_json: bool) -> None:
         "dtype": manifest.dtype,
         "nlist": manifest.nlist,
         "shards": [{"shard": s.shard, "vectors": s.ntotal} for s in manifest.shards],
+        "replicas": manifest.replicas,
         "checked": "sizes and checksums" if verify else "sizes",
         "build": manifest.build,
         "attributes": attributes,
@@ -540,6 +557,11 @@ def info(index_dir: Path, verify: bool, as_json: bool) -> None:
         f"  shards search with {local['kind']}{f' ({params})' if params else ''}: "
         f"{memory['memory']:,.0f} bytes per vector in memory{fixed}, {memory['disk']:,.0f} on disk"
     )
+    if manifest.replicas:
+        click.echo(
+            f"  {manifest.replicas} boundary vectors ({manifest.replicas / max(manifest.ntotal, 1):.1%}) are "
+            "also stored in a second shard (--replicate); the shard counts below include them"
+        )
     for shard in manifest.shards:
         click.echo(f"  shard {shard.shard}: {shard.ntotal} vectors")
     if attributes:

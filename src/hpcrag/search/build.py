@@ -43,6 +43,8 @@ from hpcrag.search.local_kinds import (
     train_template,
 )
 from hpcrag.search.metric import Metric, prepare
+from hpcrag.search.replication import boundary_ratios, second_lists, threshold_for
+from hpcrag.search.router import Router, coarse_quantizer
 from hpcrag.search.threads import limit_threads, threads_per_rank
 
 STORAGE_DTYPES = ("float16", "float32")
@@ -63,6 +65,7 @@ class BuildOptions:
     route_nprobe: int | None = None  # the nprobe the shard grouping optimises for (default nlist/16)
     local_kind: str = "ivf-flat"  # how each shard searches its rows (`local_kinds.KINDS`)
     local_params: Mapping[str, Any] = field(default_factory=dict)  # that kind's build parameters
+    replicate: float = 0.0  # the share of vectors also stored in a second shard (`replication.py`)
 
     def grouping_nprobe(self) -> int:
         return min(self.nlist, self.route_nprobe or max(1, self.nlist // 16))
@@ -127,6 +130,15 @@ def _validate(
         raise HpcragError(f"unknown storage dtype {options.dtype!r}; use {' or '.join(STORAGE_DTYPES)}")
     if options.chunk_rows < 1:
         raise HpcragError("--chunk-rows must be >= 1")
+    if not 0.0 <= options.replicate <= 1.0:  # also refuses NaN
+        raise HpcragError(
+            f"--replicate {options.replicate} is not a share of the vectors: give a number from 0 to 1 "
+            "(0.3 stores 30% of them in a second shard)"
+        )
+    if options.replicate and options.nshards < 2:
+        raise HpcragError(
+            "--replicate copies vectors into a second shard: build with --shards >= 2, or drop it"
+        )
     if out.exists() and not options.overwrite and (not out.is_dir() or any(out.iterdir())):
         raise HpcragError(f"{out} already exists; choose another --out or pass --overwrite")
     vectors = open_vectors(vectors_path)
@@ -216,11 +228,17 @@ def _build(
     list_of, error = agree(comm, lambda: _assign(vectors, chunks, quantizer, centroids, options, say))
     counts = np.sum(comm.allgather_obj(np.bincount(list_of, minlength=options.nlist)), axis=0)
     error = sum(comm.allgather_obj(error))
-    list_shard = None
+    grouped = None
     if comm.rank == 0:
         sample_probes = quantizer.search(trained[1], options.grouping_nprobe())[1]
         list_shard = group_lists(centroids, counts, options.nshards, options.seed, sample_probes)
-    list_shard = comm.bcast_obj(list_shard)
+        threshold = 0.0
+        if options.replicate:
+            router = Router(centroids, options.metric, list_shard, np)
+            threshold = threshold_for(boundary_ratios(router, trained[1])[0], options.replicate)
+        grouped = (list_shard, threshold)
+    list_shard, threshold = comm.bcast_obj(grouped)
+    router = Router(centroids, options.metric, list_shard, np)
     shard_rank = np.arange(options.nshards) % comm.size
     say(f"grouped {options.nlist} lists into {options.nshards} shards; exchanging rows")
 
@@ -228,10 +246,16 @@ def _build(
     received: list[np.ndarray] = []
     for index, (start, stop) in enumerate(chunks):
         rows = np.empty(stop - start, dtype=record)
+        prepared = prepare(np.asarray(vectors[start:stop]), options.metric, "vectors", start)
         rows["list"] = list_of[start - lo : stop - lo]
         rows["id"] = ids[start:stop]
-        rows["vector"] = prepare(np.asarray(vectors[start:stop]), options.metric, "vectors", start)
+        rows["vector"] = prepared
         rows["attributes"] = attributes[start:stop]
+        rows["replica"] = 0
+        second = second_lists(router, prepared, threshold)
+        copies = rows[second >= 0]
+        copies["list"], copies["replica"] = second[second >= 0], 1
+        rows = np.concatenate([rows, copies])
         owner = shard_rank[list_shard[rows["list"]]]
         received.extend(comm.alltoallv([rows[owner == rank] for rank in range(comm.size)]))
         say(f"exchanged round {index + 1}/{rounds}")
@@ -257,6 +281,10 @@ def _build(
         ],
     )  # fmt: skip
     gathered = comm.gather_obj(entries)
+    replicas = sum(comm.allgather_obj(int(mine["replica"].sum())))
+    stored = np.sum(comm.allgather_obj(np.bincount(mine["list"], minlength=options.nlist)), axis=0)
+    if replicas:
+        say(f"stored {replicas:,} boundary vectors ({replicas / max(n, 1):.1%}) in a second shard as well")
     manifest = None
     if comm.rank == 0:
         shards = sorted((e for part in gathered for e in part), key=lambda e: e.shard)
@@ -268,7 +296,7 @@ def _build(
             nshards=options.nshards,
             ntotal=n,
             list_shard=[int(s) for s in list_shard],
-            list_counts=[int(c) for c in counts],
+            list_counts=[int(c) for c in stored],
             centroids=layout.save_array(workdir / layout.CENTROIDS, centroids),
             shards=shards,
             build={
@@ -279,21 +307,15 @@ def _build(
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "trained_vectors": n,
                 "quantization_error": error / max(n, 1),
+                **({"replicate": options.replicate, "replicate_threshold": threshold} if replicas else {}),
             },
             attributes=schema.to_json(),
             local=local,
+            replicas=replicas,
+            format_version=layout.format_version_for(replicas),
         )
         layout.write_manifest(workdir, manifest)
     return comm.bcast_obj(manifest)
-
-
-def coarse_quantizer(centroids: np.ndarray, metric: Metric):
-    """A faiss flat index over the centroids: the same assignment faiss's own IVF would make."""
-    import faiss
-
-    index = faiss.IndexFlat(centroids.shape[1], metric.faiss_metric())
-    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
-    return index
 
 
 def _train(vectors: np.ndarray, options: BuildOptions, say: Progress) -> tuple[np.ndarray, np.ndarray]:
@@ -364,13 +386,15 @@ def squared_error(rows: np.ndarray, centroids: np.ndarray, lists: np.ndarray) ->
 
 
 def shard_record(dtype: str, dim: int, columns: int) -> np.dtype:
-    """One row as it travels between ranks and is written: list, id, vector, attributes."""
+    """One row as it travels between ranks and is written: list, id, vector, attributes, and
+    whether it is a boundary vector's second copy."""
     return np.dtype(
         [
             ("list", np.int32),
             ("id", np.int64),
             ("vector", dtype, (dim,)),
             ("attributes", np.int64, (columns,)),
+            ("replica", np.uint8),
         ]
     )
 
@@ -399,6 +423,8 @@ def write_shard(
     }
     if rows["attributes"].shape[1]:
         arrays[layout.ATTRIBUTES] = rows["attributes"]
+    if rows["replica"].any():
+        arrays[layout.REPLICA] = rows["replica"]
     files = {name: layout.save_array(folder / name, array) for name, array in arrays.items()}
     kind_file = FILES.get((local or {}).get("kind", "ivf-flat"))
     if kind_file is not None:

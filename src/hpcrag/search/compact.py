@@ -105,7 +105,7 @@ def _write_generation(
         record = shard_record(manifest.dtype, manifest.dim, columns)
         shards, counts = [], np.zeros(manifest.nlist, dtype=np.int64)
         template = rebuild_template(manifest.local, index.segments(0)[0].local)
-        dropped = folded = added_live = 0
+        dropped = folded = added_live = replicas = 0
         error = 0.0
         for shard in range(manifest.nshards):
             rows = []
@@ -117,18 +117,21 @@ def _write_generation(
                 part["id"] = np.asarray(to_numpy(segment.ids))[keep]
                 part["vector"] = np.asarray(to_numpy(segment.vectors))[keep]
                 part["attributes"] = segment.attributes[keep]
+                part["replica"] = 0 if segment.replica is None else segment.replica[keep]
+                replicas += int(part["replica"].sum())
                 if segment.delta:
                     folded += segment.rows
                     added_live += keep.size
                 rows.append(part)
             mine = np.concatenate(rows)
             counts += np.bincount(mine["list"], minlength=manifest.nlist)
-            error += squared_error(mine["vector"], centroids, mine["list"])
+            first = mine[mine["replica"] == 0]  # a second copy sits farther from its list by design
+            error += squared_error(first["vector"], centroids, first["list"])
             written = write_shard(
                 workdir, shard, mine, manifest.nlist, manifest.local, index.metric, template
             )
             shards.append(written)
-        total = int(counts.sum())
+        total = int(counts.sum()) - replicas
         trained = manifest.build.get("trained_vectors", manifest.ntotal)
         since_training = manifest.build.get("added_since_training", 0) + added_live
         drift = _drift(since_training / max(total, 1), error / max(total, 1), manifest.build)
@@ -140,7 +143,8 @@ def _write_generation(
             shards=shards,
             attributes=index.schema.to_json(),
             base_seq=index.seq,
-            format_version=layout.FORMAT_VERSION,
+            replicas=replicas,
+            format_version=layout.format_version_for(replicas),
             build={
                 **manifest.build,
                 "trained_vectors": trained,

@@ -489,7 +489,7 @@ class DistributedIndex:
             elif update.kind == "put":
                 self._live.put(update.ids, update.lists, update.vectors, update.attributes)
             self.seq = update.seq
-        self._ntotal = sum(self.comm.allgather_obj(sum(self._live.live_rows().values())))
+        self._ntotal = sum(self.comm.allgather_obj(sum(self._live.live_vectors().values())))
 
     def _contains(self, ids: np.ndarray) -> np.ndarray:
         self.comm.announce({"op": "contains", "n": int(ids.size)})

@@ -7,6 +7,8 @@
                             ids.npy (n,) int64, sqnorms.npy (n,) float32 (for l2),
                             list_offsets.npy (nlist+1,) int64: list L is rows [off[L], off[L+1])
                             attributes.npy (n, A) int64 when the index declares attributes
+                            replica.npy (n,) uint8, 1 for a boundary vector's second copy, when
+                            the build replicated (`replication.py`)
                             hnsw.faiss | ivfpq.faiss | cagra.bin: the shard's own index when its
                             local kind is not ivf-flat (`local_kinds.py`)
     DIR/updates.wal         updates since the shards were written (`wal.py`), replayed at open
@@ -32,11 +34,14 @@ FORMAT = "hpcrag-ivf"
 # 2: hnsw and ivf-pq shards (the manifest's `local`) may take updates, which a reader of version 1
 # would ignore; an index whose shards are lists, or that no update has touched, reads the same in 1.
 FORMAT_VERSION = 2
-READS_VERSIONS = (1, 2)
+# 3: some vectors are stored in two shards (`replicas` > 0); a reader of 1 or 2 would return them twice.
+REPLICAS_VERSION = 3
+READS_VERSIONS = (1, 2, 3)
 MANIFEST = "manifest.json"
 CENTROIDS = "centroids.npy"
 SHARD_ARRAYS = ("vectors.npy", "ids.npy", "sqnorms.npy", "list_offsets.npy")
 ATTRIBUTES = "attributes.npy"
+REPLICA = "replica.npy"
 
 
 class IndexFormatError(HpcragError):
@@ -72,6 +77,7 @@ class Manifest:
     attributes: dict[str, str] = field(default_factory=dict)  # name -> type, in column order
     base_seq: int = 0  # the last update folded into the shards; the log goes on from there
     local: dict[str, Any] = field(default_factory=lambda: {"kind": "ivf-flat"})  # shard-local kind
+    replicas: int = 0  # rows that are a boundary vector's second copy (ntotal counts each vector once)
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
@@ -95,6 +101,11 @@ class Manifest:
             for s in data["shards"]
         ]
         return cls(**data)
+
+
+def format_version_for(replicas: int) -> int:
+    """The version a writer stamps: the oldest that reads the index right."""
+    return REPLICAS_VERSION if replicas else FORMAT_VERSION
 
 
 def shard_dir(root: Path, shard: int) -> Path:
@@ -141,16 +152,26 @@ def read_manifest(root: Path) -> Manifest:
         raise IndexFormatError(f"{path}: not an {FORMAT} manifest")
     version = data.get("format_version")
     if type(version) is not int or version not in READS_VERSIONS:
-        newer = type(version) is int and version > FORMAT_VERSION
+        newer = type(version) is int and version > max(READS_VERSIONS)
         raise IndexFormatError(
             f"{path}: index format version {version}, this hpcrag reads versions "
             f"{', '.join(map(str, READS_VERSIONS))}; "
             + ("it was written by a newer hpcrag: upgrade hpcrag" if newer else "rebuild the index")
         )
     try:
-        return Manifest.from_dict(data)
+        manifest = Manifest.from_dict(data)
     except (KeyError, TypeError) as exc:
         raise IndexFormatError(f"{path}: damaged manifest ({exc}); rebuild the index") from None
+    if (
+        type(manifest.replicas) is not int
+        or manifest.replicas < 0
+        or (manifest.replicas and version < REPLICAS_VERSION)
+    ):
+        raise IndexFormatError(
+            f"{path}: damaged manifest (replicas {manifest.replicas!r} in format version {version}); "
+            "rebuild the index"
+        )
+    return manifest
 
 
 def check_file(path: Path, entry: FileEntry, verify: bool) -> None:

@@ -59,8 +59,9 @@ class LiveShards:
     def segments(self) -> list[tuple[int, Segment]]:
         return [(shard, segment) for shard in self.owned_shards for segment in self.shards[shard]]
 
-    def live_rows(self) -> dict[int, int]:
-        return {shard: sum(s.live_rows() for s in self.shards[shard]) for shard in self.owned_shards}
+    def live_vectors(self) -> dict[int, int]:
+        """Per owned shard, its live rows less the second copies of replicated vectors."""
+        return {shard: sum(s.live_vectors() for s in self.shards[shard]) for shard in self.owned_shards}
 
     def parts(self, flt: Filter | None) -> tuple[list[Part], dict[int, int]]:
         """Every non-empty segment with the rows a scan may read, and the count of those per shard."""

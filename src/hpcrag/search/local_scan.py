@@ -28,7 +28,7 @@ from hpcrag.search.live import Part
 from hpcrag.search.local_kinds import SEARCH_DEFAULTS
 from hpcrag.search.metric import Metric
 from hpcrag.search.store import Segment
-from hpcrag.search.topk import empty_topk, merge_distinct_topk, merge_topk, select_topk
+from hpcrag.search.topk import empty_topk, merge_topk, select_topk
 
 REFINE_BYTES = 64 * 2**20  # candidate vectors gathered at once for an ivf-pq re-rank
 
@@ -69,8 +69,7 @@ class LocalKindScan:
             scores = xp.where(ids < 0, xp.float32(self.metric.worst), xp.asarray(scores)).astype(xp.float32)
             found = empty_topk(xp, queries.shape[0], k, self.metric.worst)
             found[0][xp.asarray(rows)], found[1][xp.asarray(rows)] = scores, ids
-            merge = merge_distinct_topk if self._list_scans(segment, mask) else merge_topk
-            result = merge(result, found, k, self.metric.larger_is_better, self.metric.worst)
+            result = merge_topk(result, found, k, self.metric.larger_is_better, self.metric.worst)
         return result
 
     def _list_scans(self, segment: Segment, mask: np.ndarray | None) -> bool:

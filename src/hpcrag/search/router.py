@@ -13,9 +13,17 @@ from typing import Any
 
 import numpy as np
 
-from hpcrag.search.build import coarse_quantizer
 from hpcrag.search.grouping import shards_touched
 from hpcrag.search.metric import Metric
+
+
+def coarse_quantizer(centroids: np.ndarray, metric: Metric):
+    """A faiss flat index over the centroids: the same assignment faiss's own IVF would make."""
+    import faiss
+
+    index = faiss.IndexFlat(centroids.shape[1], metric.faiss_metric())
+    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    return index
 
 
 class Router:
@@ -41,6 +49,11 @@ class Router:
         ids, scores = self._nearest(queries, nprobe)
         keys = None if margin is None else _host(self._squared_distances(queries, ids, scores))
         return self.xp.asarray(select_shards(_host(ids), self.list_shard, max_shards, keys, margin))
+
+    def nearest(self, queries: Any, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """On the host: each row's `count` nearest lists, best first, and their squared L2 distances."""
+        ids, scores = self._nearest(queries, count)
+        return _host(ids), _host(self._squared_distances(queries, ids, scores))
 
     def _nearest(self, queries: Any, nprobe: int) -> tuple[Any, Any]:
         """The probes, best first by the metric, and their scores: squared distances where faiss

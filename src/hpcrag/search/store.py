@@ -32,6 +32,7 @@ class Segment:
     delta: bool = False  # rows added since the shard was written
     cache: dict[str, Any] = field(default_factory=dict)  # a backend's derived copies (device lists)
     local: Any = None  # the shard's own index (hnsw, ivf-pq, cagra) over the base rows, else None
+    replica: np.ndarray | None = None  # (n,) uint8 on the host, 1 = a vector's second copy; None: none
 
     @property
     def rows(self) -> int:
@@ -42,6 +43,13 @@ class Segment:
 
     def live_rows(self) -> int:
         return self.rows if self.live is None else int(self.live.sum())
+
+    def live_vectors(self) -> int:
+        """Live rows less second copies: each vector counted once over all shards."""
+        if self.replica is None:
+            return self.live_rows()
+        first = self.replica == 0
+        return int(first.sum() if self.live is None else (first & (self.live == 1)).sum())
 
 
 def widen_attributes(attributes: np.ndarray, columns: int) -> np.ndarray:
@@ -59,7 +67,8 @@ def load_shard(root: Path, manifest: layout.Manifest, shard: int, verify: bool, 
     missing = set(layout.SHARD_ARRAYS) - set(entry.files)
     if missing:
         raise IndexFormatError(f"{root / layout.MANIFEST}: shard {shard} lacks {sorted(missing)}")
-    names = [*layout.SHARD_ARRAYS, *([layout.ATTRIBUTES] if layout.ATTRIBUTES in entry.files else [])]
+    optional = [name for name in (layout.ATTRIBUTES, layout.REPLICA) if name in entry.files]
+    names = [*layout.SHARD_ARRAYS, *optional]
     arrays = {name: layout.load_array(folder / name, entry.files[name], verify) for name in names}
     n = entry.ntotal
     expected = {
@@ -68,6 +77,7 @@ def load_shard(root: Path, manifest: layout.Manifest, shard: int, verify: bool, 
         "sqnorms.npy": ((n,), "float32"),
         "list_offsets.npy": ((manifest.nlist + 1,), "int64"),
         layout.ATTRIBUTES: ((n, len(manifest.attributes)), "int64"),
+        layout.REPLICA: ((n,), "uint8"),
     }
     for name in names:
         shape, dtype = expected[name]
@@ -86,7 +96,13 @@ def load_shard(root: Path, manifest: layout.Manifest, shard: int, verify: bool, 
     if attributes is None:
         attributes = np.full((n, len(manifest.attributes)), MISSING, dtype=np.int64)
     on_device = [xp.asarray(arrays[name]) for name in ("vectors.npy", "ids.npy", "sqnorms.npy")]
-    segment = Segment(*on_device, offsets=offsets, attributes=np.asarray(attributes))
+    replica = arrays.get(layout.REPLICA)
+    segment = Segment(
+        *on_device,
+        offsets=offsets,
+        attributes=np.asarray(attributes),
+        replica=None if replica is None else np.asarray(replica),
+    )
     kind_file = FILES.get(manifest.local["kind"])
     if kind_file is not None:
         if kind_file not in entry.files:

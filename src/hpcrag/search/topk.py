@@ -45,28 +45,22 @@ def select_topk(scores: Any, ids: Any, k: int, larger_is_better: bool, worst: fl
 def merge_topk(
     a: tuple[Any, Any], b: tuple[Any, Any], k: int, larger_is_better: bool, worst: float
 ) -> tuple[Any, Any]:
-    """Merge two (scores, ids) top-k sets of the same queries into one."""
+    """Merge two (scores, ids) top-k sets of the same queries into one, each id at most once (at
+    its best score): an id is in two sets when a replicated row is found in two shards, or one
+    segment is read by two scans."""
     xp = array_module(a[0])
     scores = xp.concatenate([a[0], b[0]], axis=1)
     ids = xp.concatenate([a[1], b[1]], axis=1)
-    return select_topk(scores, ids, k, larger_is_better, worst)
-
-
-def merge_distinct_topk(
-    a: tuple[Any, Any], b: tuple[Any, Any], k: int, larger_is_better: bool, worst: float
-) -> tuple[Any, Any]:
-    """`merge_topk` of two sets that may both hold an id (two scans of the same rows): each id once,
-    as `a` scored it."""
-    xp = array_module(a[0])
-    scores = xp.concatenate([a[0], b[0]], axis=1)
-    ids = xp.concatenate([a[1], b[1]], axis=1)
+    key = -scores if larger_is_better else scores
+    best_first = _order_rows(xp, key, xp.where(ids < 0, NO_ID_LAST, ids))
+    ranked_ids = xp.take_along_axis(ids, best_first, axis=1)
     stable = {"kind": "stable"} if xp.__name__ == "numpy" else {}
-    order = xp.argsort(ids, axis=1, **stable)
-    by_id = xp.take_along_axis(ids, order, axis=1)
+    by_id = xp.argsort(ranked_ids, axis=1, **stable)  # stable: an id's best place comes first
+    sorted_ids = xp.take_along_axis(ranked_ids, by_id, axis=1)
     repeated = xp.zeros(ids.shape, dtype=bool)
-    repeated[:, 1:] = (by_id[:, 1:] == by_id[:, :-1]) & (by_id[:, 1:] >= 0)
+    repeated[:, 1:] = (sorted_ids[:, 1:] == sorted_ids[:, :-1]) & (sorted_ids[:, 1:] >= 0)
     hidden = xp.zeros(ids.shape, dtype=bool)
-    hidden[xp.arange(ids.shape[0])[:, None], order] = repeated
+    hidden[xp.arange(ids.shape[0])[:, None], xp.take_along_axis(best_first, by_id, axis=1)] = repeated
     scores = xp.where(hidden, xp.float32(worst), scores)
     ids = xp.where(hidden, -1, ids)
     return select_topk(scores, ids, k, larger_is_better, worst)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from hpcrag.search.build import coarse_quantizer
 from hpcrag.search.grouping import BALANCE_SLACK, group_lists, random_grouping, shards_touched
 from hpcrag.search.metric import Metric
+from hpcrag.search.router import coarse_quantizer
 from hpcrag.search.synthetic import clustered
 
 
