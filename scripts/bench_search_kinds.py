@@ -80,8 +80,10 @@ def kinds_suite(args: argparse.Namespace) -> None:
         job = [__file__, str(scratch), str(report), str(args.repeat), str(args.k), args.metric]
         mpirun(2, args.threads, job)
         rows = json.loads(report.read_text())
+        loads = shard_loads(scratch, queries, rows)
     curve = fanout_curve(base, queries, gt, metric, args.k, nlist)
-    text = render(name, base, queries, args, rows, builds, nlist) + render_curve(curve, args.k, nlist)
+    text = render(name, base, queries, args, rows, builds, nlist) + render_loads(loads)
+    text += render_curve(curve, args.k, nlist)
     print(text)
     out = REPO / "benchmarks" / f"search-kinds-{name}.md"
     out.write_text(text)
@@ -294,6 +296,43 @@ def fanout_curve(
         curve.append({"nshards": nshards, "recalls": recalls[:12], "shards_for_target": needed,
                       "recall": recalls[needed - 1]})  # fmt: skip
     return curve
+
+
+def shard_loads(scratch: Path, queries: np.ndarray, rows: list[dict]) -> list[dict]:
+    """For hpcrag's fastest 4-shard settings at the target: how many of the queries each shard
+    searches (routing alone, one process), and the share the busier of 2 ranks (shards 0, 2 and
+    1, 3) carries: a rank waits for the other, so a skewed query set costs throughput."""
+    from hpcrag.search import DistributedIndex
+
+    loads = []
+    for count, share in ((4, 0.0), *(r for r in REPLICATED if r[0] == 4)):
+        best = best_at_target(rows, hnsw_method(count, share))
+        if best is None:
+            continue
+        target = f"hnsw-{count}" if not share else replicated(count, share)
+        index = DistributedIndex.open(scratch / target)
+        options = best["options"]
+        probes = index.router.route(queries, ROUTE_NPROBE, options["max_shards"], options.get("shard_margin"))
+        index.close()
+        owner = np.where(probes >= 0, np.asarray(index.manifest.list_shard)[np.maximum(probes, 0)], -1)
+        per_shard = [int((owner == shard).any(axis=1).sum()) for shard in range(count)]
+        per_rank = [sum(per_shard[rank::2]) for rank in range(2)]
+        loads.append({"method": best["method"], "options": options, "per_shard": per_shard,
+                      "busier_rank_share": max(per_rank) / max(sum(per_rank), 1)})  # fmt: skip
+    return loads
+
+
+def render_loads(loads: list[dict]) -> str:
+    lines = [
+        "",
+        "Shard load of those settings (queries each shard searches; routing alone, one process):",
+        "",
+    ]
+    for load in loads:
+        setting = ", ".join(f"{key} {value}" for key, value in load["options"].items())
+        lines.append(f"- {load['method']} ({setting}): {load['per_shard']}; the busier of 2 ranks "
+                     f"searches {load['busier_rank_share']:.0%} of the shard searches")  # fmt: skip
+    return "\n".join(lines) + "\n"
 
 
 def render_curve(curve: list[dict], k: int, nlist: int) -> str:

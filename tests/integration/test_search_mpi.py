@@ -124,3 +124,31 @@ def test_local_kinds_built_and_searched_by_ranks_equal_one_process(workdir: Path
     assert many["local"] == one["local"] and many["local"]["kind"] == kind
     np.testing.assert_array_equal(results[3]["ids"], results[1]["ids"])
     np.testing.assert_allclose(results[3]["distances"], results[1]["distances"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["ivf-flat", "hnsw"])
+def test_replicated_build_by_ranks_keeps_each_id_once_and_equals_exact(workdir: Path, kind: str) -> None:
+    """Copies of boundary vectors sit on other ranks: the top-k reduction across ranks keeps each id once."""
+    base, queries = np.load(workdir / "base.npy"), np.load(workdir / "queries.npy")
+    distances, expected = reference.search(reference.exact(base, Metric.IP), queries, 10, Metric.IP)
+    results, manifests = {}, {}
+    for ranks in (1, 3):
+        index_dir = workdir / f"replicated-{kind}-r{ranks}"
+        mpirun(
+            ranks, sys.executable, "-m", "hpcrag", "index", "build", str(workdir / "base.npy"),
+            "--out", str(index_dir), "--nlist", "16", "--shards", "4", "--local", kind, "--replicate", "0.4",
+        )  # fmt: skip
+        manifests[ranks] = json.loads((index_dir / "manifest.json").read_text())
+        out = workdir / f"replicated-{kind}-r{ranks}.npz"
+        mpirun(
+            ranks, sys.executable, "-m", "hpcrag", "index", "search", str(index_dir),
+            "--queries", str(workdir / "queries.npy"), "--k", "10", "--nprobe", "16", "--out", str(out),
+            *(["--ef", "1024"] if kind == "hnsw" else []),
+        )  # fmt: skip
+        results[ranks] = np.load(out)
+        assert_same_neighbours(results[ranks]["ids"], results[ranks]["distances"], expected, distances)
+        for row in results[ranks]["ids"]:
+            assert np.unique(row).size == row.size
+    assert manifests[3]["replicas"] == manifests[1]["replicas"] > 0.3 * len(base)
+    assert manifests[3]["format_version"] == 3
+    np.testing.assert_array_equal(results[3]["ids"], results[1]["ids"])

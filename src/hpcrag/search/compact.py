@@ -7,7 +7,9 @@ and a failed compaction leaves the old one as it was. The new manifest's `base_s
 update folded in, so the log starts empty from there.
 
 Shards whose local kind keeps an index of its own (hnsw, ivf-pq) get it rebuilt over their new
-rows; ivf-pq reuses the codebooks trained at build.
+rows; ivf-pq reuses the codebooks trained at build. When the build replicated boundary vectors
+(`--replicate`), the copies of surviving rows are kept, and rows added since get theirs by the
+build's rule and threshold.
 
 It is offline: it refuses while any process has the index open (a search service, a job), since
 those hold the old generation's files and would not see the swap. Updates are held off for its
@@ -35,6 +37,7 @@ from hpcrag.search.arrays import to_numpy
 from hpcrag.search.build import Progress, publish, shard_record, squared_error, write_shard
 from hpcrag.search.index import DistributedIndex
 from hpcrag.search.local_kinds import LIVE_KINDS, rebuild_template
+from hpcrag.search.replication import second_lists
 from hpcrag.search.wal import UpdateLog, served_elsewhere
 
 ADDED_SHARE_ADVISE = 0.2
@@ -105,8 +108,10 @@ def _write_generation(
         record = shard_record(manifest.dtype, manifest.dim, columns)
         shards, counts = [], np.zeros(manifest.nlist, dtype=np.int64)
         template = rebuild_template(manifest.local, index.segments(0)[0].local)
-        dropped = folded = added_live = replicas = 0
+        dropped = folded = added_live = 0
         error = 0.0
+        per_shard: list[list[np.ndarray]] = []
+        added: list[np.ndarray] = []
         for shard in range(manifest.nshards):
             rows = []
             for segment in index.segments(shard):
@@ -118,12 +123,19 @@ def _write_generation(
                 part["vector"] = np.asarray(to_numpy(segment.vectors))[keep]
                 part["attributes"] = segment.attributes[keep]
                 part["replica"] = 0 if segment.replica is None else segment.replica[keep]
-                replicas += int(part["replica"].sum())
                 if segment.delta:
                     folded += segment.rows
                     added_live += keep.size
+                    added.append(part)
                 rows.append(part)
+            per_shard.append(rows)
+        threshold = manifest.build.get("replicate_threshold", 0.0)
+        for shard, copies in _copies_of_added(added, index, threshold).items():
+            per_shard[shard].append(copies)
+        replicas = 0
+        for shard, rows in enumerate(per_shard):
             mine = np.concatenate(rows)
+            replicas += int(mine["replica"].sum())
             counts += np.bincount(mine["list"], minlength=manifest.nlist)
             first = mine[mine["replica"] == 0]  # a second copy sits farther from its list by design
             error += squared_error(first["vector"], centroids, first["list"])
@@ -160,6 +172,21 @@ def _write_generation(
         seq=index.seq, vectors=total, rows_dropped=dropped, rows_folded=folded, drift=drift, seconds=0.0
     )
     return report, workdir
+
+
+def _copies_of_added(
+    added: list[np.ndarray], index: DistributedIndex, threshold: float
+) -> dict[int, np.ndarray]:
+    """Second copies, by the build's rule (`replication.py`), of the rows added since the build, by
+    the shard that receives them. None when the build replicated nothing."""
+    if threshold <= 0 or not added:
+        return {}
+    rows = np.concatenate(added)
+    second = second_lists(index.router, rows["vector"].astype(np.float32), threshold)
+    copies = rows[second >= 0]
+    copies["list"], copies["replica"] = second[second >= 0], 1
+    owner = index.router.list_shard[copies["list"]]
+    return {int(shard): copies[owner == shard] for shard in np.unique(owner)}
 
 
 def _drift(added_share: float, error_now: float, build: dict) -> Drift:

@@ -156,6 +156,11 @@ class DistributedIndex:
         return self._live.shards[shard]
 
     @property
+    def router(self) -> Router:
+        """The coarse routing every rank holds: probes and shard selection."""
+        return self._router
+
+    @property
     def ntotal(self) -> int:
         """Live vectors: the base rows plus those added, less those deleted."""
         return self._ntotal

@@ -67,9 +67,11 @@ class LocalKindScan:
             labels = xp.asarray(labels).astype(xp.int64)
             ids = xp.where(labels >= 0, xp.asarray(segment.ids)[xp.maximum(labels, 0)], -1)
             scores = xp.where(ids < 0, xp.float32(self.metric.worst), xp.asarray(scores)).astype(xp.float32)
-            found = empty_topk(xp, queries.shape[0], k, self.metric.worst)
-            found[0][xp.asarray(rows)], found[1][xp.asarray(rows)] = scores, ids
-            result = merge_topk(result, found, k, self.metric.larger_is_better, self.metric.worst)
+            rows = xp.asarray(rows)  # merge only the queries this segment answered
+            mine = (result[0][rows], result[1][rows])
+            result[0][rows], result[1][rows] = merge_topk(
+                mine, (scores, ids), k, self.metric.larger_is_better, self.metric.worst
+            )
         return result
 
     def _list_scans(self, segment: Segment, mask: np.ndarray | None) -> bool:

@@ -15,6 +15,7 @@ import numpy as np
 from hpcrag.search.arrays import array_module
 
 NO_ID_LAST = np.iinfo(np.int64).max  # sorts empty slots after every real id
+PAIR_CELLS = 1 << 22  # slot pairs compared at once when merging (bounds the memory of a large k)
 
 
 def empty_topk(xp: Any, nq: int, k: int, worst: float) -> tuple[Any, Any]:
@@ -32,12 +33,21 @@ def select_topk(scores: Any, ids: Any, k: int, larger_is_better: bool, worst: fl
         n = k
     # Rank by a key where smaller is better; -1 ids (no neighbour) sort last among equal keys.
     key = -scores if larger_is_better else scores
+    tiebreak = xp.where(ids < 0, NO_ID_LAST, ids)
     if n > k:
-        part = xp.argpartition(key, k - 1, axis=1)[:, :k]
-        key = xp.take_along_axis(key, part, axis=1)
+        part = xp.argpartition(key, k - 1, axis=1)
+        # argpartition splits a tie at the k-th key by position; such rows are sorted by (key, id)
+        # in full, so that the answer does not depend on the order the candidates came in.
+        kth = xp.take_along_axis(key, part[:, k - 1 : k], axis=1)
+        rest = part[:, k:]
+        real = xp.take_along_axis(tiebreak, rest, axis=1) != NO_ID_LAST  # the order of empty slots is moot
+        tied = xp.flatnonzero(((xp.take_along_axis(key, rest, axis=1) == kth) & real).any(axis=1))
+        part = part[:, :k]
+        if tied.size:
+            part[tied] = _order_rows(xp, key[tied], tiebreak[tied])[:, :k]
+        key, tiebreak = xp.take_along_axis(key, part, axis=1), xp.take_along_axis(tiebreak, part, axis=1)
         ids = xp.take_along_axis(ids, part, axis=1)
         scores = xp.take_along_axis(scores, part, axis=1)
-    tiebreak = xp.where(ids < 0, NO_ID_LAST, ids)
     order = _order_rows(xp, key, tiebreak)
     return xp.take_along_axis(scores, order, axis=1), xp.take_along_axis(ids, order, axis=1)
 
@@ -45,25 +55,35 @@ def select_topk(scores: Any, ids: Any, k: int, larger_is_better: bool, worst: fl
 def merge_topk(
     a: tuple[Any, Any], b: tuple[Any, Any], k: int, larger_is_better: bool, worst: float
 ) -> tuple[Any, Any]:
-    """Merge two (scores, ids) top-k sets of the same queries into one, each id at most once (at
-    its best score): an id is in two sets when a replicated row is found in two shards, or one
-    segment is read by two scans."""
+    """Merge two (scores, ids) top-k sets of the same queries into one. Each set holds an id at most
+    once, but both may hold it (a replicated row found in two shards, a segment read by two scans):
+    it is kept once, at its better score."""
     xp = array_module(a[0])
-    scores = xp.concatenate([a[0], b[0]], axis=1)
-    ids = xp.concatenate([a[1], b[1]], axis=1)
-    key = -scores if larger_is_better else scores
-    best_first = _order_rows(xp, key, xp.where(ids < 0, NO_ID_LAST, ids))
-    ranked_ids = xp.take_along_axis(ids, best_first, axis=1)
-    stable = {"kind": "stable"} if xp.__name__ == "numpy" else {}
-    by_id = xp.argsort(ranked_ids, axis=1, **stable)  # stable: an id's best place comes first
-    sorted_ids = xp.take_along_axis(ranked_ids, by_id, axis=1)
-    repeated = xp.zeros(ids.shape, dtype=bool)
-    repeated[:, 1:] = (sorted_ids[:, 1:] == sorted_ids[:, :-1]) & (sorted_ids[:, 1:] >= 0)
-    hidden = xp.zeros(ids.shape, dtype=bool)
-    hidden[xp.arange(ids.shape[0])[:, None], xp.take_along_axis(best_first, by_id, axis=1)] = repeated
-    scores = xp.where(hidden, xp.float32(worst), scores)
-    ids = xp.where(hidden, -1, ids)
+    hide_a, hide_b = _shared_ids(xp, a, b, larger_is_better)
+    scores = xp.concatenate(
+        [xp.where(hide_a, xp.float32(worst), a[0]), xp.where(hide_b, xp.float32(worst), b[0])], axis=1
+    )
+    ids = xp.concatenate([xp.where(hide_a, -1, a[1]), xp.where(hide_b, -1, b[1])], axis=1)
     return select_topk(scores, ids, k, larger_is_better, worst)
+
+
+def _shared_ids(xp: Any, a: tuple[Any, Any], b: tuple[Any, Any], larger_is_better: bool) -> tuple[Any, Any]:
+    """Per slot of `a` and of `b`: whether the other set holds its id at a better score (`a` wins
+    ties). Compares every pair of slots of a row, in blocks of rows to bound the memory."""
+    hide_a, hide_b = xp.zeros(a[1].shape, dtype=bool), xp.zeros(b[1].shape, dtype=bool)
+    nq = a[1].shape[0]
+    step = max(1, PAIR_CELLS // max(1, a[1].shape[1] * b[1].shape[1]))
+    for lo in range(0, nq, step):
+        hi = min(nq, lo + step)
+        a_ids = a[1][lo:hi, :, None]
+        same = (a_ids == b[1][lo:hi, None, :]) & (a_ids >= 0)
+        if not bool(same.any()):
+            continue
+        a_scores, b_scores = a[0][lo:hi, :, None], b[0][lo:hi, None, :]
+        b_better = same & ((b_scores > a_scores) if larger_is_better else (b_scores < a_scores))
+        hide_a[lo:hi] = b_better.any(axis=2)
+        hide_b[lo:hi] = (same & ~b_better).any(axis=1)
+    return hide_a, hide_b
 
 
 def _order_rows(xp: Any, key: Any, tiebreak: Any) -> Any:

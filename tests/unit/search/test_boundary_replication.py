@@ -3,7 +3,8 @@
 Shown here: the rule on a hand-computed case; a build copies about the share asked for, never an id
 twice in one shard, and records them (format version 3); every answer holds each id once and, at full
 effort over every list, equals brute force; a query held to one shard finds more of its neighbours;
-deletes and upserts reach both copies, counts stay per vector, and `compact` keeps the copies.
+deletes and upserts reach both copies, counts stay per vector, and `compact` keeps the copies and
+gives rows added since the build theirs.
 """
 
 from __future__ import annotations
@@ -168,12 +169,23 @@ def test_updates_reach_both_copies_and_compact_keeps_them(tmp_path: Path, kind: 
     live.upsert(near_base(rng, moved.size), moved)
     live.add(near_base(rng, 25), np.arange(NEW_IDS, NEW_IDS + 25))
     assert_brute_force(live, kind)
+    # Rows added since the build have one copy; compact gives them their second by the build's rule.
+    new_ids = np.concatenate([moved, np.arange(NEW_IDS, NEW_IDS + 25)])
+    threshold = live.index.manifest.build["replicate_threshold"]
+    second = second_lists(live.index.router, np.stack([live.model[i] for i in new_ids.tolist()]), threshold)
+    assert 0 < (second >= 0).sum() < new_ids.size
     before = read_manifest(root).replicas
     live.index.close()
     report = compact_index(root)
     after = read_manifest(root)
     assert report.vectors == after.ntotal == len(live.model)
-    assert after.replicas == before - gone.size - moved.size  # the new rows have one copy
+    assert after.replicas == before - gone.size - moved.size + (second >= 0).sum()
+    holders = {int(i): [s for s, ids in enumerate(stored_ids(root)) if i in ids] for i in new_ids}
+    for ident, target in zip(new_ids.tolist(), second.tolist(), strict=True):
+        owners = holders[ident]
+        assert len(owners) == (2 if target >= 0 else 1)
+        if target >= 0:
+            assert after.list_shard[target] in owners
     assert after.format_version == layout.REPLICAS_VERSION
     assert sum(s.ntotal for s in after.shards) == after.ntotal + after.replicas
     assert report.drift.error_ratio == pytest.approx(1.0, abs=0.2)  # copies do not count as drift

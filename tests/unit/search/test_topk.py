@@ -51,3 +51,37 @@ def test_reduction_of_one_rank_is_the_identity() -> None:
     scores, ids = np.ones((2, 3), dtype=np.float32), np.arange(6).reshape(2, 3)
     out = reduce_topk(LocalComm(), scores, ids, 3, Metric.IP)
     assert out is not None and out[1] is ids
+
+
+def reference_merge(a, b, k: int, larger_is_better: bool) -> list[list[int]]:
+    """Each id at its best score, ordered by (score, id): the merge spelled out one row at a time."""
+    out = []
+    for row in range(a[1].shape[0]):
+        best: dict[int, float] = {}
+        for scores, ids in (a, b):
+            for score, ident in zip(scores[row].tolist(), ids[row].tolist(), strict=True):
+                if ident < 0:
+                    continue
+                if ident not in best or (score > best[ident] if larger_is_better else score < best[ident]):
+                    best[ident] = score
+        ranked = sorted(best.items(), key=lambda item: (-item[1] if larger_is_better else item[1], item[0]))
+        out.append([ident for ident, _ in ranked[:k]] + [-1] * max(0, k - len(ranked)))
+    return out
+
+
+@pytest.mark.parametrize("metric", [Metric.IP, Metric.L2])
+@pytest.mark.parametrize("k", [1, 10, 300])
+def test_merge_of_sets_sharing_ids_keeps_each_once_at_its_best_score(metric: Metric, k: int) -> None:
+    rng = np.random.default_rng(k)
+    sets = []
+    for _ in range(2):
+        ids = np.stack([rng.permutation(2 * k + 5)[:k] for _ in range(40)]).astype(np.int64)
+        scores = rng.standard_normal((40, k)).astype(np.float32).round(1)  # rounding makes ties
+        ids[rng.random((40, k)) < 0.1] = -1
+        scores[ids < 0] = metric.worst
+        sets.append(select_topk(scores, ids, k, metric.larger_is_better, metric.worst))
+    scores, ids = merge_topk(sets[0], sets[1], k, metric.larger_is_better, metric.worst)
+    assert ids.tolist() == reference_merge(sets[0], sets[1], k, metric.larger_is_better)
+    flipped = merge_topk(sets[1], sets[0], k, metric.larger_is_better, metric.worst)
+    np.testing.assert_array_equal(flipped[1], ids)
+    np.testing.assert_array_equal(flipped[0], scores)
