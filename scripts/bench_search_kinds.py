@@ -35,6 +35,7 @@ TARGET = 0.95
 HNSW = {"M": 32, "ef_construction": 40}
 EFS = (10, 12, 16, 24, 32, 64)
 REPLICATED = ((4, 0.3), (4, 0.5), (8, 0.3))  # (shards, --replicate) of the boundary-replicated builds
+CURVE_SHARES = (0.0, 0.3, 0.5)  # --replicate shares of the routing-alone curve
 
 
 def replicated(count: int, share: float) -> str:
@@ -112,7 +113,7 @@ def settings() -> list[tuple[str, str, dict]]:
             (hnsw_method(count, share), replicated(count, share), {**route, "ef": ef})
             for count, share in REPLICATED
             for route in routes[count]
-            for ef in EFS[:4]
+            for ef in EFS
         ],
         *[("hpcrag ivf-flat, 4 shards", "ivf-flat-4", options) for options in lists],
         *[("hpcrag ivf-pq, 4 shards", "ivf-pq-4", {**options, "refine": 10}) for options in lists[2:]],
@@ -267,11 +268,14 @@ def fanout_curve(
 ) -> list[dict]:
     """Routing alone, at more shards than 2 cores can serve: hpcrag's grouping of `nlist` lists into S
     shards (its build's k-means and `group_lists`), queries ranking shards by their best centroid;
-    recall@k if each chosen shard answered exactly, for 1, 2, ... shards per query."""
+    recall@k if each chosen shard answered exactly, for 1, 2, ... shards per query; plain, and with
+    boundary replication at each share of CURVE_SHARES (a neighbour counts in either shard holding it)."""
     import faiss
 
     from hpcrag.search.grouping import group_lists
     from hpcrag.search.metric import prepare
+    from hpcrag.search.replication import boundary_ratios, threshold_for
+    from hpcrag.search.router import Router
 
     rows = prepare(base, metric, "base")
     kmeans = faiss.Kmeans(rows.shape[1], nlist, niter=20, seed=1234, spherical=metric.larger_is_better,
@@ -291,10 +295,19 @@ def fanout_curve(
         np.minimum.at(order, (np.arange(len(queries))[:, None].repeat(nlist, 1), owner), np.arange(nlist))
         shard_rank = order.argsort(axis=1).argsort(axis=1)  # 0 = the shard of the best centroid
         truth_rank = np.take_along_axis(shard_rank, list_shard[lists[gt[:, :k]]], axis=1)
-        recalls = [float((truth_rank < s).mean()) for s in range(1, nshards + 1)]
-        needed = next(s for s, r in enumerate(recalls, 1) if r >= TARGET)
-        curve.append({"nshards": nshards, "recalls": recalls[:12], "shards_for_target": needed,
-                      "recall": recalls[needed - 1]})  # fmt: skip
+        router = Router(kmeans.centroids, metric, list_shard, np)
+        ratio, second = boundary_ratios(router, rows)
+        for share in CURVE_SHARES:
+            ranks = truth_rank
+            if share:
+                copied = ratio <= threshold_for(ratio[:20000], share)  # the build's rule and sample
+                other = np.where(copied, list_shard[np.maximum(second, 0)], -1)[gt[:, :k]]
+                copy_rank = np.take_along_axis(shard_rank, np.maximum(other, 0), axis=1)
+                ranks = np.where(other >= 0, np.minimum(truth_rank, copy_rank), truth_rank)
+            recalls = [float((ranks < s).mean()) for s in range(1, nshards + 1)]
+            needed = next(s for s, r in enumerate(recalls, 1) if r >= TARGET)
+            curve.append({"nshards": nshards, "replicate": share, "recalls": recalls[:12],
+                          "shards_for_target": needed, "recall": recalls[needed - 1]})  # fmt: skip
     return curve
 
 
@@ -340,15 +353,17 @@ def render_curve(curve: list[dict], k: int, nlist: int) -> str:
         "",
         f"Routing alone (nlist {nlist}, exact search inside each chosen shard): recall@{k} when a query "
         "visits its best 1, 2, 3, ... shards, and the shards it needs for recall >= "
-        f"{TARGET}:",
+        f"{TARGET}; with --replicate, a neighbour counts in either shard that holds it:",
         "",
-        "| shards | best 1 | best 2 | best 3 | best 4 | best 6 | best 8 | needed for the target |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| shards | replicate | best 1 | best 2 | best 3 | best 4 | best 6 | best 8 | needed |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for point in curve:
         cells = [point["recalls"][s - 1] if s <= len(point["recalls"]) else None for s in (1, 2, 3, 4, 6, 8)]
         shown = " | ".join("-" if c is None else f"{c:.3f}" for c in cells)
-        lines.append(f"| {point['nshards']} | {shown} | {point['shards_for_target']} |")
+        lines.append(
+            f"| {point['nshards']} | {point['replicate']:g} | {shown} | {point['shards_for_target']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -357,17 +372,19 @@ def calibrate(
 ) -> dict:
     """The measured fan-out and per-shard costs `hpcrag plan search` scales from."""
     fanout, local = [], {}
-    for count in (4, 8):
-        r = best_at_target(rows, f"hpcrag hnsw, {count} shards")
+    for count, share in ((4, 0.0), (8, 0.0), *REPLICATED):
+        r = best_at_target(rows, hnsw_method(count, share))
         if r:
-            fanout.append({"nshards": count, "nlist": nlist, "max_shards": r["options"]["max_shards"],
-                           "recall": round(r["recall"], 4), "basis": "measured search, hnsw shards",
+            fanout.append({"nshards": count, "replicate": share, "nlist": nlist,
+                           "max_shards": r["options"]["max_shards"], "recall": round(r["recall"], 4),
+                           "basis": "measured search, hnsw shards",
                            "mean_shards_touched": round(r["touched"], 3)})  # fmt: skip
     for point in curve:
         if point["nshards"] > 8:
             needed = point["shards_for_target"]
-            fanout.append({"nshards": point["nshards"], "nlist": nlist, "max_shards": needed,
-                           "recall": round(point["recall"], 4), "basis": "routing alone, exact within shards",
+            fanout.append({"nshards": point["nshards"], "replicate": point["replicate"], "nlist": nlist,
+                           "max_shards": needed, "recall": round(point["recall"], 4),
+                           "basis": "routing alone, exact within shards",
                            "mean_shards_touched": needed})  # fmt: skip
     cores = 2
     for kind, method in (("hnsw", "hpcrag hnsw, 4 shards"), ("ivf-flat", "hpcrag ivf-flat, 4 shards"),

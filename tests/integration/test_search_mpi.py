@@ -137,6 +137,7 @@ def test_replicated_build_by_ranks_keeps_each_id_once_and_equals_exact(workdir: 
         mpirun(
             ranks, sys.executable, "-m", "hpcrag", "index", "build", str(workdir / "base.npy"),
             "--out", str(index_dir), "--nlist", "16", "--shards", "4", "--local", kind, "--replicate", "0.4",
+            "--dtype", "float32",
         )  # fmt: skip
         manifests[ranks] = json.loads((index_dir / "manifest.json").read_text())
         out = workdir / f"replicated-{kind}-r{ranks}.npz"

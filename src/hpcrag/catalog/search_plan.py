@@ -10,7 +10,9 @@ a reader can tell a measurement from the seed study's claim from an assumption. 
   90% of the GPU's VRAM (10% headroom). hnsw is a CPU index, and ivf-pq keeps its full vectors for
   re-ranking on the host: host memory is checked against an assumed 32 GB per GPU.
 - fan-out: a query touches a fraction f of the shards, f measured at N shards by the calibration file
-  and applied unchanged to this plan's shard count (an extrapolation, stated as such).
+  and applied unchanged to this plan's shard count (an extrapolation, stated as such). With boundary
+  replication (`replicate`, the build's `--replicate`), f comes from the points measured at that
+  share, and each shard stores (1 + share) x its share of the vectors.
 - per-GPU throughput: ivf-flat and ivf-pq are memory-bound (bandwidth x 0.6 / bytes one query reads
   from its shard); cagra takes the seed's T4 figure, scaled; hnsw runs on the host's cores from the
   calibration's per-core cost, scaled. Graph costs scale as dim x ln(vectors per shard).
@@ -21,7 +23,8 @@ a reader can tell a measurement from the seed study's claim from an assumption. 
 
 The calibration file (JSON) holds what a benchmark measured on real data:
     {"dataset": str, "vectors": int, "dim": int, "k": int, "command": str,
-     "fanout": [{"nshards", "recall", "mean_shards_touched", optional "nlist", "max_shards"}, ...],
+     "fanout": [{"nshards", "recall", "mean_shards_touched", optional "nlist", "max_shards",
+                 "replicate" (share of vectors copied to a second shard, default 0)}, ...],
      "local": {"ivf-flat": {"recall", "scanned_fraction"},
                "hnsw": {"recall", "cpu_seconds_per_query_per_shard", "shard_vectors"},
                "ivf-pq": {"recall", "scanned_fraction", optional "pq_m", "refine"}}}
@@ -128,6 +131,7 @@ class FanoutPoint:
     mean_shards_touched: float
     nlist: int | None = None
     max_shards: int | None = None
+    replicate: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -241,6 +245,7 @@ def load_calibration(path: Path) -> Calibration:
             mean_shards_touched=check.number(point, f"fanout[{i}]", "mean_shards_touched"),
             nlist=check.count(point, f"fanout[{i}]", "nlist") if "nlist" in point else None,
             max_shards=check.count(point, f"fanout[{i}]", "max_shards") if "max_shards" in point else None,
+            replicate=check.share(point, f"fanout[{i}]", "replicate") if "replicate" in point else 0.0,
         )
         for i, point in enumerate(check.items(top, "fanout"))
     )
@@ -292,10 +297,12 @@ def plan_search(
     p99_target_ms: float | None = None,
     pq_m: int | None = None,
     calibration: Calibration | None = None,
+    replicate: float = 0.0,
 ) -> SearchPlan:
     """The plan for every local kind; bad input raises HpcragError before any arithmetic."""
-    check_inputs(vectors, dim, gpus, recall, k, replicas, dtype, qps_target, p99_target_ms, pq_m)
-    model = _Model(vectors, dim, gpu_name, gpu, recall, k, DTYPE_BYTES[dtype], pq_m, calibration)
+    check_inputs(vectors, dim, gpus, recall, k, replicas, dtype, qps_target, p99_target_ms, pq_m, replicate)
+    check_replicate_measured(replicate, calibration)
+    model = _Model(vectors, dim, gpu_name, gpu, recall, k, DTYPE_BYTES[dtype], pq_m, calibration, replicate)
     shards = gpus // replicas
     shared = model.shared(shards)
     kinds = [model.kind_plan(kind, shards, replicas, qps_target, p99_target_ms) for kind in KINDS]
@@ -313,6 +320,7 @@ def plan_search(
             "gpus": gpus,
             "gpu": gpu_name,
             "replicas": replicas,
+            "replicate": replicate,
             "recall": recall,
             "k": k,
             "qps_target": qps_target,
@@ -336,6 +344,7 @@ def check_inputs(
     qps_target: float | None = None,
     p99_target_ms: float | None = None,
     pq_m: int | None = None,
+    replicate: float = 0.0,
 ) -> None:
     """Raise HpcragError naming the option and its fix for the first bad input."""
     if vectors < 1:
@@ -361,6 +370,27 @@ def check_inputs(
         raise HpcragError(f"--p99-ms must be > 0, got {p99_target_ms}")
     if pq_m is not None and pq_m < 1:
         raise HpcragError(f"--pq-m must be >= 1, got {pq_m}")
+    if not 0 <= replicate <= 1:
+        raise HpcragError(
+            f"--replicate {replicate} is not a share of the vectors: give a number from 0 to 1, as at build"
+        )
+
+
+def check_replicate_measured(replicate: float, calibration: Calibration | None) -> None:
+    """Fan-out with boundary copies comes only from a measurement at that share."""
+    if not replicate:
+        return
+    if calibration is None:
+        raise HpcragError(
+            f"--replicate {replicate:g} needs a calibration file that measured it (fan-out with copies is "
+            "not assumed); run scripts/bench_search.py --suite kinds --dataset manpages"
+        )
+    shares = sorted({p.replicate for p in calibration.fanout})
+    if replicate not in shares:
+        raise HpcragError(
+            f"calibration {calibration.path} has no fan-out measured with --replicate {replicate:g}; "
+            f"it measured {', '.join(f'{share:g}' for share in shares)}: choose one of those"
+        )
 
 
 @dataclass(frozen=True)
@@ -400,6 +430,7 @@ class _Model:
     element: int
     pq_m: int | None
     calibration: Calibration | None
+    replicate: float = 0.0
 
     # Fan-out and network, common to every kind.
 
@@ -409,16 +440,21 @@ class _Model:
         if self.calibration is None:
             fraction, at = DEFAULT_FANOUT
             return fraction, f"assumed: {fraction} of {at} shards (no calibration file)"
-        points = self.calibration.fanout
+        points = [p for p in self.calibration.fanout if p.replicate == self.replicate]
         meeting = [p for p in points if p.recall >= self.recall] or list(points)
         point = min(meeting, key=lambda p: (abs(p.nshards - shards), -p.nshards))
         fraction = point.mean_shards_touched / point.nshards
         short = f"; recall {point.recall} is below the target" if point.recall < self.recall else ""
-        detail = f"{point.mean_shards_touched:g} of {point.nshards} shards at recall {point.recall}{short}"
+        copies = f", {self.replicate:.0%} replicated" if self.replicate else ""
+        detail = (
+            f"{point.mean_shards_touched:g} of {point.nshards} shards{copies} at recall {point.recall}{short}"
+        )
         return fraction, self.calibration.label(detail)
 
     def extrapolation(self, shards: int) -> str:
-        measured = self.calibration is not None and any(p.nshards == shards for p in self.calibration.fanout)
+        measured = self.calibration is not None and any(
+            p.nshards == shards and p.replicate == self.replicate for p in self.calibration.fanout
+        )
         return "" if measured else f" (extrapolated to {shards} shards)"
 
     def touched(self, shards: int, fraction: float) -> float:
@@ -436,7 +472,11 @@ class _Model:
         return {
             "shards": Figure(shards, "", "--gpus / --replicas, one shard per GPU"),
             "vectors_per_shard": Figure(
-                math.ceil(self.vectors / shards), "vectors", "--vectors / shards, rounded up"
+                self.shard_vectors(shards),
+                "vectors",
+                "--vectors x (1 + --replicate) / shards, rounded up"
+                if self.replicate
+                else "--vectors / shards, rounded up",
             ),
             "fanout_fraction": Figure(fraction, "", fanout_source),
             "shards_touched": Figure(
@@ -509,8 +549,12 @@ class _Model:
             self.calibration.label(detail),
         )
 
+    def shard_vectors(self, shards: int) -> int:
+        """Rows a shard stores: its share of the vectors, and the copies of boundary vectors."""
+        return math.ceil(self.vectors * (1 + self.replicate) / shards)
+
     def numbers(self, kind: str, shards: int, replicas: int) -> _Numbers:
-        shard_vectors = math.ceil(self.vectors / shards)
+        shard_vectors = self.shard_vectors(shards)
         bandwidth = self.gpu.bandwidth_tbs * 1e12 * BANDWIDTH_EFFICIENCY
         full = self.dim * self.element + ID_BYTES
         full32 = self.dim * GRAPH_ELEMENT_BYTES + ID_BYTES  # hpcrag's graphs hold float32 rows
@@ -814,6 +858,12 @@ class _Checker:
         if number != int(number):
             self.fail(f"{at}.{key}" if at else key, f"must be a whole number, got {values[key]!r}")
         return int(number)
+
+    def share(self, values: dict[str, Any], at: str, key: str) -> float:
+        value = values[key]
+        if not _is_number(value) or not 0 <= value <= 1:
+            self.fail(f"{at}.{key}", f"must be a share from 0 to 1, got {value!r}")
+        return float(value)
 
     def recall(self, values: dict[str, Any], at: str) -> float:
         recall = self.number(values, at, "recall")

@@ -232,6 +232,15 @@ def select_command(
 @click.option("--dtype", default="float16", show_default=True, help="Stored vectors: float16 or float32.")
 @click.option("--pq-m", type=int, default=None, help="ivf-pq code bytes per vector [dim / 8].")
 @click.option(
+    "--replicate",
+    type=float,
+    default=0.0,
+    show_default=True,
+    metavar="SHARE",
+    help="Boundary vectors copied to a second shard at build (index build --replicate): more memory, "
+    "fan-out as the calibration measured it at that share.",
+)
+@click.option(
     "--calibration",
     "calibration_path",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -253,6 +262,7 @@ def search_command(
     k: int,
     dtype: str,
     pq_m: int | None,
+    replicate: float,
     calibration_path: Path | None,
     as_json: bool,
 ) -> None:
@@ -262,7 +272,9 @@ def search_command(
     config = load(ctx)
     gpu = config.gpu(gpu_name)
     vectors = sp.parse_count(vectors_text)
-    sp.check_inputs(vectors, dim, gpus, recall, k, replicas, dtype, qps_target, p99_target_ms, pq_m)
+    sp.check_inputs(
+        vectors, dim, gpus, recall, k, replicas, dtype, qps_target, p99_target_ms, pq_m, replicate
+    )
     calibration = sp.load_calibration(calibration_path) if calibration_path else sp.default_calibration()
     result = sp.plan_search(
         vectors,
@@ -278,6 +290,7 @@ def search_command(
         p99_target_ms=p99_target_ms,
         pq_m=pq_m,
         calibration=calibration,
+        replicate=replicate,
     )
     if as_json:
         echo_json(result.as_dict())
@@ -286,6 +299,7 @@ def search_command(
     click.echo(
         f"{vectors:,} x {dim} {dtype} on {gpus} x {gpu.display_name} ({gpu.vram_gb} GB, "
         f"{gpu.bandwidth_tbs} TB/s): {shards} shards x {replicas} replica(s), k={k}, recall >= {recall}"
+        + (f", {replicate:.0%} of the vectors also in a second shard" if replicate else "")
     )
     click.echo(f"calibration: {result.calibration or 'none (defaults marked assumed)'}")
     _figures("Shared by every kind", result.shared)

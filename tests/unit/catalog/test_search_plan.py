@@ -155,6 +155,35 @@ def test_replicas_shrink_the_shard_count_and_pick_the_nearest_fanout(calibration
     assert flat["gpu_bound_qps"] == pytest.approx(10 * 6e11 / (0.05 * 200_000 * 264) / 2.5)
 
 
+def test_boundary_replication_stores_more_and_takes_the_fanout_measured_with_it(tmp_path: Path) -> None:
+    copies = {"nshards": 8, "replicate": 0.5, "recall": 0.96, "mean_shards_touched": 1.6}
+    measured = sp.load_calibration(
+        write_calibration(tmp_path, {**CALIBRATION, "fanout": [*CALIBRATION["fanout"], copies]})
+    )
+    plan = sp.plan_search(1_000_000, 128, 10, "tera", TERA_GPU, 0.95, calibration=measured, replicate=0.5)
+    shared = values(plan.shared)
+    # 1,000,000 x 1.5 / 10 shards = 150,000 rows each; f = 1.6 / 8 = 0.2 of 10 shards = 2 touched.
+    assert shared["vectors_per_shard"] == 150_000
+    assert shared["fanout_fraction"] == pytest.approx(0.2)
+    assert shared["shards_touched"] == pytest.approx(2.0)
+    assert "1.6 of 8 shards, 50% replicated at recall 0.96" in plan.shared["fanout_fraction"].source
+    assert plan.shared["vectors_per_shard"].source == "--vectors x (1 + --replicate) / shards, rounded up"
+    flat = values(plan.kind("ivf-flat").figures)
+    assert flat["index_bytes_per_gpu"] == 264 * 150_000
+    assert flat["gpu_bound_qps"] == pytest.approx(10 * 6e11 / (0.05 * 150_000 * 264) / 2.0)
+    assert plan.inputs["replicate"] == 0.5
+    # Without --replicate the copies' point is not used: 2.4 of 8 as in the plain plan.
+    plain = sp.plan_search(1_000_000, 128, 10, "tera", TERA_GPU, 0.95, calibration=measured)
+    assert values(plain.shared)["fanout_fraction"] == pytest.approx(0.3)
+
+
+def test_a_share_the_calibration_did_not_measure_is_refused(calibration: sp.Calibration) -> None:
+    with pytest.raises(HpcragError, match=r"no fan-out measured with --replicate 0.3; it measured 0: choose"):
+        sp.plan_search(1_000_000, 128, 10, "tera", TERA_GPU, 0.95, calibration=calibration, replicate=0.3)
+    with pytest.raises(HpcragError, match=r"--replicate 0.3 needs a calibration file that measured it"):
+        sp.plan_search(1_000_000, 128, 10, "tera", TERA_GPU, 0.95, replicate=0.3)
+
+
 def test_seed_scenario_on_100_t4(t4: GpuType) -> None:
     plan = sp.plan_search(100_000_000, 768, 100, "t4", t4, 0.95, qps_target=7000, p99_target_ms=40)
     flat = plan.kind("ivf-flat")
@@ -248,6 +277,7 @@ def test_parse_count(text: str, count: int) -> None:
         ("--recall", "1.5", r"--recall must be in \(0, 1\], got 1.5"),
         ("--replicas", "3", "--replicas 3 does not divide --gpus 10.*choose a divisor"),
         ("--dtype", "int3", "unknown --dtype 'int3'; valid: float16, float32"),
+        ("--replicate", "1.5", "--replicate 1.5 is not a share of the vectors: give a number from 0 to 1"),
     ],
 )
 def test_bad_input_is_one_clear_error_before_any_work(option: str, value: str, message: str) -> None:
@@ -329,6 +359,13 @@ def test_coordinator_bound_target_says_so(t4: GpuType) -> None:
         (
             {**CALIBRATION, "fanout": [{"nshards": 4, "recall": 1.2, "mean_shards_touched": 2}]},
             r"fanout\[0\].recall must be in \(0, 1\]",
+        ),
+        (
+            {
+                **CALIBRATION,
+                "fanout": [{"nshards": 4, "recall": 0.9, "mean_shards_touched": 2, "replicate": 2}],
+            },
+            r"fanout\[0\].replicate must be a share from 0 to 1, got 2",
         ),
         ({**CALIBRATION, "local": {"hnsww": {}}}, "local.hnsww is not a calibrated kind"),
         (
