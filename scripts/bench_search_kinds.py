@@ -296,7 +296,7 @@ def fanout_curve(
         shard_rank = order.argsort(axis=1).argsort(axis=1)  # 0 = the shard of the best centroid
         truth_rank = np.take_along_axis(shard_rank, list_shard[lists[gt[:, :k]]], axis=1)
         router = Router(kmeans.centroids, metric, list_shard, np)
-        ratio, second = boundary_ratios(router, rows)
+        ratio, second = boundary_ratios(router, rows, lists)
         for share in CURVE_SHARES:
             ranks = truth_rank
             if share:

@@ -301,7 +301,7 @@ def plan_search(
 ) -> SearchPlan:
     """The plan for every local kind; bad input raises HpcragError before any arithmetic."""
     check_inputs(vectors, dim, gpus, recall, k, replicas, dtype, qps_target, p99_target_ms, pq_m, replicate)
-    check_replicate_measured(replicate, calibration)
+    check_replicate_measured(replicate, calibration, gpus // replicas)
     model = _Model(vectors, dim, gpu_name, gpu, recall, k, DTYPE_BYTES[dtype], pq_m, calibration, replicate)
     shards = gpus // replicas
     shared = model.shared(shards)
@@ -376,11 +376,17 @@ def check_inputs(
         )
 
 
-def check_replicate_measured(replicate: float, calibration: Calibration | None) -> None:
-    """Fan-out with boundary copies comes only from a measurement at that share."""
-    if not replicate:
-        return
+def check_replicate_measured(replicate: float, calibration: Calibration | None, shards: int) -> None:
+    """Fan-out with boundary copies comes only from a measurement at that share (and the calibration
+    must hold points at the share asked for, 0 included)."""
+    if replicate and shards < 2:
+        raise HpcragError(
+            f"--replicate copies vectors into a second shard, but --gpus / --replicas gives {shards} shard: "
+            "plan at least 2 shards, or drop --replicate"
+        )
     if calibration is None:
+        if not replicate:
+            return
         raise HpcragError(
             f"--replicate {replicate:g} needs a calibration file that measured it (fan-out with copies is "
             "not assumed); run scripts/bench_search.py --suite kinds --dataset manpages"
@@ -550,8 +556,10 @@ class _Model:
         )
 
     def shard_vectors(self, shards: int) -> int:
-        """Rows a shard stores: its share of the vectors, and the copies of boundary vectors."""
-        return math.ceil(self.vectors * (1 + self.replicate) / shards)
+        """Rows a shard stores: its share of the vectors, and the copies of boundary vectors (one
+        shard has no other to copy into)."""
+        share = self.replicate if shards > 1 else 0.0
+        return math.ceil(self.vectors * (1 + share) / shards)
 
     def numbers(self, kind: str, shards: int, replicas: int) -> _Numbers:
         shard_vectors = self.shard_vectors(shards)

@@ -235,7 +235,8 @@ def _build(
         threshold = 0.0
         if options.replicate:
             router = Router(centroids, options.metric, list_shard, np)
-            threshold = threshold_for(boundary_ratios(router, trained[1])[0], options.replicate)
+            own = router.probe(trained[1], 1)[:, 0]
+            threshold = threshold_for(boundary_ratios(router, trained[1], own)[0], options.replicate)
         grouped = (list_shard, threshold)
     list_shard, threshold = comm.bcast_obj(grouped)
     router = Router(centroids, options.metric, list_shard, np)
@@ -252,7 +253,7 @@ def _build(
         rows["vector"] = prepared
         rows["attributes"] = attributes[start:stop]
         rows["replica"] = 0
-        second = second_lists(router, prepared, threshold)
+        second = second_lists(router, prepared, rows["list"], threshold)
         copies = rows[second >= 0]
         copies["list"], copies["replica"] = second[second >= 0], 1
         rows = np.concatenate([rows, copies])

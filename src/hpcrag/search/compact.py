@@ -182,7 +182,7 @@ def _copies_of_added(
     if threshold <= 0 or not added:
         return {}
     rows = np.concatenate(added)
-    second = second_lists(index.router, rows["vector"].astype(np.float32), threshold)
+    second = second_lists(index.router, rows["vector"].astype(np.float32), rows["list"], threshold)
     copies = rows[second >= 0]
     copies["list"], copies["replica"] = second[second >= 0], 1
     owner = index.router.list_shard[copies["list"]]

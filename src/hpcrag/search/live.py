@@ -17,6 +17,7 @@ import numpy as np
 
 from hpcrag.search.arrays import to_numpy
 from hpcrag.search.filters import Filter
+from hpcrag.search.layout import IndexFormatError
 from hpcrag.search.store import Segment, widen_attributes
 
 MAX_DELTAS = 24  # a safety net: the pairwise rule keeps far fewer for any realistic stream
@@ -52,6 +53,10 @@ class LiveShards:
         self.owned = np.isin(list_shard, self.owned_shards)  # per list: does this rank scan it
         self.shards: dict[int, list[Segment]] = {shard: [bases[shard]] for shard in self.owned_shards}
         self._base_ids = {shard: _SortedIds(bases[shard].ids) for shard in self.owned_shards}
+        for shard, ids in self._base_ids.items():
+            repeated = ids.sorted[1:][ids.sorted[1:] == ids.sorted[:-1]]
+            if repeated.size:  # a delete would reach one of the rows, and answers would hold it twice
+                raise IndexFormatError(f"shard {shard} holds id {int(repeated[0])} twice; rebuild the index")
         self._delta_home: dict[int, tuple[Segment, int]] = {}  # id -> (delta segment, row)
 
     # -- reading --------------------------------------------------------------------------------

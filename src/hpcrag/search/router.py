@@ -33,7 +33,8 @@ class Router:
         self.xp = xp
         if xp is np:
             self._quantizer = coarse_quantizer(centroids, metric)
-            self._centroid_norms = (np.asarray(centroids, dtype=np.float32) ** 2).sum(axis=1)
+            self._centroids = np.asarray(centroids, dtype=np.float32)
+            self._centroid_norms = (self._centroids**2).sum(axis=1)
         else:
             self._centroids = xp.asarray(centroids, dtype=xp.float32)
             self._centroid_norms = (self._centroids**2).sum(axis=1)
@@ -54,6 +55,14 @@ class Router:
         """On the host: each row's `count` nearest lists, best first, and their squared L2 distances."""
         ids, scores = self._nearest(queries, count)
         return _host(ids), _host(self._squared_distances(queries, ids, scores))
+
+    def squared_distances_to(self, rows: Any, lists: Any) -> np.ndarray:
+        """On the host: each row's squared L2 distance from the centroid of its given list."""
+        xp = self.xp
+        lists = xp.asarray(lists)
+        products = (rows * self._centroids[lists]).sum(axis=1)
+        distances = (rows**2).sum(axis=1) + self._centroid_norms[lists] - 2.0 * products
+        return _host(xp.maximum(distances, 0).astype(xp.float32))
 
     def _nearest(self, queries: Any, nprobe: int) -> tuple[Any, Any]:
         """The probes, best first by the metric, and their scores: squared distances where faiss

@@ -97,6 +97,11 @@ def load_shard(root: Path, manifest: layout.Manifest, shard: int, verify: bool, 
         attributes = np.full((n, len(manifest.attributes)), MISSING, dtype=np.int64)
     on_device = [xp.asarray(arrays[name]) for name in ("vectors.npy", "ids.npy", "sqnorms.npy")]
     replica = arrays.get(layout.REPLICA)
+    if replica is not None and not manifest.replicas:
+        raise IndexFormatError(
+            f"{folder / layout.REPLICA} marks copies the manifest does not count (replicas 0); "
+            "rebuild the index"
+        )
     segment = Segment(
         *on_device,
         offsets=offsets,

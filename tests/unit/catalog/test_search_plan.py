@@ -182,6 +182,17 @@ def test_a_share_the_calibration_did_not_measure_is_refused(calibration: sp.Cali
         sp.plan_search(1_000_000, 128, 10, "tera", TERA_GPU, 0.95, calibration=calibration, replicate=0.3)
     with pytest.raises(HpcragError, match=r"--replicate 0.3 needs a calibration file that measured it"):
         sp.plan_search(1_000_000, 128, 10, "tera", TERA_GPU, 0.95, replicate=0.3)
+    with pytest.raises(HpcragError, match=r"gives 1 shard: plan at least 2 shards, or drop --replicate"):
+        sp.plan_search(
+            1_000_000, 128, 2, "tera", TERA_GPU, 0.95, replicas=2, calibration=calibration, replicate=0.3
+        )
+
+
+def test_a_calibration_without_plain_fanout_is_refused_for_a_plain_plan(tmp_path: Path) -> None:
+    only_copies = [{"nshards": 8, "replicate": 0.3, "recall": 0.96, "mean_shards_touched": 2.0}]
+    measured = sp.load_calibration(write_calibration(tmp_path, {**CALIBRATION, "fanout": only_copies}))
+    with pytest.raises(HpcragError, match=r"no fan-out measured with --replicate 0; it measured 0.3: choose"):
+        sp.plan_search(1_000_000, 128, 10, "tera", TERA_GPU, 0.95, calibration=measured)
 
 
 def test_seed_scenario_on_100_t4(t4: GpuType) -> None:

@@ -10,6 +10,7 @@ gives rows added since the build theirs.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +71,8 @@ def test_the_rule_copies_a_vector_to_the_nearest_list_of_another_shard() -> None
     list_shard = np.array([0, 0, 1, 2], dtype=np.int32)
     router = Router(centroids, Metric.L2, list_shard, np)
     rows = np.array([[0.1, 0.0], [0.0, 1.4], [5.0, 40.0]], dtype=np.float32)
-    ratio, lists = boundary_ratios(router, rows)
+    own = np.array([0, 0, 3])
+    ratio, lists = boundary_ratios(router, rows, own)
     # Row 0: nearest list 0 (d1 0.01); list 1 shares its shard, so the candidate is list 3 (d2 9.01).
     # Row 1: list 0 (1.96), then list 3 of shard 2 (2.56). Row 2: list 3 (1394), then list 1 of
     # shard 0 (1616) before list 2 of shard 1 (1625).
@@ -78,14 +80,26 @@ def test_the_rule_copies_a_vector_to_the_nearest_list_of_another_shard() -> None
     assert lists.tolist() == [3, 3, 1]
     assert threshold_for(ratio, 0.0) == 0.0
     assert threshold_for(ratio, 2 / 3) == pytest.approx(2.56 / 1.96, rel=1e-5)
-    assert second_lists(router, rows, threshold_for(ratio, 2 / 3)).tolist() == [-1, 3, 1]
-    assert second_lists(router, rows, 0.0).tolist() == [-1, -1, -1]
+    assert second_lists(router, rows, own, threshold_for(ratio, 2 / 3)).tolist() == [-1, 3, 1]
+    assert second_lists(router, rows, own, 0.0).tolist() == [-1, -1, -1]
+
+
+def test_the_other_shard_is_judged_against_the_list_a_row_is_stored_in() -> None:
+    """A row stored in list 0 (shard 0) whose nearest centroid is now list 2 (shard 1), as float16
+    rounding or a near tie can make it: its copy goes to shard 1, never back into shard 0."""
+    centroids = np.array([[0.0, 0.0], [0.0, 5.0], [1.0, 0.0]], dtype=np.float32)
+    router = Router(centroids, Metric.L2, np.array([0, 0, 1], dtype=np.int32), np)
+    row = np.array([[0.6, 0.0]], dtype=np.float32)  # d 0.36 to list 0, 0.16 to list 2, 25.36 to list 1
+    ratio, lists = boundary_ratios(router, row, np.array([0]))
+    assert lists.tolist() == [2] and ratio[0] == pytest.approx(0.16 / 0.36, rel=1e-5)
+    ratio, lists = boundary_ratios(router, row, np.array([2]))  # stored in shard 1: the copy goes to 0
+    assert lists.tolist() == [0] and ratio[0] == pytest.approx(0.36 / 0.16, rel=1e-5)
 
 
 def test_a_vector_with_no_other_shard_among_its_lists_gets_no_copy() -> None:
     centroids = np.eye(3, dtype=np.float32)
     router = Router(centroids, Metric.L2, np.zeros(3, dtype=np.int32), np)
-    ratio, lists = boundary_ratios(router, np.eye(3, dtype=np.float32) * 0.9)
+    ratio, lists = boundary_ratios(router, np.eye(3, dtype=np.float32) * 0.9, np.arange(3))
     assert np.isinf(ratio).all() and (lists == -1).all()
     assert threshold_for(ratio, 1.0) == 0.0
 
@@ -172,7 +186,9 @@ def test_updates_reach_both_copies_and_compact_keeps_them(tmp_path: Path, kind: 
     # Rows added since the build have one copy; compact gives them their second by the build's rule.
     new_ids = np.concatenate([moved, np.arange(NEW_IDS, NEW_IDS + 25)])
     threshold = live.index.manifest.build["replicate_threshold"]
-    second = second_lists(live.index.router, np.stack([live.model[i] for i in new_ids.tolist()]), threshold)
+    vectors = np.stack([live.model[i] for i in new_ids.tolist()])
+    own = live.index.router.probe(vectors, 1)[:, 0]  # where an update puts a row
+    second = second_lists(live.index.router, vectors, own, threshold)
     assert 0 < (second >= 0).sum() < new_ids.size
     before = read_manifest(root).replicas
     live.index.close()
@@ -194,6 +210,58 @@ def test_updates_reach_both_copies_and_compact_keeps_them(tmp_path: Path, kind: 
     live.model = model
     assert_brute_force(live, kind)
     live.index.close()
+
+
+def test_compact_never_copies_a_float16_row_into_its_own_shard(tmp_path: Path) -> None:
+    """Rows added on a shard boundary whose nearest list changes once stored as float16: the rule,
+    recomputed by compact on the stored vector, must still send the copy to another shard."""
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((2000, 8)).astype(np.float32)
+    np.save(tmp_path / "base.npy", base)
+    root = tmp_path / "f16"
+    options = BuildOptions(nlist=16, nshards=4, metric=Metric.L2, dtype="float16", replicate=0.5)
+    build_index(tmp_path / "base.npy", root, options)
+    index = DistributedIndex.open(root)
+    router, centroids = index.router, np.load(root / layout.CENTROIDS)
+    pairs = [(i, j) for i in range(16) for j in range(16) if router.list_shard[i] != router.list_shard[j]]
+    points = []
+    for i, j in pairs:  # just off the bisector of two centroids of different shards
+        across = (centroids[i] - centroids[j]) / np.linalg.norm(centroids[i] - centroids[j])
+        shift = rng.uniform(0, 3e-3, (200, 1)) * across
+        points.append((centroids[i] + centroids[j]) / 2 + rng.normal(0, 0.02, (200, 8)) + shift)
+    points = np.concatenate(points).astype(np.float32)
+    rounded = points.astype(np.float16).astype(np.float32)
+    as_added, as_stored = router.probe(points, 1)[:, 0], router.probe(rounded, 1)[:, 0]
+    flipped = np.flatnonzero(router.list_shard[as_added] != router.list_shard[as_stored])[:40]
+    assert flipped.size == 40
+    ids = np.arange(NEW_IDS, NEW_IDS + flipped.size)
+    index.add(points[flipped], ids)
+    index.close()
+    compact_index(root)
+    assert all(np.unique(stored).size == stored.size for stored in stored_ids(root))
+    index = DistributedIndex.open(root)
+    assert index.ntotal == len(base) + ids.size
+    assert_each_id_once(index.search(points[flipped], k=K, nprobe=16).ids)
+    assert index.delete(ids).deleted == ids.size
+    assert not np.isin(ids, index.search(points[flipped], k=K, nprobe=16).ids).any()
+    assert index.ntotal == len(base)
+    index.close()
+
+
+def test_a_shard_holding_an_id_twice_is_refused_at_open(tmp_path: Path) -> None:
+    root = build(tmp_path, "ivf-flat", 0.0)
+    folder = layout.shard_dir(root, 1)
+    ids = np.load(folder / "ids.npy")
+    ids[1] = ids[0]
+    manifest = read_manifest(root)
+    entry = layout.save_array(folder / "ids.npy", ids)
+    shards = [
+        layout.ShardEntry(s.shard, s.ntotal, {**s.files, "ids.npy": entry}) if s.shard == 1 else s
+        for s in manifest.shards
+    ]
+    layout.write_manifest(root, replace(manifest, shards=shards))
+    with pytest.raises(IndexFormatError, match=rf"shard 1 holds id {ids[0]} twice; rebuild the index"):
+        DistributedIndex.open(root)
 
 
 @pytest.mark.parametrize("share", [-0.1, 1.5, float("nan")])
