@@ -326,9 +326,8 @@ def shard_loads(scratch: Path, queries: np.ndarray, rows: list[dict]) -> list[di
         index = DistributedIndex.open(scratch / target)
         options = best["options"]
         probes = index.router.route(queries, ROUTE_NPROBE, options["max_shards"], options.get("shard_margin"))
+        per_shard = index.router.shard_queries(probes).tolist()
         index.close()
-        owner = np.where(probes >= 0, np.asarray(index.manifest.list_shard)[np.maximum(probes, 0)], -1)
-        per_shard = [int((owner == shard).any(axis=1).sum()) for shard in range(count)]
         per_rank = [sum(per_shard[rank::2]) for rank in range(2)]
         loads.append({"method": best["method"], "options": options, "per_shard": per_shard,
                       "busier_rank_share": max(per_rank) / max(sum(per_rank), 1)})  # fmt: skip

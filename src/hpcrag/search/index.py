@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,8 @@ class SearchResult:
     seconds: float
     strategy: str = "ivf"  # "ivf": the probed lists; "exact": every matching row
     seq: int = 0  # the last update this answer reflects
+    # (nshards,) how many of the queries each shard searched: a hot shard shows here (empty: unknown)
+    shard_queries: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
     def mean_shards_touched(self) -> float:
@@ -258,18 +260,23 @@ class DistributedIndex:
         self.comm.announce(header)
         batch = self.comm.bcast_array(batch, batch.shape, batch.dtype)
         probes = self._route(batch, header)
-        (scores, ids), chosen, touched = self._scan_owned(batch, probes, header)
+        (scores, ids), chosen, matching = self._scan_owned(batch, probes, header)
         scores, ids = reduce_topk(self.comm, scores, ids, k, self.metric)
-        host_probes = to_numpy(probes)
+        if chosen == "ivf":
+            host_probes = to_numpy(probes)
+            touched = self._router.shards_touched(host_probes)
+            shard_queries = self._router.shard_queries(host_probes)
+        else:  # an exact scan reads every shard with a matching row, for every query
+            touched = np.full(nq, int(matching.sum()))
+            shard_queries = np.where(matching, nq, 0).astype(np.int64)
         return SearchResult(
             ids=to_numpy(ids),
             distances=to_numpy(scores).astype(np.float32),
-            shards_touched=(
-                self._router.shards_touched(host_probes) if chosen == "ivf" else np.full(nq, touched)
-            ),
+            shards_touched=touched,
             seconds=time.perf_counter() - started,
             strategy=chosen,
             seq=self.seq,
+            shard_queries=shard_queries,
         )
 
     def _follower_search(self, header: dict[str, Any]) -> None:
@@ -293,27 +300,29 @@ class DistributedIndex:
 
     def _scan_owned(
         self, batch: Any, probes: Any, header: dict[str, Any]
-    ) -> tuple[tuple[Any, Any], str, int]:
-        """This rank's top-k for every query, the strategy that ran and (exact) the shards with matches."""
+    ) -> tuple[tuple[Any, Any], str, np.ndarray]:
+        """This rank's top-k for every query, the strategy that ran and (exact) which shards have
+        matching rows."""
         xp, k, flt, strategy = self.comm.xp, header["k"], header["filter"], header["strategy"]
         parts, counts = self._live.parts(flt)
-        chosen, touched = ("ivf" if strategy == "auto" else strategy), 0
+        chosen = "ivf" if strategy == "auto" else strategy
+        matching = np.zeros(self.manifest.nshards, dtype=bool)
         if chosen == "exact" or (strategy == "auto" and flt is not None):
             per_shard: dict[int, int] = {}
             for part in self.comm.allgather_obj(counts):
                 per_shard.update(part)
-            touched = sum(1 for count in per_shard.values() if count)
+            matching[[shard for shard, count in per_shard.items() if count]] = True
             if strategy == "auto":
                 chosen = self._choose(sum(per_shard.values()), header["nprobe"], k)
         if chosen == "exact":
-            return exact_scan(batch, parts, k, self.metric, xp), chosen, touched
+            return exact_scan(batch, parts, k, self.metric, xp), chosen, matching
         owned = (probes >= 0) & self._owned[xp.maximum(probes, 0)]  # -1: a probe shard selection dropped
         rows = xp.flatnonzero(owned.any(axis=1))
         scores, ids = empty_topk(xp, batch.shape[0], k, self.metric.worst)
         if rows.size:
             local_probes = xp.where(owned[rows], probes[rows], -1)
             scores[rows], ids[rows] = self._scan(batch[rows], local_probes, k, parts, header["effort"])
-        return (scores, ids), chosen, touched
+        return (scores, ids), chosen, matching
 
     def _choose(self, matching: int, nprobe: int, k: int) -> str:
         share = nprobe / self.manifest.nlist

@@ -89,6 +89,14 @@ class Router:
     def shards_touched(self, probes: np.ndarray) -> np.ndarray:
         return shards_touched(probes, self.list_shard)
 
+    def shard_queries(self, probes: np.ndarray) -> np.ndarray:
+        """(nshards,) how many of the queries (rows of routed probes) each shard searches."""
+        nshards = int(self.list_shard.max()) + 1 if self.list_shard.size else 1
+        reached = np.zeros((probes.shape[0], nshards + 1), dtype=bool)  # the last column: no probe
+        owner = np.where(probes >= 0, self.list_shard[np.maximum(probes, 0)], nshards)
+        reached[np.arange(probes.shape[0])[:, None], owner] = True
+        return reached[:, :nshards].sum(axis=0).astype(np.int64)
+
 
 def _smallest_sorted(xp: Any, key: Any, count: int) -> Any:
     """Per row, the columns of the `count` smallest keys, smallest first."""

@@ -253,6 +253,12 @@ class _Metrics:
             "Shards scanned, summed over queries (divided by queries: the mean fan-out)",
             registry=registry,
         )
+        self.shard_queries = Counter(
+            "hpcrag_search_shard_queries",
+            "Queries each shard searched (one shard's large share: a hot shard its rank is slowed by)",
+            ["shard"],
+            registry=registry,
+        )
         self.latency = Histogram(
             "hpcrag_search_request_seconds",
             "Request latency including batching",
@@ -447,6 +453,8 @@ class SearchService:
         self.metrics.batch_seconds.observe(result.seconds)
         self.metrics.queries.inc(len(queries))
         self.metrics.shard_visits.inc(int(result.shards_touched.sum()))
+        for shard in np.flatnonzero(result.shard_queries):
+            self.metrics.shard_queries.labels(str(shard)).inc(int(result.shard_queries[shard]))
         self.metrics.strategies.labels(result.strategy).inc(len(queries))
         offset = 0
         for pending, start, end in chunks:

@@ -98,6 +98,21 @@ def test_concurrent_requests_share_batches_and_metrics_count_them(service: Searc
     assert "hpcrag_index_vectors 2000.0" in text
 
 
+def test_metrics_count_the_queries_each_shard_searched(service: SearchService) -> None:
+    def per_shard() -> dict[str, float]:
+        family = service.metrics.shard_queries.collect()[0]
+        return {s.labels["shard"]: s.value for s in family.samples if s.name.endswith("_total")}
+
+    before = per_shard()
+    with SearchClient(service.url, token=TOKEN) as client:
+        client.search(QUERIES, k=5, nprobe=8)
+    direct = service.index.search(QUERIES, k=5, nprobe=8)
+    after = per_shard()
+    counted = [after.get(str(shard), 0.0) - before.get(str(shard), 0.0) for shard in range(2)]
+    assert counted == direct.shard_queries.tolist()
+    assert sum(counted) == direct.shards_touched.sum() > 0
+
+
 def test_endpoint_file_names_the_url_and_token_for_its_owner_only(service: SearchService) -> None:
     import json
 
