@@ -21,7 +21,16 @@ if TYPE_CHECKING:
     from hpcrag.config import Config
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def replicate_option(help: str) -> Callable[[F], F]:
+    """`--replicate SHARE`: boundary vectors also stored in a second shard (index build, plan search)."""
+    return click.option("--replicate", type=float, default=0.0, show_default=True, metavar="SHARE", help=help)
+
+
 _PEM = click.Path(dir_okay=False, path_type=Path)
 
 

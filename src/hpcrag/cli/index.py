@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from hpcrag.cli.common import echo_json, tls_files, tls_options
+from hpcrag.cli.common import echo_json, replicate_option, tls_files, tls_options
 
 if TYPE_CHECKING:
     from hpcrag.search.comm import Communicator
@@ -156,14 +156,9 @@ def routing_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--ef-construction", type=int, default=None, help="hnsw: build effort [40].")
 @click.option("--pq-m", type=int, default=None, help="ivf-pq: code bytes per vector [dim/8].")
 @click.option("--graph-degree", type=int, default=None, help="cagra: edges per node [64].")
-@click.option(
-    "--replicate",
-    type=float,
-    default=0.0,
-    show_default=True,
-    metavar="SHARE",
-    help="Also store this share of the vectors, those nearest a list of another shard, in that shard "
-    "(memory grows by the share): queries then find their neighbours in fewer shards (--max-shards).",
+@replicate_option(
+    "Also store this share of the vectors, those nearest a list of another shard, in that shard "
+    "(memory grows by the share): queries then find their neighbours in fewer shards (--max-shards)."
 )
 @comm_option
 def build(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from hpcrag.cli.common import echo_json, json_option, load, table
+from hpcrag.cli.common import echo_json, json_option, load, replicate_option, table
 
 
 @click.group()
@@ -231,14 +231,9 @@ def select_command(
 @click.option("--k", type=int, default=10, show_default=True, help="Results per query.")
 @click.option("--dtype", default="float16", show_default=True, help="Stored vectors: float16 or float32.")
 @click.option("--pq-m", type=int, default=None, help="ivf-pq code bytes per vector [dim / 8].")
-@click.option(
-    "--replicate",
-    type=float,
-    default=0.0,
-    show_default=True,
-    metavar="SHARE",
-    help="Boundary vectors copied to a second shard at build (index build --replicate): more memory, "
-    "fan-out as the calibration measured it at that share.",
+@replicate_option(
+    "Boundary vectors copied to a second shard at build (index build --replicate): more memory, "
+    "fan-out as the calibration measured it at that share."
 )
 @click.option(
     "--calibration",
