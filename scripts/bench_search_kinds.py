@@ -326,7 +326,7 @@ def shard_loads(scratch: Path, queries: np.ndarray, rows: list[dict]) -> list[di
         index = DistributedIndex.open(scratch / target)
         options = best["options"]
         probes = index.router.route(queries, ROUTE_NPROBE, options["max_shards"], options.get("shard_margin"))
-        per_shard = index.router.shard_queries(probes).tolist()
+        per_shard = index.router.shard_load(probes)[1].tolist()
         index.close()
         per_rank = [sum(per_shard[rank::2]) for rank in range(2)]
         loads.append({"method": best["method"], "options": options, "per_shard": per_shard,

@@ -228,18 +228,17 @@ def _build(
     list_of, error = agree(comm, lambda: _assign(vectors, chunks, quantizer, centroids, options, say))
     counts = np.sum(comm.allgather_obj(np.bincount(list_of, minlength=options.nlist)), axis=0)
     error = sum(comm.allgather_obj(error))
-    grouped = None
+    list_shard = None
     if comm.rank == 0:
         sample_probes = quantizer.search(trained[1], options.grouping_nprobe())[1]
         list_shard = group_lists(centroids, counts, options.nshards, options.seed, sample_probes)
-        threshold = 0.0
-        if options.replicate:
-            router = Router(centroids, options.metric, list_shard, np)
-            own = router.probe(trained[1], 1)[:, 0]
-            threshold = threshold_for(boundary_ratios(router, trained[1], own)[0], options.replicate)
-        grouped = (list_shard, threshold)
-    list_shard, threshold = comm.bcast_obj(grouped)
+    list_shard = comm.bcast_obj(list_shard)
     router = Router(centroids, options.metric, list_shard, np)
+    threshold = 0.0
+    if comm.rank == 0 and options.replicate:
+        own = router.probe(trained[1], 1)[:, 0]
+        threshold = threshold_for(boundary_ratios(router, trained[1], own)[0], options.replicate)
+    threshold = comm.bcast_obj(threshold)
     shard_rank = np.arange(options.nshards) % comm.size
     say(f"grouped {options.nlist} lists into {options.nshards} shards; exchanging rows")
 

@@ -97,11 +97,18 @@ def random_grouping(nlist: int, nshards: int, seed: int = 1234) -> np.ndarray:
     return assignment
 
 
+def shards_reached(probes: np.ndarray, list_shard: np.ndarray) -> np.ndarray:
+    """(nq, nshards) bool: which shards own a list of each query (row of probed list ids, -1 for none)."""
+    nshards = int(list_shard.max()) + 1 if list_shard.size else 1
+    reached = np.zeros((probes.shape[0], nshards + 1), dtype=bool)  # the last column: no probe
+    owner = np.where(probes >= 0, list_shard[np.maximum(probes, 0)], nshards)
+    reached[np.arange(probes.shape[0])[:, None], owner] = True
+    return reached[:, :nshards]
+
+
 def shards_touched(probes: np.ndarray, list_shard: np.ndarray) -> np.ndarray:
     """For each query (row of probed list ids, -1 for none), how many distinct shards own its lists."""
-    shards = np.sort(np.where(probes >= 0, list_shard[np.maximum(probes, 0)], -1), axis=1)
-    distinct = (np.diff(shards, axis=1) != 0).sum(axis=1) + 1
-    return distinct - (shards[:, 0] < 0)
+    return shards_reached(probes, list_shard).sum(axis=1)
 
 
 def _weighted_kmeans(points: np.ndarray, weights: np.ndarray, k: int, seed: int) -> np.ndarray:

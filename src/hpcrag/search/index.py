@@ -263,9 +263,7 @@ class DistributedIndex:
         (scores, ids), chosen, matching = self._scan_owned(batch, probes, header)
         scores, ids = reduce_topk(self.comm, scores, ids, k, self.metric)
         if chosen == "ivf":
-            host_probes = to_numpy(probes)
-            touched = self._router.shards_touched(host_probes)
-            shard_queries = self._router.shard_queries(host_probes)
+            touched, shard_queries = self._router.shard_load(to_numpy(probes))
         else:  # an exact scan reads every shard with a matching row, for every query
             touched = np.full(nq, int(matching.sum()))
             shard_queries = np.where(matching, nq, 0).astype(np.int64)

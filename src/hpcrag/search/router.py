@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from hpcrag.search.grouping import shards_touched
+from hpcrag.search.grouping import shards_reached
 from hpcrag.search.metric import Metric
 
 
@@ -86,16 +86,10 @@ class Router:
         distances = (queries**2).sum(axis=1)[:, None] + norms - 2.0 * scores
         return xp.maximum(distances, 0).astype(xp.float32)
 
-    def shards_touched(self, probes: np.ndarray) -> np.ndarray:
-        return shards_touched(probes, self.list_shard)
-
-    def shard_queries(self, probes: np.ndarray) -> np.ndarray:
-        """(nshards,) how many of the queries (rows of routed probes) each shard searches."""
-        nshards = int(self.list_shard.max()) + 1 if self.list_shard.size else 1
-        reached = np.zeros((probes.shape[0], nshards + 1), dtype=bool)  # the last column: no probe
-        owner = np.where(probes >= 0, self.list_shard[np.maximum(probes, 0)], nshards)
-        reached[np.arange(probes.shape[0])[:, None], owner] = True
-        return reached[:, :nshards].sum(axis=0).astype(np.int64)
+    def shard_load(self, probes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """From host routed probes: the shards each query touches, and the queries each shard searches."""
+        reached = shards_reached(probes, self.list_shard)
+        return reached.sum(axis=1), reached.sum(axis=0).astype(np.int64)
 
 
 def _smallest_sorted(xp: Any, key: Any, count: int) -> Any:

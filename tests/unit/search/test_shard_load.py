@@ -21,7 +21,9 @@ def test_a_shard_counts_once_per_query_whatever_lists_it_probes() -> None:
     router = Router(centroids, Metric.IP, np.array([0, 0, 1, 2], dtype=np.int32), np)
     probes = np.array([[0, 1, -1], [2, 0, 1], [-1, -1, -1], [3, -1, 2]])
     # Query 0 reaches shard 0 twice; query 2 was routed nowhere (its probes all dropped).
-    assert router.shard_queries(probes).tolist() == [2, 2, 1]
+    touched, per_shard = router.shard_load(probes)
+    assert per_shard.tolist() == [2, 2, 1]
+    assert touched.tolist() == [1, 2, 0, 2]
 
 
 def test_search_results_count_each_shards_queries(tmp_path: Path) -> None:
