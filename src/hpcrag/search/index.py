@@ -111,7 +111,10 @@ class DistributedIndex:
         self.scan_backend = scan_backend
         self.kind = manifest.local["kind"]
         lists = make_scanner(scan_backend, self.metric, comm.xp, manifest.nlist)
-        self._scan = lists if self.kind == "ivf-flat" else LocalKindScan(manifest.local, self.metric, lists)
+        if self.kind == "ivf-flat":
+            self._scan = lists
+        else:
+            self._scan = LocalKindScan(manifest.local, self.metric, lists, router.host_centroids)
         self._router = router
         self._owned = comm.xp.asarray(live.owned)  # once, not per batch: on the GPU it is a copy
         self._log = UpdateLog(root, manifest.base_seq) if comm.rank == 0 else None

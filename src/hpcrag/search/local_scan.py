@@ -2,7 +2,8 @@
 list scans (`backends.Scanner`), so routing and the top-k reduction do not know the difference.
 
 A query reaches a shard when one of its routed probes names a list the shard holds; the shard's
-index then searches it whole (hnsw, cagra) or in those probed lists (ivf-pq, with faiss's
+index then searches it whole (hnsw, its walk starting at the entry row of the query's nearest probed
+list there, see `graph_entries`; cagra) or in those probed lists (ivf-pq, with faiss's
 `search_preassigned` and the routed probes, then an exact re-rank of `refine` x k candidates against
 the full vectors). Rows a scan may not read (deleted, replaced, filtered out) are hidden from the
 shard's index by a faiss `IDSelectorBitmap`; rows added since the build (delta segments, which have
@@ -24,6 +25,7 @@ import numpy as np
 
 from hpcrag.search.arrays import array_module, to_numpy
 from hpcrag.search.backends import Scanner
+from hpcrag.search.graph_entries import graph_rows, list_entries, query_entries, search_from_entries
 from hpcrag.search.live import Part
 from hpcrag.search.local_kinds import SEARCH_DEFAULTS
 from hpcrag.search.metric import Metric
@@ -34,10 +36,13 @@ REFINE_BYTES = 64 * 2**20  # candidate vectors gathered at once for an ivf-pq re
 
 
 class LocalKindScan:
-    def __init__(self, spec: Mapping[str, Any], metric: Metric, lists: Scanner) -> None:
+    def __init__(
+        self, spec: Mapping[str, Any], metric: Metric, lists: Scanner, centroids: np.ndarray
+    ) -> None:
         self.kind = spec["kind"]
         self.metric = metric
         self.lists = lists  # the list scan: rows added since the build, masked hnsw segments
+        self.centroids = centroids  # on the host: where an hnsw walk starts (`graph_entries`)
 
     def __call__(
         self, queries: Any, probes: Any, k: int, parts: list[Part], effort: Mapping[str, int] | None = None
@@ -96,9 +101,21 @@ class LocalKindScan:
         selector = None if allowed is None else allowed.selector()
         if self.kind == "hnsw":
             params = faiss.SearchParametersHNSW(efSearch=max(effort["ef"], k), sel=selector)
-            return segment.local.search(queries, k, params=params)
+            return self._hnsw(segment, queries, probes, k, params)
         params = faiss.SearchParametersIVF(nprobe=probes.shape[1], sel=selector)
         return self._ivf_pq(segment, queries, probes, k, effort["refine"], params)
+
+    def _hnsw(
+        self, segment: Segment, queries: np.ndarray, probes: np.ndarray, k: int, params: Any
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The graph walk, started at the routed queries' entry rows (see `graph_entries`)."""
+        if "entries" not in segment.cache:  # fixed for the segment's life, like its lists
+            rows = graph_rows(segment.local)
+            segment.cache["graph_rows"] = rows
+            segment.cache["entries"] = list_entries(rows, segment.offsets, self.centroids)
+        starts = query_entries(probes, segment.cache["entries"])
+        rows = segment.cache["graph_rows"]
+        return search_from_entries(segment.local, rows, queries, starts, k, params, self.metric)
 
     def _ivf_pq(
         self, segment: Segment, queries: np.ndarray, probes: np.ndarray, k: int, refine: int, params: Any

@@ -39,6 +39,11 @@ class Router:
             self._centroids = xp.asarray(centroids, dtype=xp.float32)
             self._centroid_norms = (self._centroids**2).sum(axis=1)
 
+    @property
+    def host_centroids(self) -> np.ndarray:
+        """The coarse centroids as float32 on the host."""
+        return _host(self._centroids)
+
     def probe(self, queries: Any, nprobe: int) -> Any:
         """(nq, nprobe) int64 list ids, nearest first, in the array module of the queries."""
         return self._nearest(queries, nprobe)[0]

@@ -1,0 +1,82 @@
+"""Where a shard's graph walk starts: near the query, at a row the router already found.
+
+An HNSW search descends the graph's upper levels from one fixed entry point to find where, on the
+bottom level, to start its walk. The router has already placed each query: its probed lists, best
+first. So a shard's walk starts on the bottom level at the row nearest the centroid of the query's
+nearest probed list that the shard holds rows in, and skips the descent. This is faiss's own
+`IndexHNSW.search_level_0`, the search faiss's IVF-over-HNSW indexes use with entry points from
+a coarse quantizer.
+
+Measured on the man-page set (one shard of four, 900 queries, ef 10, one thread): 34 ms instead of
+42 ms at the same recall; on a shard the queries reach less often, recall rose from 0.87 to 0.90.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from hpcrag.search.metric import Metric
+
+ENTRY_ROWS = 65_536  # rows whose distance to their list's centroid is computed at once
+
+
+def graph_rows(index: Any) -> np.ndarray:
+    """A faiss IndexHNSWFlat's stored vectors as a float32 (n, d) view (no copy)."""
+    import faiss
+
+    storage = faiss.downcast_index(index.storage)
+    return faiss.rev_swig_ptr(storage.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
+
+
+def list_entries(rows: np.ndarray, offsets: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Per list, the position of its row nearest (squared L2) its centroid; -1 for a list with no row.
+    `rows` are stored grouped by list, as `offsets` (nlist + 1) says."""
+    nlist = offsets.size - 1
+    entries = np.full(nlist, -1, dtype=np.int32)
+    counts = np.diff(offsets)
+    lists = np.repeat(np.arange(nlist), counts)
+    distances = np.empty(rows.shape[0], dtype=np.float32)
+    for lo in range(0, rows.shape[0], ENTRY_ROWS):
+        part = slice(lo, lo + ENTRY_ROWS)
+        distances[part] = ((rows[part] - centroids[lists[part]]) ** 2).sum(axis=1)
+    # Sort by (list, distance): each list's first row in that order is its nearest to the centroid.
+    order = np.lexsort((distances, lists))
+    held = np.flatnonzero(counts)
+    entries[held] = order[offsets[held]]
+    return entries
+
+
+def query_entries(probes: np.ndarray, entries: np.ndarray) -> np.ndarray:
+    """(nq, 1) int32: each query's entry row, from its first probe into a list with a row here
+    (-1 where it has none: faiss then returns nothing for that query)."""
+    valid = probes >= 0
+    candidates = np.where(valid, entries[np.where(valid, probes, 0)], -1)
+    first = (candidates >= 0).argmax(axis=1)
+    return np.ascontiguousarray(candidates[np.arange(probes.shape[0]), first][:, None], dtype=np.int32)
+
+
+def search_from_entries(
+    index: Any, rows: np.ndarray, queries: np.ndarray, starts: np.ndarray, k: int, params: Any, metric: Metric
+) -> tuple[np.ndarray, np.ndarray]:
+    """faiss's bottom-level HNSW search from one entry row per query: (scores, labels), best first."""
+    import faiss
+
+    nq = queries.shape[0]
+    entry = rows[np.maximum(starts[:, 0], 0)]
+    if metric is Metric.L2:
+        start_scores = ((queries - entry) ** 2).sum(axis=1)
+    else:
+        start_scores = np.einsum("qd,qd->q", queries, entry)
+        # faiss before 1.14.3 walked inner-product graphs on negated scores (no `is_similarity`).
+        if not getattr(index.hnsw, "is_similarity", False):
+            start_scores = -start_scores
+    start_scores = np.ascontiguousarray(start_scores[:, None], dtype=np.float32)
+    distances = np.empty((nq, k), dtype=np.float32)
+    labels = np.empty((nq, k), dtype=np.int64)
+    ptr = faiss.swig_ptr
+    index.search_level_0(
+        nq, ptr(queries), k, ptr(starts), ptr(start_scores), ptr(distances), ptr(labels), 1, 1, params
+    )
+    return distances, labels
