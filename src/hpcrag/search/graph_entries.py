@@ -19,7 +19,7 @@ import numpy as np
 
 from hpcrag.search.metric import Metric
 
-ENTRY_ROWS = 65_536  # rows whose distance to their list's centroid is computed at once
+ENTRY_ROWS = 16_384  # rows whose distance to their list's centroid is computed at once
 
 
 def graph_rows(index: Any) -> np.ndarray:
@@ -40,7 +40,9 @@ def list_entries(rows: np.ndarray, offsets: np.ndarray, centroids: np.ndarray) -
     distances = np.empty(rows.shape[0], dtype=np.float32)
     for lo in range(0, rows.shape[0], ENTRY_ROWS):
         part = slice(lo, lo + ENTRY_ROWS)
-        distances[part] = ((rows[part] - centroids[lists[part]]) ** 2).sum(axis=1)
+        block = rows[part]
+        # |r - c|^2 less |c|^2, which is the same for every row of a list
+        distances[part] = np.einsum("nd,nd->n", block, block - 2.0 * centroids[lists[part]])
     # Sort by (list, distance): each list's first row in that order is its nearest to the centroid.
     order = np.lexsort((distances, lists))
     held = np.flatnonzero(counts)

@@ -3,12 +3,17 @@ bottom-level search): the entry rows, and answers equal to exact search at full 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import faiss
 import numpy as np
 import pytest
 
+from hpcrag.search import DistributedIndex
+from hpcrag.search.build import BuildOptions, build_index
 from hpcrag.search.graph_entries import graph_rows, list_entries, query_entries, search_from_entries
 from hpcrag.search.metric import Metric
+from hpcrag.search.synthetic import clustered
 
 
 def test_each_list_enters_at_its_row_nearest_the_centroid_and_an_empty_list_has_none() -> None:
@@ -76,3 +81,23 @@ def test_the_walk_never_answers_a_hidden_row_and_a_query_without_entry_gets_noth
     want = exact(queries[:4], rows[5:], 3, Metric.L2)[1] + 5
     assert np.array_equal(labels[:4], want)
     assert labels[4].tolist() == [-1, -1, -1]
+
+
+def test_opening_an_hnsw_index_works_out_every_list_entry_before_the_first_query(tmp_path: Path) -> None:
+    base, _ = clustered(2000, 10, 16, clusters=8, spread=0.5, seed=2, topics=4)
+    np.save(tmp_path / "base.npy", base)
+    options = BuildOptions(nlist=16, nshards=2, metric=Metric.L2, dtype="float32", local_kind="hnsw")
+    build_index(tmp_path / "base.npy", tmp_path / "index", options)
+    index = DistributedIndex.open(tmp_path / "index")
+    centroids = index.router.host_centroids
+    for shard in range(2):
+        (segment,) = index.segments(shard)
+        entries = segment.cache["entries"]
+        for number, entry in enumerate(entries):
+            lo, hi = segment.offsets[number], segment.offsets[number + 1]
+            if lo == hi:
+                assert entry == -1
+                continue
+            rows = np.asarray(segment.vectors[lo:hi], dtype=np.float32)
+            assert lo <= entry < hi
+            assert entry - lo == np.argmin(((rows - centroids[number]) ** 2).sum(axis=1))
