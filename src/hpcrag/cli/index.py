@@ -160,6 +160,19 @@ def routing_options(command: Callable[..., Any]) -> Callable[..., Any]:
     "Also store this share of the vectors, those nearest a list of another shard, in that shard "
     "(memory grows by the share): queries then find their neighbours in fewer shards (--max-shards)."
 )
+@click.option(
+    "--query-sample",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Sample queries (.npy/.fvecs, say from a query log): group the lists so that each rank "
+    "searches about as often, where real queries crowd some shards.",
+)
+@click.option(
+    "--serve-ranks",
+    type=int,
+    default=None,
+    help="With --query-sample: the ranks that will search the index [the build's ranks].",
+)
 @comm_option
 def build(
     vectors: Path,
@@ -182,6 +195,8 @@ def build(
     pq_m: int | None,
     graph_degree: int | None,
     replicate: float,
+    query_sample: Path | None,
+    serve_ranks: int | None,
     comm_kind: str,
 ) -> None:
     """Build an index of VECTORS (.npy float32/float16 or .fvecs) into --out."""
@@ -215,6 +230,8 @@ def build(
             local_kind=local_kind,
             local_params=local_params,
             replicate=replicate,
+            query_sample=query_sample,
+            serve_ranks=serve_ranks,
         )
         schema = agree(comm, lambda: AttributeSchema.parse(declared))
         manifest = build_index(

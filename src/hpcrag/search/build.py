@@ -1,7 +1,8 @@
 """Building the index, as one process or as R <= S MPI ranks sharing the work.
 
 Rank 0 trains the coarse centroids (faiss k-means on a sample); every rank assigns its slice of the
-rows to lists; rank 0 groups the lists into shards (neighbours together, sizes balanced); the rows
+rows to lists; rank 0 groups the lists into shards (neighbours together, sizes balanced; given a
+sample of real queries, also the searches each rank will do, `query_balance.py`); the rows
 travel to the rank that owns their shard in bounded rounds (`Alltoallv`); each rank writes its shards.
 With a local kind other than ivf-flat (`local_kinds.py`), each rank also builds its shards' own
 index over the rows it writes (ivf-pq: codebooks trained once on rank 0 and shared).
@@ -33,7 +34,7 @@ from hpcrag.search.attributes import (
 from hpcrag.search.comm import Communicator, LocalComm, agree, row_bounds
 from hpcrag.search.device import require_cupy
 from hpcrag.search.grouping import group_lists
-from hpcrag.search.inputs import check_finite, check_storable, load_ids, open_vectors
+from hpcrag.search.inputs import check_finite, check_storable, load_ids, load_queries, open_vectors
 from hpcrag.search.local_kinds import (
     FILES,
     LIVE_KINDS,
@@ -43,6 +44,7 @@ from hpcrag.search.local_kinds import (
     train_template,
 )
 from hpcrag.search.metric import Metric, prepare
+from hpcrag.search.query_balance import QUERY_PROBES, balance_query_load, rank_loads
 from hpcrag.search.replication import boundary_ratios, second_lists, threshold_for
 from hpcrag.search.router import Router, coarse_quantizer
 from hpcrag.search.threads import limit_threads, threads_per_rank
@@ -50,6 +52,7 @@ from hpcrag.search.threads import limit_threads, threads_per_rank
 STORAGE_DTYPES = ("float16", "float32")
 TRAIN_POINTS_PER_LIST = 256
 GROUPING_SAMPLE = 20000
+MIN_QUERY_SAMPLE = 100
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,8 @@ class BuildOptions:
     local_kind: str = "ivf-flat"  # how each shard searches its rows (`local_kinds.KINDS`)
     local_params: Mapping[str, Any] = field(default_factory=dict)  # that kind's build parameters
     replicate: float = 0.0  # the share of vectors also stored in a second shard (`replication.py`)
+    query_sample: Path | None = None  # queries whose searches the grouping spreads over the ranks
+    serve_ranks: int | None = None  # the ranks the index will be searched with (default: the build's)
 
     def grouping_nprobe(self) -> int:
         return min(self.nlist, self.route_nprobe or max(1, self.nlist // 16))
@@ -94,6 +99,9 @@ def build_index(
     out = Path(out)
     vectors, local = agree(comm, lambda: _validate(vectors_path, out, options, comm.size))
     ids = agree(comm, lambda: _ids_for(ids_path, vectors.shape[0]))
+    sample = agree(
+        comm, lambda: _query_sample(options, vectors.shape[1], comm.size) if comm.rank == 0 else None
+    )
     if attributes_path is not None and local["kind"] not in LIVE_KINDS:
         raise HpcragError(
             f"--attributes serve filters, which --local {local['kind']} shards do not take; drop "
@@ -103,7 +111,7 @@ def build_index(
     workdir = Path(comm.bcast_obj(_make_workdir(out) if comm.rank == 0 else None))
     done = False
     try:
-        manifest = _build(vectors, ids, (schema, attributes), workdir, options, local, comm, say)
+        manifest = _build(vectors, ids, (schema, attributes), workdir, options, local, comm, say, sample)
         agree(comm, lambda: publish(workdir, out, options.overwrite) if comm.rank == 0 else None)
         say(f"index written to {out}")
         done = True
@@ -154,6 +162,68 @@ def _validate(
             "use a smaller --nlist (about sqrt(n) is a good start)"
         )
     return vectors, local
+
+
+def _query_sample(options: BuildOptions, dim: int, ranks: int) -> np.ndarray | None:
+    """The checked sample queries (prepared for the metric), or None; every refusal before any work."""
+    if options.query_sample is None:
+        if options.serve_ranks is not None:
+            raise HpcragError(
+                "--serve-ranks says over how many ranks --query-sample spreads the searches: give both"
+            )
+        return None
+    serve = options.serve_ranks or ranks
+    if not 2 <= serve <= options.nshards:
+        how = "this build runs on 1 rank: give --serve-ranks, " if serve == 1 else "give "
+        raise HpcragError(
+            f"--query-sample spreads the searches over the ranks that will search the index; {how}"
+            f"the number of ranks that will, from 2 to --shards {options.nshards} (found {serve})"
+        )
+    if not Path(options.query_sample).is_file():
+        raise HpcragError(
+            f"--query-sample {options.query_sample}: no such file (give a .npy or .fvecs of queries)"
+        )
+    queries = load_queries(options.query_sample, dim)
+    if queries.shape[0] < MIN_QUERY_SAMPLE:
+        raise HpcragError(
+            f"{options.query_sample}: {queries.shape[0]} sample queries are too few to tell where queries "
+            f"fall; give at least {MIN_QUERY_SAMPLE} (thousands from a query log are better)"
+        )
+    return prepare(queries, options.metric, str(options.query_sample))
+
+
+def _balance(
+    sample: np.ndarray,
+    quantizer: Any,
+    counts: np.ndarray,
+    list_shard: np.ndarray,
+    options: BuildOptions,
+    ranks: int,
+    say: Progress,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """`list_shard` with the sample queries' searches spread over the serving ranks, and a record."""
+    serve = options.serve_ranks or ranks
+    probes = quantizer.search(sample, QUERY_PROBES)[1]
+    shard_rank = np.arange(options.nshards) % serve
+    before = rank_loads(probes, list_shard, shard_rank)
+    balanced = balance_query_load(probes, counts.astype(np.float64) + 1.0, list_shard, shard_rank)
+    after = rank_loads(probes, balanced, shard_rank)
+    count = sample.shape[0]
+    record = {
+        "queries": count,
+        "serve_ranks": serve,
+        "lists_moved": int((balanced != list_shard).sum()),
+        # per sample query: the busiest rank's shard searches (they set a batch's pace), and everyone's
+        "busiest_rank_searches": [round(before.max() / count, 4), round(after.max() / count, 4)],
+        "searches_per_query": [round(before.sum() / count, 4), round(after.sum() / count, 4)],
+    }
+    busiest, searches = record["busiest_rank_searches"], record["searches_per_query"]
+    say(
+        f"spread the searches of {count:,} sample queries over {serve} ranks ({record['lists_moved']} "
+        f"lists moved): per query, the busiest rank searches {busiest[1]:.2f} shards (was {busiest[0]:.2f}), "
+        f"all ranks {searches[1]:.2f} (was {searches[0]:.2f})"
+    )
+    return balanced, record
 
 
 def gpu_visible() -> bool:
@@ -211,6 +281,7 @@ def _build(
     local: dict[str, Any],
     comm: Communicator,
     say: Progress,
+    query_sample: np.ndarray | None = None,
 ) -> layout.Manifest:
     started = time.monotonic()
     n, dim = vectors.shape
@@ -228,10 +299,14 @@ def _build(
     list_of, error = agree(comm, lambda: _assign(vectors, chunks, quantizer, centroids, options, say))
     counts = np.sum(comm.allgather_obj(np.bincount(list_of, minlength=options.nlist)), axis=0)
     error = sum(comm.allgather_obj(error))
-    list_shard = None
+    list_shard, balanced = None, {}
     if comm.rank == 0:
         sample_probes = quantizer.search(trained[1], options.grouping_nprobe())[1]
         list_shard = group_lists(centroids, counts, options.nshards, options.seed, sample_probes)
+        if query_sample is not None:
+            list_shard, balanced = _balance(
+                query_sample, quantizer, counts, list_shard, options, comm.size, say
+            )
     list_shard = comm.bcast_obj(list_shard)
     router = Router(centroids, options.metric, list_shard, np)
     threshold = 0.0
@@ -308,6 +383,7 @@ def _build(
                 "trained_vectors": n,
                 "quantization_error": error / max(n, 1),
                 **({"replicate": options.replicate, "replicate_threshold": threshold} if replicas else {}),
+                **({"query_balance": balanced} if balanced else {}),
             },
             attributes=schema.to_json(),
             local=local,

@@ -48,18 +48,13 @@ def lower_fanout(probes: np.ndarray, weights: np.ndarray, assignment: np.ndarray
     BALANCE_SLACK of its share. The gain of moving list L from shard a to b is the number of sample
     queries for which L is their only list on a, minus those that have no list on b yet."""
     nlist = assignment.size
-    nprobe = probes.shape[1]
-    flat = probes.ravel()
     share = weights.sum() / nshards
     ceiling, floor = share * (1 + BALANCE_SLACK), share * (1 - BALANCE_SLACK)
     assignment = assignment.copy()
     load = np.bincount(assignment, weights=weights, minlength=nshards)
     everyone = np.arange(nlist)
     for _ in range(FANOUT_ROUNDS):
-        owner = assignment[probes]
-        per_shard = np.stack([(owner == s).sum(axis=1) for s in range(nshards)], axis=1)
-        alone = _per_list(flat, (per_shard == 1).repeat(nprobe, axis=0), nlist)
-        absent = _per_list(flat, (per_shard == 0).repeat(nprobe, axis=0), nlist)
+        alone, absent = reach_changes(probes, assignment, nshards)
         gain = alone[everyone, assignment][:, None] - absent
         gain[everyone, assignment] = -np.inf
         target = gain.argmax(axis=1)
@@ -78,6 +73,18 @@ def lower_fanout(probes: np.ndarray, weights: np.ndarray, assignment: np.ndarray
         if not moved:
             break
     return assignment
+
+
+def reach_changes(probes: np.ndarray, assignment: np.ndarray, nshards: int) -> tuple[np.ndarray, np.ndarray]:
+    """(nlist, nshards) each, over the sample queries probing each list: those for which it is their
+    only list on a shard (they stop reaching that shard if it leaves), and those with no list on a
+    shard (they start reaching that shard if it joins)."""
+    owner = assignment[probes]
+    per_shard = np.stack([(owner == shard).sum(axis=1) for shard in range(nshards)], axis=1)
+    flat, repeat = probes.ravel(), probes.shape[1]
+    alone = _per_list(flat, (per_shard == 1).repeat(repeat, axis=0), assignment.size)
+    absent = _per_list(flat, (per_shard == 0).repeat(repeat, axis=0), assignment.size)
+    return alone, absent
 
 
 def _per_list(flat_probes: np.ndarray, per_query_shard: np.ndarray, nlist: int) -> np.ndarray:
