@@ -393,7 +393,9 @@ def test_thousands_of_generated_requests(service: tuple) -> None:
         assert answer.status_code == 200 and np.array(answer.json()["ids"]).shape == (3, 5)
         health = checker.get("/health").json()
     assert health["vectors"] == 400
-    assert health["seq"] >= 50, "the generated updates were almost all refused"
+    # Which bodies the strategies generate varies with the tests run before this one (37 to 67
+    # updates accepted in the runs seen): the bound only catches updates almost all refused.
+    assert health["seq"] >= 20, "the generated updates were almost all refused"
     # The state the service answers from is the one its update log replays to.
     replayed = DistributedIndex.open(running.index.root)
     try:
