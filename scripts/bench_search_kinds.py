@@ -4,7 +4,10 @@
     .venv/bin/python scripts/bench_search.py --suite kinds --dataset manpages [--repeat 5]
 
 Builds hpcrag indexes (hnsw with 4 and 8 shards, plain and with boundary replication
-(`--replicate`); ivf-flat and ivf-pq with 4; nlist 1024) with `hpcrag index build` under mpirun,
+(`--replicate`); on the man pages also 4-shard hnsw builds whose grouping spreads the searches of a
+query log over the ranks (`--query-sample`: 2,000 held-out man-page descriptions, never the
+benchmark's queries, `manpage_query_log.py`); ivf-flat and ivf-pq with 4; nlist 1024) with
+`hpcrag index build` under mpirun,
 then one `mpirun -n 2` job (one thread per rank) opens them all. Rank 0 also holds the peers: a
 faiss IndexHNSWFlat over the whole set and faiss IndexShards over the very HNSW graphs of the plain
 hpcrag shards (scatter-gather needs no copies; ids mapped back), queried scatter-gather both ways
@@ -35,15 +38,22 @@ TARGET = 0.95
 HNSW = {"M": 32, "ef_construction": 40}
 EFS = (10, 12, 16, 24, 32, 64)
 REPLICATED = ((4, 0.3), (4, 0.5), (8, 0.3))  # (shards, --replicate) of the boundary-replicated builds
+BALANCED = ((4, 0.0), (4, 0.3), (4, 0.5))  # (shards, --replicate) also built with --query-sample
+QUERY_LOG = 2000  # held-out man-page descriptions the balanced builds learn from
 CURVE_SHARES = (0.0, 0.3, 0.5)  # --replicate shares of the routing-alone curve
 
 
-def replicated(count: int, share: float) -> str:
-    return f"hnsw-{count}-replicate-{share}"
+def hnsw_label(count: int, share: float = 0.0, balanced: bool = False) -> str:
+    """The build's folder name."""
+    return f"hnsw-{count}" + (f"-replicate-{share}" if share else "") + ("-balanced" if balanced else "")
 
 
-def hnsw_method(count: int, share: float = 0.0) -> str:
-    return f"hpcrag hnsw, {count} shards" + (f", {share:.0%} replicated" if share else "")
+def hnsw_method(count: int, share: float = 0.0, balanced: bool = False) -> str:
+    return (
+        f"hpcrag hnsw, {count} shards"
+        + (f", {share:.0%} replicated" if share else "")
+        + (", query-balanced" if balanced else "")
+    )
 
 
 def kinds_suite(args: argparse.Namespace) -> None:
@@ -61,6 +71,7 @@ def kinds_suite(args: argparse.Namespace) -> None:
         scratch = Path(scratch)
         for file, array in (("base.npy", base), ("queries.npy", queries), ("gt.npy", gt)):
             np.save(scratch / file, array)
+        log = scratch / "query-log.npy" if name == "manpages-minilm" and write_query_log(scratch) else None
         builds = {}
         for label, kind, shards, extra in (
             ("hnsw-4", "hnsw", 4, []),
@@ -68,10 +79,15 @@ def kinds_suite(args: argparse.Namespace) -> None:
             ("ivf-flat-4", "ivf-flat", 4, []),
             ("ivf-pq-4", "ivf-pq", 4, []),
             *[
-                (replicated(count, share), "hnsw", count, ["--replicate", str(share)])
+                (hnsw_label(count, share), "hnsw", count, ["--replicate", str(share)])
                 for count, share in REPLICATED
             ],
-        ):
+            *[
+                (hnsw_label(count, share, True), "hnsw", count,
+                 ["--replicate", str(share), "--query-sample", str(log)])
+                for count, share in (BALANCED if log else ())
+            ],
+        ):  # fmt: skip
             started = time.perf_counter()
             mpirun(2, args.threads, ["-m", "hpcrag", "index", "build", str(scratch / "base.npy"),
                    "--out", str(scratch / label), "--nlist", str(nlist), "--shards", str(shards),
@@ -79,9 +95,10 @@ def kinds_suite(args: argparse.Namespace) -> None:
             builds[label] = time.perf_counter() - started
         report = scratch / "report.json"
         job = [__file__, str(scratch), str(report), str(args.repeat), str(args.k), args.metric]
+        job.append(str(log is not None))
         mpirun(2, args.threads, job)
         rows = json.loads(report.read_text())
-        loads = shard_loads(scratch, queries, rows)
+        loads = shard_loads(scratch, queries, rows, bool(log))
     curve = fanout_curve(base, queries, gt, metric, args.k, nlist)
     text = render(name, base, queries, args, rows, builds, nlist) + render_loads(loads)
     text += render_curve(curve, args.k, nlist)
@@ -95,7 +112,23 @@ def kinds_suite(args: argparse.Namespace) -> None:
         print(f"saved {calibration.relative_to(REPO)}")
 
 
-def settings() -> list[tuple[str, str, dict]]:
+def write_query_log(scratch: Path) -> bool:
+    """The balanced builds' query sample in `scratch` (False, said why, where it cannot be made)."""
+    from manpage_query_log import query_log
+
+    try:
+        texts, vectors = query_log(QUERY_LOG)
+    except (OSError, ValueError) as exc:
+        print(f"no query log, so no query-balanced builds: {exc}")
+        return False
+    if len(texts) < QUERY_LOG:
+        print(f"no query-balanced builds: only {len(texts)} held-out man pages render here")
+        return False
+    np.save(scratch / "query-log.npy", vectors)
+    return True
+
+
+def settings(balanced: bool) -> list[tuple[str, str, dict]]:
     """(method, index label or peer, search keywords) for every setting a round runs."""
     four = [{"max_shards": 2}, {"max_shards": 2, "shard_margin": 0.3}, {"max_shards": 2, "shard_margin": 0.5}]
     eight = [{"max_shards": 3}, {"max_shards": 3, "shard_margin": 0.5}]
@@ -110,9 +143,15 @@ def settings() -> list[tuple[str, str, dict]]:
         *[(hnsw_method(4), "hnsw-4", {**route, "ef": ef}) for route in four for ef in EFS],
         *[(hnsw_method(8), "hnsw-8", {**route, "ef": ef}) for route in eight for ef in EFS],
         *[
-            (hnsw_method(count, share), replicated(count, share), {**route, "ef": ef})
+            (hnsw_method(count, share), hnsw_label(count, share), {**route, "ef": ef})
             for count, share in REPLICATED
             for route in routes[count]
+            for ef in EFS
+        ],
+        *[
+            (hnsw_method(count, share, True), hnsw_label(count, share, True), {**route, "ef": ef})
+            for count, share in (BALANCED if balanced else ())
+            for route in (routes[count] if share else four)
             for ef in EFS
         ],
         *[("hpcrag ivf-flat, 4 shards", "ivf-flat-4", options) for options in lists],
@@ -131,7 +170,7 @@ def scatter_gather(count: int, threaded: bool) -> str:
     return f"faiss IndexShards of the {count} HNSW shards ({how})"
 
 
-def worker(scratch: Path, report: Path, repeat: int, k: int, metric_name: str) -> None:
+def worker(scratch: Path, report: Path, repeat: int, k: int, metric_name: str, balanced: bool) -> None:
     import faiss
 
     from hpcrag.search import DistributedIndex, Metric, make_comm, reference
@@ -139,8 +178,10 @@ def worker(scratch: Path, report: Path, repeat: int, k: int, metric_name: str) -
 
     comm = make_comm()
     metric = Metric(metric_name)
-    labels = ("hnsw-4", "hnsw-8", "ivf-flat-4", "ivf-pq-4", *(replicated(c, s) for c, s in REPLICATED))
-    indexes = {label: DistributedIndex.open(scratch / label, comm) for label in labels}
+    peer_names = ("single", "shards-")
+    labels = {target for _, target, _ in settings(balanced) if not target.startswith(peer_names)}
+    # Opening is collective: every rank opens the same indexes in the same order.
+    indexes = {label: DistributedIndex.open(scratch / label, comm) for label in sorted(labels)}
     queries = gt = None
     peers: dict = {}
     if comm.rank == 0:
@@ -149,7 +190,7 @@ def worker(scratch: Path, report: Path, repeat: int, k: int, metric_name: str) -
     times: dict[int, list[float]] = {}
     found: dict[int, tuple[float, float]] = {}
     for round_ in range(repeat + 1):
-        for number, (_, target, options) in enumerate(settings()):
+        for number, (_, target, options) in enumerate(settings(balanced)):
             if target in indexes:
                 options = {"nprobe": ROUTE_NPROBE, **options}
                 started = time.perf_counter()
@@ -179,7 +220,7 @@ def worker(scratch: Path, report: Path, repeat: int, k: int, metric_name: str) -
         index.close()
     if comm.rank == 0:
         rows = []
-        for number, (method, target, options) in enumerate(settings()):
+        for number, (method, target, options) in enumerate(settings(balanced)):
             recall, touched = found[number]
             qps = len(queries) / statistics.median(times[number])
             rows.append({"method": method, "target": target, "options": options, "recall": recall,
@@ -234,6 +275,14 @@ def render(name, base, queries, args, rows, builds, nlist: int) -> str:
         f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; date "
         f"{time.strftime('%Y-%m-%d')}; {args.repeat} interleaved rounds (median), one run",
         f"- builds (2 ranks): {', '.join(f'{label} {seconds:.0f} s' for label, seconds in builds.items())}",
+        *(
+            [
+                f"- query-balanced builds: `--query-sample` of {QUERY_LOG:,} man-page descriptions held out "
+                "from the benchmark's queries (`scripts/manpage_query_log.py`), spread over 2 ranks"
+            ]
+            if any(label.endswith("-balanced") for label in builds)
+            else []
+        ),
         f"- command: `{' '.join(['scripts/bench_search.py', *sys.argv[1:]])}`",
         "",
         f"| method | setting | recall@{args.k} | queries/s | shards touched |",
@@ -248,15 +297,16 @@ def render(name, base, queries, args, rows, builds, nlist: int) -> str:
     for method, r in best.items():
         lines.append(f"- {method}: " + ("none reaches it" if r is None else f"{r['qps']:,.0f} q/s "
                      f"(recall {r['recall']:.3f}, {r['touched']:.2f} shards)"))  # fmt: skip
-    ours_all = [(count, 0.0) for count in (4, 8)] + list(REPLICATED)
-    for count, share in sorted(ours_all):
-        ours = best.get(hnsw_method(count, share))
+    ours_all = [(count, 0.0, False) for count in (4, 8)] + [(c, s, False) for c, s in REPLICATED]
+    ours_all += [(count, share, True) for count, share in BALANCED]
+    for count, share, balanced in sorted(ours_all):
+        ours = best.get(hnsw_method(count, share, balanced))
         peers = [best.get(scatter_gather(count, threaded)) for threaded in (True, False)]
         single = best.get("faiss HNSW, one index")
         if ours and all(peers) and single:
             scatter = max(peers, key=lambda r: r["qps"])  # the faster way of the two
             lines.append(
-                f"- {hnsw_method(count, share)}: hpcrag / the faster IndexShards scatter-gather "
+                f"- {hnsw_method(count, share, balanced)}: hpcrag / the faster IndexShards scatter-gather "
                 f"({scatter['method']}) = {ours['qps'] / scatter['qps']:.2f}x; "
                 f"hpcrag / one faiss HNSW = {ours['qps'] / single['qps']:.2f}x"
             )
@@ -311,18 +361,20 @@ def fanout_curve(
     return curve
 
 
-def shard_loads(scratch: Path, queries: np.ndarray, rows: list[dict]) -> list[dict]:
+def shard_loads(scratch: Path, queries: np.ndarray, rows: list[dict], balanced: bool) -> list[dict]:
     """For hpcrag's fastest 4-shard settings at the target: how many of the queries each shard
     searches (routing alone, one process), and the share the busier of 2 ranks (shards 0, 2 and
     1, 3) carries: a rank waits for the other, so a skewed query set costs throughput."""
     from hpcrag.search import DistributedIndex
 
     loads = []
-    for count, share in ((4, 0.0), *(r for r in REPLICATED if r[0] == 4)):
-        best = best_at_target(rows, hnsw_method(count, share))
+    builds = [(4, 0.0, False), *((c, s, False) for c, s in REPLICATED if c == 4)]
+    builds += [(count, share, True) for count, share in (BALANCED if balanced else ())]
+    for count, share, query_balanced in builds:
+        best = best_at_target(rows, hnsw_method(count, share, query_balanced))
         if best is None:
             continue
-        target = f"hnsw-{count}" if not share else replicated(count, share)
+        target = hnsw_label(count, share, query_balanced)
         index = DistributedIndex.open(scratch / target)
         options = best["options"]
         probes = index.router.route(queries, ROUTE_NPROBE, options["max_shards"], options.get("shard_margin"))
@@ -408,4 +460,5 @@ def calibrate(
 
 
 if __name__ == "__main__":
-    worker(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
+    worker(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5],
+           sys.argv[6] == "True")  # fmt: skip
