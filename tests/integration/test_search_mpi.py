@@ -153,3 +153,35 @@ def test_replicated_build_by_ranks_keeps_each_id_once_and_equals_exact(workdir: 
     assert manifests[3]["replicas"] == manifests[1]["replicas"] > 0.3 * len(base)
     assert manifests[3]["format_version"] == 3
     np.testing.assert_array_equal(results[3]["ids"], results[1]["ids"])
+
+
+def test_a_query_balanced_build_by_ranks_equals_one_process_serving_as_many_and_answers_exactly(
+    workdir: Path,
+) -> None:
+    """`--query-sample` regroups the lists on rank 0 for the ranks that will serve: a build by 2 ranks
+    and one by 1 process told `--serve-ranks 2` group alike, and 2 ranks answer exactly at full effort."""
+    base, queries = np.load(workdir / "base.npy"), np.load(workdir / "queries.npy")
+    crowd = base[np.argsort(-(base @ base[0]))[:400]] + 0.01  # sample queries crowding one region
+    np.save(workdir / "crowd.npy", crowd.astype(np.float32))
+    manifests = {}
+    for ranks, extra in ((2, []), (1, ["--serve-ranks", "2"])):
+        index_dir = workdir / f"balanced-r{ranks}"
+        mpirun(
+            ranks, sys.executable, "-m", "hpcrag", "index", "build", str(workdir / "base.npy"),
+            "--out", str(index_dir), "--nlist", "16", "--shards", "4", "--local", "hnsw",
+            "--dtype", "float32", "--query-sample", str(workdir / "crowd.npy"), *extra,
+        )  # fmt: skip
+        manifests[ranks] = json.loads((index_dir / "manifest.json").read_text())
+    assert manifests[2]["list_shard"] == manifests[1]["list_shard"]
+    record = manifests[2]["build"]["query_balance"]
+    before, after = record["busiest_rank_searches"]
+    assert record["queries"] == 400 and record["serve_ranks"] == 2 and after < before
+    out = workdir / "balanced.npz"
+    mpirun(
+        2, sys.executable, "-m", "hpcrag", "index", "search", str(workdir / "balanced-r2"),
+        "--queries", str(workdir / "queries.npy"), "--k", "10", "--nprobe", "16", "--ef", "1024",
+        "--out", str(out),
+    )  # fmt: skip
+    distances, expected = reference.search(reference.exact(base, Metric.IP), queries, 10, Metric.IP)
+    found = np.load(out)
+    assert_same_neighbours(found["ids"], found["distances"], expected, distances)
