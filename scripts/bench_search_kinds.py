@@ -116,9 +116,11 @@ def write_query_log(scratch: Path) -> bool:
     """The balanced builds' query sample in `scratch` (False, said why, where it cannot be made)."""
     from manpage_query_log import query_log
 
+    from hpcrag.errors import HpcragError
+
     try:
         texts, vectors = query_log(QUERY_LOG)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, ImportError, HpcragError) as exc:  # no man pages, dataset or model
         print(f"no query log, so no query-balanced builds: {exc}")
         return False
     if len(texts) < QUERY_LOG:

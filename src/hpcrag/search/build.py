@@ -172,12 +172,21 @@ def _query_sample(options: BuildOptions, dim: int, ranks: int) -> np.ndarray | N
                 "--serve-ranks says over how many ranks --query-sample spreads the searches: give both"
             )
         return None
-    serve = options.serve_ranks or ranks
-    if not 2 <= serve <= options.nshards:
-        how = "this build runs on 1 rank: give --serve-ranks, " if serve == 1 else "give "
+    serve = _serving_ranks(options, ranks)
+    plural = "" if serve == 1 else "s"
+    given = (
+        f"--serve-ranks {serve}" if options.serve_ranks is not None else f"this build's {serve} rank{plural}"
+    )
+    if serve < 2:
         raise HpcragError(
-            f"--query-sample spreads the searches over the ranks that will search the index; {how}"
-            f"the number of ranks that will, from 2 to --shards {options.nshards} (found {serve})"
+            f"--query-sample spreads the searches over the ranks that will search the index, and {given} "
+            f"leaves nothing to spread: give --serve-ranks, the ranks that will, from 2 to --shards "
+            f"{options.nshards}"
+        )
+    if serve > options.nshards:
+        raise HpcragError(
+            f"{given}: more ranks than the {options.nshards} shards, and each rank serves a shard; give "
+            f"--serve-ranks from 2 to --shards {options.nshards}"
         )
     if not Path(options.query_sample).is_file():
         raise HpcragError(
@@ -192,6 +201,11 @@ def _query_sample(options: BuildOptions, dim: int, ranks: int) -> np.ndarray | N
     return prepare(queries, options.metric, str(options.query_sample))
 
 
+def _serving_ranks(options: BuildOptions, ranks: int) -> int:
+    """The ranks the index will be searched with: --serve-ranks, else the build's."""
+    return ranks if options.serve_ranks is None else options.serve_ranks
+
+
 def _balance(
     sample: np.ndarray,
     quantizer: Any,
@@ -202,7 +216,7 @@ def _balance(
     say: Progress,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """`list_shard` with the sample queries' searches spread over the serving ranks, and a record."""
-    serve = options.serve_ranks or ranks
+    serve = _serving_ranks(options, ranks)
     probes = quantizer.search(sample, QUERY_PROBES)[1]
     shard_rank = np.arange(options.nshards) % serve
     before = rank_loads(probes, list_shard, shard_rank)

@@ -120,8 +120,6 @@ def _moves(
     or -1). With two probes per query, a query probing both lists of a pair has both on `source`:
     it stops searching there, and starts searching `dest`, once."""
     alone, absent, together = reach
-    if units.shape[0] <= 1 or (assignment == source).sum() <= 2:
-        return []
     first, second = units[:, 0], units[:, 1]
     paired = second >= 0
     other = np.where(paired, second, first)
@@ -137,6 +135,9 @@ def _moves(
     fits = _in_bounds(size[dest] + moved, size[dest], bounds) & _in_bounds(
         size[source] - moved, size[source], bounds
     )
+    # The source keeps a list: what it has, less the unit, plus a list back.
+    left = (assignment == source).sum() - np.where(paired, 2, 1)[:, None] + (np.arange(back.size + 1) > 0)
+    fits &= left >= 1
     score = np.where(fits & (relief > 0), relief - extra, -np.inf).ravel()
     found = []
     for flat in np.argsort(-score, kind="stable")[:TRIES]:

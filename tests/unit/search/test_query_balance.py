@@ -83,6 +83,15 @@ def test_queries_already_spread_evenly_move_nothing_that_does_not_help() -> None
     assert np.array_equal(balanced, assignment)
 
 
+def test_a_shard_of_two_lists_trades_one_for_a_list_back() -> None:
+    assignment = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    probes = np.array([[0, 4]] * 300 + [[6, 7]] * 20)  # a crowd on lists 0 and 4: both rank 0's
+    shard_rank = np.array([0, 1, 0, 1])
+    balanced = balance_query_load(probes, np.ones(8), assignment, shard_rank)
+    assert rank_loads(probes, balanced, shard_rank).tolist() == [300.0, 20.0]
+    assert np.bincount(balanced, minlength=4).tolist() == [2, 2, 2, 2]
+
+
 BASE, QUERIES = clustered(3000, 40, 32, clusters=12, spread=0.5, seed=5, topics=4)
 
 
@@ -118,8 +127,9 @@ def test_a_balanced_build_records_what_it_did_and_answers_exactly(tmp_path: Path
 @pytest.mark.parametrize(
     ("sample", "serve_ranks", "message"),
     [
-        (BASE[:500], None, "this build runs on 1 rank: give --serve-ranks"),
-        (BASE[:500], 5, "from 2 to --shards 4 (found 5)"),
+        (BASE[:500], None, "this build's 1 rank leaves nothing to spread: give --serve-ranks"),
+        (BASE[:500], 0, "--serve-ranks 0 leaves nothing to spread"),
+        (BASE[:500], 5, "--serve-ranks 5: more ranks than the 4 shards"),
         (None, 2, "give both"),
         (BASE[:500, :8], 2, "dimension 8 does not match"),
         (np.where(np.arange(32) == 3, np.nan, BASE[:500]), 2, "row 0 holds NaN"),
