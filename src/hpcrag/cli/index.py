@@ -574,6 +574,14 @@ def info(index_dir: Path, verify: bool, as_json: bool) -> None:
             f"  {manifest.replicas} boundary vectors ({manifest.replicas / max(manifest.ntotal, 1):.1%}) are "
             "also stored in a second shard (--replicate); the shard counts below include them"
         )
+    balanced = manifest.build.get("query_balance")
+    if balanced:
+        busiest = balanced["busiest_rank_searches"]
+        click.echo(
+            f"  grouped for {balanced['serve_ranks']} serving ranks from {balanced['queries']:,} sample "
+            f"queries (--query-sample): per query, the busiest rank searches {busiest[1]:.2f} shards "
+            f"(was {busiest[0]:.2f}); search it with {balanced['serve_ranks']} ranks"
+        )
     for shard in manifest.shards:
         click.echo(f"  shard {shard.shard}: {shard.ntotal} vectors")
     if attributes:

@@ -165,3 +165,10 @@ def test_the_cli_builds_with_a_query_sample_and_names_a_missing_file(tmp_path: P
                                     str(tmp_path / "log.npy"), "--serve-ranks", "2"])  # fmt: skip
     assert done.exit_code == 0, done.output
     assert "sample queries over 2 ranks" in done.output
+    record = json.loads((tmp_path / "b" / "manifest.json").read_text())["build"]["query_balance"]
+    shown = CliRunner().invoke(cli, ["index", "info", str(tmp_path / "b")])
+    assert shown.exit_code == 0, shown.output
+    assert (
+        f"grouped for 2 serving ranks from 400 sample queries (--query-sample): per query, the busiest rank "
+        f"searches {record['busiest_rank_searches'][1]:.2f} shards" in shown.output
+    )
