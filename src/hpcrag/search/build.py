@@ -34,7 +34,7 @@ from hpcrag.search.attributes import (
 from hpcrag.search.comm import Communicator, LocalComm, agree, row_bounds
 from hpcrag.search.device import require_cupy
 from hpcrag.search.grouping import group_lists
-from hpcrag.search.inputs import check_finite, check_storable, load_ids, load_queries, open_vectors
+from hpcrag.search.inputs import check_finite, check_queries, check_storable, load_ids, open_vectors
 from hpcrag.search.local_kinds import (
     FILES,
     LIVE_KINDS,
@@ -53,6 +53,7 @@ STORAGE_DTYPES = ("float16", "float32")
 TRAIN_POINTS_PER_LIST = 256
 GROUPING_SAMPLE = 20000
 MIN_QUERY_SAMPLE = 100
+MAX_QUERY_SAMPLE = 20_000  # more tells little more about where queries fall, and slows the grouping
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,11 @@ def _query_sample(options: BuildOptions, dim: int, ranks: int) -> np.ndarray | N
         raise HpcragError(
             f"--query-sample {options.query_sample}: no such file (give a .npy or .fvecs of queries)"
         )
-    queries = load_queries(options.query_sample, dim)
+    queries = open_vectors(options.query_sample)
+    if queries.shape[0] > MAX_QUERY_SAMPLE:  # a seeded draw of rows, read from the memory map
+        drawn = np.random.default_rng(options.seed).choice(queries.shape[0], MAX_QUERY_SAMPLE, replace=False)
+        queries = queries[np.sort(drawn)]
+    queries = check_queries(np.asarray(queries), dim, str(options.query_sample))
     if queries.shape[0] < MIN_QUERY_SAMPLE:
         raise HpcragError(
             f"{options.query_sample}: {queries.shape[0]} sample queries are too few to tell where queries "

@@ -7,8 +7,9 @@ nearest probed list that the shard holds rows in, and skips the descent. This is
 `IndexHNSW.search_level_0`, the search faiss's IVF-over-HNSW indexes use with entry points from
 a coarse quantizer.
 
-Measured on the man-page set (one shard of four, 900 queries, ef 10, one thread): 34 ms instead of
-42 ms at the same recall; on a shard the queries reach less often, recall rose from 0.87 to 0.90.
+Measured on the man-page set (one shard of four, the 900 queries it holds lists of, ef 10, one
+thread): 34 ms instead of 42 ms, recall 0.926 against 0.928; on a shard the queries reach less
+often, 8.9 ms instead of 10.7 and recall 0.900 instead of 0.872.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import numpy as np
 from hpcrag.search.grouping import BALANCE_SLACK, reach_changes
 
 QUERY_PROBES = 2  # a query's searches: the shards of its 2 nearest lists (most reach 1 or 2 shards)
-MAX_MOVES = 4096
+MAX_MOVES = 4096  # a bound on the steps; each step kept lowers (busiest, total) strictly anyway
 TRIES = 16  # candidate moves measured per step
 
 

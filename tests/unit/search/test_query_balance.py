@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from hpcrag.cli.main import cli
 from hpcrag.errors import HpcragError
 from hpcrag.search import DistributedIndex, Metric, reference
-from hpcrag.search.build import BuildOptions, build_index
+from hpcrag.search.build import MAX_QUERY_SAMPLE, BuildOptions, build_index
 from hpcrag.search.grouping import BALANCE_SLACK, group_lists
 from hpcrag.search.query_balance import QUERY_PROBES, balance_query_load, rank_loads
 from hpcrag.search.router import coarse_quantizer
@@ -122,6 +122,14 @@ def test_a_balanced_build_records_what_it_did_and_answers_exactly(tmp_path: Path
     result = DistributedIndex.open(index_dir).search(QUERIES, k=10, nprobe=32, ef=1024)
     distances, ids = reference.search(reference.exact(BASE, Metric.L2), QUERIES, 10, Metric.L2)
     assert_same_neighbours(result.ids, result.distances, ids, distances)
+
+
+def test_a_large_sample_is_drawn_down_to_what_the_grouping_needs(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    sample = BASE[rng.integers(0, 600, MAX_QUERY_SAMPLE + 5000)] + 0.01
+    index_dir = build(tmp_path, sample)
+    record = json.loads((index_dir / "manifest.json").read_text())["build"]["query_balance"]
+    assert record["queries"] == MAX_QUERY_SAMPLE
 
 
 @pytest.mark.parametrize(
