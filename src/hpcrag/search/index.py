@@ -31,7 +31,7 @@ every rank that is inside the call, so no rank is left waiting.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,7 @@ from hpcrag.search.comm import Communicator, LocalComm, agree, row_bounds
 from hpcrag.search.device import array_module_for
 from hpcrag.search.exact import exact_scan
 from hpcrag.search.filters import Filter, compile_filter
-from hpcrag.search.inputs import check_ids, check_queries, check_search_params, check_storable
+from hpcrag.search.inputs import check_ids, check_queries, check_search_params, check_storable, cli_flag
 from hpcrag.search.live import LiveShards
 from hpcrag.search.local_kinds import KINDS, LIVE_KINDS, cagra_unavailable, check_search_effort
 from hpcrag.search.local_scan import LocalKindScan
@@ -226,11 +226,13 @@ class DistributedIndex:
         shard_margin: float | None = None,
         ef: int | None = None,
         refine: int | None = None,
+        spell: Callable[[str], str] = cli_flag,
     ) -> None:
-        """Refuse shard selection or search effort this index cannot take (a clear HpcragError)."""
-        check_max_shards(max_shards, self.manifest.nshards)
-        check_shard_margin(shard_margin)
-        check_search_effort(self.kind, ef, refine)
+        """Refuse shard selection or search effort this index cannot take (a clear HpcragError that
+        names each knob as `spell` does: command-line flags by default, request fields for a service)."""
+        check_max_shards(max_shards, self.manifest.nshards, spell)
+        check_shard_margin(shard_margin, spell)
+        check_search_effort(self.kind, ef, refine, spell)
 
     def _check_kind(self, asked: bool, what: str) -> None:
         """Refuse, on rank 0, updates, filters and exact scans where the local kind takes none."""
@@ -559,16 +561,19 @@ def check_strategy(strategy: str) -> None:
         raise HpcragError(f"unknown filter strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
 
 
-def check_max_shards(max_shards: int | None, nshards: int) -> None:
+def check_max_shards(max_shards: int | None, nshards: int, spell: Callable[[str], str] = cli_flag) -> None:
     whole = isinstance(max_shards, (int, np.integer)) and not isinstance(max_shards, bool)
     if max_shards is not None and (not whole or not 1 <= max_shards <= nshards):
-        raise HpcragError(f"--max-shards must be in [1, {nshards}] (the index's shards), got {max_shards}")
+        raise HpcragError(
+            f"{spell('max_shards')} must be in [1, {nshards}] (the index's shards), got {max_shards}"
+        )
 
 
-def check_shard_margin(margin: float | None) -> None:
+def check_shard_margin(margin: float | None, spell: Callable[[str], str] = cli_flag) -> None:
     if margin is not None and (isinstance(margin, bool) or not 0.0 <= margin <= 100.0):
         raise HpcragError(
-            f"--shard-margin must be a number in [0, 100] (0.3: 30% more squared distance), got {margin!r}"
+            f"{spell('shard_margin')} must be a number in [0, 100] (0.3: 30% more squared distance), "
+            f"got {margin!r}"
         )
 
 

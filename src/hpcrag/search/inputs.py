@@ -157,6 +157,11 @@ def load_queries(path: Path, dim: int) -> np.ndarray:
     return check_queries(np.asarray(open_vectors(path)), dim, what=str(path))
 
 
+def cli_flag(name: str) -> str:
+    """A search parameter as the command line spells it (max_shards: --max-shards)."""
+    return "--" + name.replace("_", "-")
+
+
 def check_search_params(k: int, nprobe: int, nlist: int) -> None:
     if k <= 0:
         raise HpcragError(f"k must be >= 1, got {k}")

@@ -22,12 +22,13 @@ folded in. `cagra` takes none of these (hpcrag has not run cuVS's filtered searc
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from hpcrag.errors import HpcragError
+from hpcrag.search.inputs import cli_flag
 from hpcrag.search.metric import Metric
 
 KINDS = ("ivf-flat", "hnsw", "cagra", "ivf-pq")
@@ -105,16 +106,21 @@ def cagra_unavailable(on_gpu: bool) -> str | None:
     return None
 
 
-def check_search_effort(kind: str, ef: int | None, refine: int | None) -> None:
-    """Refuse search knobs that do not fit the kind, or values out of range."""
+def check_search_effort(
+    kind: str, ef: int | None, refine: int | None, spell: Callable[[str], str] = cli_flag
+) -> None:
+    """Refuse search knobs that do not fit the kind, or values out of range; `spell` names a knob as
+    the caller gave it (a command-line flag, or a request field)."""
     if ef is not None and kind not in ("hnsw", "cagra"):
-        raise HpcragError(f"--ef sets the graph search effort of hnsw and cagra; this index is {kind}")
+        raise HpcragError(
+            f"{spell('ef')} sets the graph search effort of hnsw and cagra; this index is {kind}"
+        )
     if refine is not None and kind != "ivf-pq":
-        raise HpcragError(f"--refine re-ranks ivf-pq candidates; this index is {kind}")
+        raise HpcragError(f"{spell('refine')} re-ranks ivf-pq candidates; this index is {kind}")
     if ef is not None and (not _is_int(ef) or not 1 <= ef <= 4096):
-        raise HpcragError(f"--ef must be an integer in [1, 4096], got {ef!r}")
+        raise HpcragError(f"{spell('ef')} must be an integer in [1, 4096], got {ef!r}")
     if refine is not None and (not _is_int(refine) or not 1 <= refine <= 1000):
-        raise HpcragError(f"--refine must be an integer in [1, 1000], got {refine!r}")
+        raise HpcragError(f"{spell('refine')} must be an integer in [1, 1000], got {refine!r}")
 
 
 def _is_int(value: Any) -> bool:

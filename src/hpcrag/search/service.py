@@ -711,7 +711,8 @@ class SearchService:
                 )
             defaults = {name: value for name, value in defaults.items() if name not in SHARD_SELECTION}
         routing = {**defaults, **request.routing}
-        self.index.check_routing(**routing)
+        # The service's own defaults were checked at start: an error here is the request's field.
+        self.index.check_routing(**routing, spell=str)
         queries = check_queries(request.queries, self.index.dim)
         given = tuple(sorted((name, value) for name, value in routing.items() if value is not None))
         return _Pending(queries, k, nprobe, flt, request.strategy, request.min_seq, given)
