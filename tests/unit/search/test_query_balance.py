@@ -77,7 +77,8 @@ def test_the_busiest_rank_does_its_share_on_the_sample_and_on_unseen_queries() -
 
 def test_queries_already_spread_evenly_move_nothing_that_does_not_help() -> None:
     assignment = np.array([0, 1, 2, 3] * 8)
-    probes = np.stack([np.arange(32), np.arange(32)], axis=1)  # each list probed alike
+    # each list probed alike, with a neighbour on its own shard
+    probes = np.stack([np.arange(32), (np.arange(32) + 4) % 32], axis=1)
     shard_rank = np.array([0, 1, 0, 1])
     balanced = balance_query_load(probes, np.ones(32), assignment, shard_rank)
     assert np.array_equal(balanced, assignment)
@@ -95,9 +96,7 @@ def test_a_shard_of_two_lists_trades_one_for_a_list_back() -> None:
 BASE, QUERIES = clustered(3000, 40, 32, clusters=12, spread=0.5, seed=5, topics=4)
 
 
-def build(
-    tmp_path: Path, sample: np.ndarray | None, serve_ranks: int | None = 2, name: str = "index"
-) -> Path:
+def build(tmp_path: Path, sample: np.ndarray | None, serve_ranks: int | None = 2) -> Path:
     np.save(tmp_path / "base.npy", BASE)
     path = None
     if sample is not None:
