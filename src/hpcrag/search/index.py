@@ -115,7 +115,7 @@ class DistributedIndex:
             self._scan = lists
         else:
             self._scan = LocalKindScan(manifest.local, self.metric, lists, router.host_centroids)
-            self._scan.warm([segment for segment, _ in live.parts(None)[0]])
+            self._scan.warm([segment for _, segment in live.segments()])
         self._router = router
         self._owned = comm.xp.asarray(live.owned)  # once, not per batch: on the GPU it is a copy
         self._log = UpdateLog(root, manifest.base_seq) if comm.rank == 0 else None

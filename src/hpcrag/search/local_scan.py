@@ -111,7 +111,7 @@ class LocalKindScan:
         """The graph walk, started at the routed queries' entry rows (see `graph_entries`)."""
         self.warm([segment])
         starts = query_entries(probes, segment.cache["entries"])
-        rows = segment.cache["graph_rows"]
+        rows = graph_rows(segment.local)  # a view of the graph's own vectors: nothing to keep
         return search_from_entries(segment.local, rows, queries, starts, k, params, self.metric)
 
     def warm(self, segments: list[Segment]) -> None:
@@ -121,9 +121,8 @@ class LocalKindScan:
             return
         for segment in segments:
             if segment.local is not None and "entries" not in segment.cache:
-                rows = graph_rows(segment.local)
-                segment.cache["graph_rows"] = rows
-                segment.cache["entries"] = list_entries(rows, segment.offsets, self.centroids)
+                entries = list_entries(graph_rows(segment.local), segment.offsets, self.centroids)
+                segment.cache["entries"] = entries
 
     def _ivf_pq(
         self, segment: Segment, queries: np.ndarray, probes: np.ndarray, k: int, refine: int, params: Any
