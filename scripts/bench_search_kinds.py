@@ -33,9 +33,11 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 NLIST = {"manpages-minilm": 1024, "synthetic-clustered": 256}  # unless --nlist says otherwise
-ROUTE_NPROBE = 16
+ROUTE_NPROBE = 16  # the lists the router ranks shards by, unless a setting says otherwise
+GRAPH_NPROBES = {4: (4, 16), 8: (8, 16)}  # hnsw settings: few probes route as well, for less work
 TARGET = 0.95
 HNSW = {"M": 32, "ef_construction": 40}
+SINGLE = ("float32", "float16")  # one faiss HNSW keeping float32 rows, or float16 as hpcrag's shards do
 EFS = (10, 12, 16, 24, 32, 64)
 REPLICATED = ((4, 0.3), (4, 0.5), (8, 0.3))  # (shards, --replicate) of the boundary-replicated builds
 BALANCED = ((4, 0.0), (4, 0.3), (4, 0.5))  # (shards, --replicate) also built with --query-sample
@@ -141,30 +143,41 @@ def settings(balanced: bool) -> list[tuple[str, str, dict]]:
         4: near + four[2:],
         8: near[:1] + [{"max_shards": 3, "shard_margin": m} for m in (0.2, 0.3, 0.5)],
     }
-    hpcrag = [
-        *[(hnsw_method(4), "hnsw-4", {**route, "ef": ef}) for route in four for ef in EFS],
-        *[(hnsw_method(8), "hnsw-8", {**route, "ef": ef}) for route in eight for ef in EFS],
+    graphs = [
+        *[(4, 0.0, False, route) for route in four],
+        *[(8, 0.0, False, route) for route in eight],
+        *[(count, share, False, route) for count, share in REPLICATED for route in routes[count]],
         *[
-            (hnsw_method(count, share), hnsw_label(count, share), {**route, "ef": ef})
-            for count, share in REPLICATED
-            for route in routes[count]
-            for ef in EFS
-        ],
-        *[
-            (hnsw_method(count, share, True), hnsw_label(count, share, True), {**route, "ef": ef})
+            (count, share, True, route)
             for count, share in (BALANCED if balanced else ())
             for route in (routes[count] if share else four)
+        ],
+    ]
+    hpcrag = [
+        *[
+            (
+                hnsw_method(count, share, query_balanced),
+                hnsw_label(count, share, query_balanced),
+                {"nprobe": nprobe, **route, "ef": ef},
+            )
+            for count, share, query_balanced, route in graphs
+            for nprobe in GRAPH_NPROBES[count]
             for ef in EFS
         ],
         *[("hpcrag ivf-flat, 4 shards", "ivf-flat-4", options) for options in lists],
         *[("hpcrag ivf-pq, 4 shards", "ivf-pq-4", {**options, "refine": 10}) for options in lists[2:]],
     ]
     peers = [
-        *[("faiss HNSW, one index", "single", {"ef": ef}) for ef in (*EFS, 128)],
+        *[(single_hnsw(storage), f"single-{storage}", {"ef": ef})
+          for storage in SINGLE for ef in (*EFS, 128)],
         *[(scatter_gather(count, threaded), f"shards-{count}{'' if threaded else '-serial'}", {"ef": ef})
           for count in (4, 8) for threaded in (True, False) for ef in EFS],
     ]  # fmt: skip
     return hpcrag + peers
+
+
+def single_hnsw(storage: str) -> str:
+    return f"faiss HNSW, one index ({storage} rows)"
 
 
 def scatter_gather(count: int, threaded: bool) -> str:
@@ -234,15 +247,19 @@ def build_peers(scratch: Path, metric) -> dict:
     """faiss HNSW over the whole base, and IndexShards over the hpcrag shards' own graphs."""
     import faiss
 
+    from hpcrag.search.local_kinds import hnsw_graph
     from hpcrag.search.metric import prepare
 
     base = prepare(np.load(scratch / "base.npy"), metric, "base")
-    single = faiss.IndexHNSWFlat(base.shape[1], HNSW["M"], metric.faiss_metric())
-    single.hnsw.efConstruction = HNSW["ef_construction"]
+    peers = {}
     faiss.omp_set_num_threads(2)
-    single.add(base)
+    for storage in SINGLE:
+        single = hnsw_graph(base.shape[1], HNSW["M"], metric, np.dtype(storage))
+        single.hnsw.efConstruction = HNSW["ef_construction"]
+        single.train(base)
+        single.add(base)
+        peers[f"single-{storage}"] = (single, [single], None)
     faiss.omp_set_num_threads(1)
-    peers = {"single": (single, [single], None)}
     for count in (4, 8):
         # Scatter-gather, a thread per shard (faiss's way across devices) or shard after shard with
         # OpenMP inside each (faster on a few cores); successive ids: shard s's labels come offset by
@@ -272,8 +289,10 @@ def render(name, base, queries, args, rows, builds, nlist: int) -> str:
         "",
         f"- data: {base.shape[0]:,} x {base.shape[1]}, {len(queries):,} queries in one batch, metric "
         f"{args.metric}, recall@{args.k} against exact",
-        f"- hpcrag: nlist {nlist}, routing nprobe {ROUTE_NPROBE}, 2 MPI ranks x 1 thread; hnsw M "
-        f"{HNSW['M']}, efConstruction {HNSW['ef_construction']}; peers: 2 threads, the same graphs",
+        f"- hpcrag: nlist {nlist}, routing nprobe as each setting says (else {ROUTE_NPROBE}), 2 MPI ranks "
+        f"x 1 thread; hnsw M {HNSW['M']}, efConstruction {HNSW['ef_construction']}, rows kept as float16 "
+        "(the index's storage dtype); peers: 2 threads, the same graphs (one faiss HNSW: float32 or "
+        "float16 rows)",
         f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; date "
         f"{time.strftime('%Y-%m-%d')}; {args.repeat} interleaved rounds (median), one run",
         f"- builds (2 ranks): {', '.join(f'{label} {seconds:.0f} s' for label, seconds in builds.items())}",
@@ -304,9 +323,10 @@ def render(name, base, queries, args, rows, builds, nlist: int) -> str:
     for count, share, balanced in sorted(ours_all):
         ours = best.get(hnsw_method(count, share, balanced))
         peers = [best.get(scatter_gather(count, threaded)) for threaded in (True, False)]
-        single = best.get("faiss HNSW, one index")
-        if ours and all(peers) and single:
+        singles = [best.get(single_hnsw(storage)) for storage in SINGLE]
+        if ours and all(peers) and all(singles):
             scatter = max(peers, key=lambda r: r["qps"])  # the faster way of the two
+            single = max(singles, key=lambda r: r["qps"])
             lines.append(
                 f"- {hnsw_method(count, share, balanced)}: hpcrag / the faster IndexShards scatter-gather "
                 f"({scatter['method']}) = {ours['qps'] / scatter['qps']:.2f}x; "
@@ -379,7 +399,8 @@ def shard_loads(scratch: Path, queries: np.ndarray, rows: list[dict], balanced: 
         target = hnsw_label(count, share, query_balanced)
         index = DistributedIndex.open(scratch / target)
         options = best["options"]
-        probes = index.router.route(queries, ROUTE_NPROBE, options["max_shards"], options.get("shard_margin"))
+        nprobe = options.get("nprobe", ROUTE_NPROBE)
+        probes = index.router.route(queries, nprobe, options["max_shards"], options.get("shard_margin"))
         per_shard = index.router.shard_load(probes)[1].tolist()
         index.close()
         per_rank = [sum(per_shard[rank::2]) for rank in range(2)]

@@ -53,7 +53,7 @@ ID_BYTES = 8
 SCORE_BYTES = 4
 QUERY_ELEMENT_BYTES = 4  # queries travel as float32
 HNSW_M = 32
-GRAPH_ELEMENT_BYTES = 4  # faiss HNSWFlat and hpcrag's CAGRA build keep float32 copies of the rows
+GRAPH_ELEMENT_BYTES = 4  # hpcrag's CAGRA build keeps a float32 copy of the rows
 CAGRA_GRAPH_DEGREE = 64
 PQ_DIMS_PER_CODE = 8  # pq_m = dim / 8: 96 code bytes at 768 dims, the seed's §2.4 figure
 DEFAULT_REFINE = 10
@@ -565,7 +565,7 @@ class _Model:
         shard_vectors = self.shard_vectors(shards)
         bandwidth = self.gpu.bandwidth_tbs * 1e12 * BANDWIDTH_EFFICIENCY
         full = self.dim * self.element + ID_BYTES
-        full32 = self.dim * GRAPH_ELEMENT_BYTES + ID_BYTES  # hpcrag's graphs hold float32 rows
+        full32 = self.dim * GRAPH_ELEMENT_BYTES + ID_BYTES  # hpcrag's CAGRA graphs hold float32 rows
         host: float | None = None
         read: float | None = None
         if kind == "ivf-flat":
@@ -585,7 +585,7 @@ class _Model:
             scale = self.graph_scale(shard_vectors, SEED_SHARD_VECTORS, SEED_DIM)
             qps = CAGRA_T4_QPS * (self.gpu.bandwidth_tbs / T4_BANDWIDTH_TBS) / scale
         else:
-            per_vector = float(full32 + HNSW_M * 2 * 4)
+            per_vector = float(full + HNSW_M * 2 * 4)  # the graph keeps rows at the stored dtype
             cost, at_vectors, at_dim, _ = self.hnsw_cost()
             qps = CORES_PER_GPU / (cost * self.graph_scale(shard_vectors, at_vectors, at_dim))
         index = per_vector * shard_vectors
@@ -666,8 +666,8 @@ class _Model:
             )
         else:
             layout = (
-                f"{self.dim} x 4 B (faiss HNSWFlat stores float32) + 8 B id + M={HNSW_M} x 2 x 4 B level-0 "
-                "links (upper levels not counted)"
+                f"{self.dim} x {self.element} B (the graph keeps the stored dtype) + 8 B id + M={HNSW_M} "
+                "x 2 x 4 B level-0 links (upper levels not counted)"
             )
         out = {
             "bytes_per_vector": Figure(n.bytes_per_vector, "bytes", layout),

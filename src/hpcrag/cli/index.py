@@ -532,7 +532,11 @@ def info(index_dir: Path, verify: bool, as_json: bool) -> None:
             layout.check_file(layout.shard_dir(index_dir, shard.shard) / name, entry, verify)
     log = UpdateLog(index_dir, manifest.base_seq)
     pending = log.read_new()
-    per_vector = memory_per_vector(manifest.local, manifest.dim, 2 if manifest.dtype == "float16" else 4)
+    per_vector = {
+        "memory": memory_per_vector(manifest.local, manifest.dim, 2 if manifest.dtype == "float16" else 4),
+        "disk": sum(e.bytes for s in manifest.shards for e in s.files.values())
+        / max(1, sum(s.ntotal for s in manifest.shards)),
+    }
     per_shard = memory_per_shard(manifest.local, manifest.nlist, manifest.dim, Metric(manifest.metric))
     attributes = dict(manifest.attributes)
     for update in pending:

@@ -24,10 +24,14 @@ ENTRY_ROWS = 16_384  # rows whose distance to their list's centroid is computed 
 
 
 def graph_rows(index: Any) -> np.ndarray:
-    """A faiss IndexHNSWFlat's stored vectors as a float32 (n, d) view (no copy)."""
+    """A faiss HNSW index's stored vectors as an (n, d) view, no copy: float32 (IndexHNSWFlat) or
+    float16 (IndexHNSWSQ with fp16 storage, see `local_kinds.hnsw_graph`)."""
     import faiss
 
     storage = faiss.downcast_index(index.storage)
+    if isinstance(storage, faiss.IndexScalarQuantizer):
+        codes = faiss.rev_swig_ptr(storage.codes.data(), index.ntotal * storage.code_size)
+        return codes.view(np.float16).reshape(index.ntotal, index.d)
     return faiss.rev_swig_ptr(storage.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
 
 
@@ -41,7 +45,7 @@ def list_entries(rows: np.ndarray, offsets: np.ndarray, centroids: np.ndarray) -
     distances = np.empty(rows.shape[0], dtype=np.float32)
     for lo in range(0, rows.shape[0], ENTRY_ROWS):
         part = slice(lo, lo + ENTRY_ROWS)
-        block = rows[part]
+        block = rows[part].astype(np.float32)
         # |r - c|^2 less |c|^2, which is the same for every row of a list
         distances[part] = np.einsum("nd,nd->n", block, block - 2.0 * centroids[lists[part]])
     # Sort by (list, distance): each list's first row in that order is its nearest to the centroid.
@@ -67,7 +71,7 @@ def search_from_entries(
     import faiss
 
     nq = queries.shape[0]
-    entry = rows[np.maximum(starts[:, 0], 0)]
+    entry = rows[np.maximum(starts[:, 0], 0)].astype(np.float32)
     if metric is Metric.L2:
         start_scores = ((queries - entry) ** 2).sum(axis=1)
     else:

@@ -59,6 +59,28 @@ def merge_topk(
     once, but both may hold it (a replicated row found in two shards, a segment read by two scans):
     it is kept once, at its better score."""
     xp = array_module(a[0])
+    holds_a, holds_b = (a[1] >= 0).any(axis=1), (b[1] >= 0).any(axis=1)
+    both = holds_a & holds_b
+    if bool(both.all()):
+        return _merge_rows(xp, a, b, k, larger_is_better, worst)
+    # A row one set leaves empty is the other set's row, ordered: only rows both hold pay for the
+    # merge (a query reaches few shards, so most rows of one shard's answer are empty).
+    scores, ids = empty_topk(xp, a[1].shape[0], k, worst)
+    for alone, (set_scores, set_ids) in ((holds_a & ~both, a), (holds_b & ~both, b)):
+        rows = xp.flatnonzero(alone)
+        if rows.size:
+            scores[rows], ids[rows] = select_topk(set_scores[rows], set_ids[rows], k, larger_is_better, worst)
+    rows = xp.flatnonzero(both)
+    if rows.size:
+        pair = (a[0][rows], a[1][rows]), (b[0][rows], b[1][rows])
+        scores[rows], ids[rows] = _merge_rows(xp, *pair, k, larger_is_better, worst)
+    return scores, ids
+
+
+def _merge_rows(
+    xp: Any, a: tuple[Any, Any], b: tuple[Any, Any], k: int, larger_is_better: bool, worst: float
+) -> tuple[Any, Any]:
+    """`merge_topk` of every row: the shared ids found, then the best k of both sets."""
     hide_a, hide_b = _shared_ids(xp, a, b, larger_is_better)
     scores = xp.concatenate(
         [xp.where(hide_a, xp.float32(worst), a[0]), xp.where(hide_b, xp.float32(worst), b[0])], axis=1

@@ -115,7 +115,7 @@ def test_hand_computed_plan(calibration: sp.Calibration) -> None:
     hnsw = values(plan.kind("hnsw").figures)
     assert plan.kind("hnsw").device == "cpu"
     assert "vram_per_gpu" not in hnsw
-    assert hnsw["host_bytes_per_gpu"] == 100_000 * (128 * 4 + 8 + 32 * 2 * 4)  # float32 rows
+    assert hnsw["host_bytes_per_gpu"] == 100_000 * (128 * 2 + 8 + 32 * 2 * 4)  # rows kept as float16
     # Measured at the same shard size and dim: 1e-4 core-seconds; 8 cores per GPU -> 80,000 QPS.
     assert hnsw["cpu_seconds_per_query_per_shard"] == pytest.approx(1e-4)
     assert hnsw["qps_per_gpu"] == pytest.approx(80_000)

@@ -24,12 +24,14 @@ from tests.search_helpers import assert_same_neighbours
 BASE, QUERIES = clustered(3000, 40, 32, clusters=12, spread=0.5, seed=5, topics=4)
 
 
-def build(tmp_path: Path, kind: str, metric: str = "ip", name: str = "index", **params) -> Path:
+def build(
+    tmp_path: Path, kind: str, metric: str = "ip", name: str = "index", dtype: str = "float32", **params
+) -> Path:
     source = tmp_path / "base.npy"
     np.save(source, BASE)
     out = tmp_path / name
     options = BuildOptions(
-        nlist=32, nshards=4, metric=Metric(metric), dtype="float32", local_kind=kind, local_params=params
+        nlist=32, nshards=4, metric=Metric(metric), dtype=dtype, local_kind=kind, local_params=params
     )
     build_index(source, out, options)
     return out
@@ -104,6 +106,28 @@ def test_hnsw_at_its_highest_effort_equals_exact_search(tmp_path: Path, metric: 
     distances, ids = reference.search(reference.exact(BASE, Metric(metric)), QUERIES, 10, Metric(metric))
     assert_same_neighbours(result.ids, result.distances, ids, distances)
     assert (result.shards_touched == 4).all()
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_a_float16_index_keeps_its_graph_rows_as_stored_and_stays_exact(tmp_path: Path, metric: str) -> None:
+    import faiss
+
+    from hpcrag.search.graph_entries import graph_rows
+
+    index_dir = build(tmp_path, "hnsw", metric, dtype="float16")
+    for shard in read_manifest(index_dir).shards:
+        folder = index_dir / f"shard-{shard.shard:04d}"
+        graph = faiss.read_index(str(folder / "hnsw.faiss"))
+        assert isinstance(graph, faiss.IndexHNSWSQ)  # half the bytes of a float32 copy
+        rows = graph_rows(graph)
+        assert rows.dtype == np.float16
+        np.testing.assert_array_equal(rows, np.load(folder / "vectors.npy"))
+    result = DistributedIndex.open(index_dir).search(QUERIES, k=10, nprobe=32, ef=1024)
+    stored = BASE.astype(np.float16).astype(np.float32)  # what a float16 index searches
+    distances, ids = reference.search(reference.exact(stored, Metric(metric)), QUERIES, 10, Metric(metric))
+    assert_same_neighbours(result.ids, result.distances, ids, distances)
+    float32 = faiss.read_index(str(build(tmp_path, "hnsw", metric, name="f32") / "shard-0000" / "hnsw.faiss"))
+    assert isinstance(float32, faiss.IndexHNSWFlat) and graph_rows(float32).dtype == np.float32
 
 
 def test_hnsw_routing_cuts_fan_out_and_effort_trades_recall(tmp_path: Path) -> None:

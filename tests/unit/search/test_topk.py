@@ -85,3 +85,27 @@ def test_merge_of_sets_sharing_ids_keeps_each_once_at_its_best_score(metric: Met
     flipped = merge_topk(sets[1], sets[0], k, metric.larger_is_better, metric.worst)
     np.testing.assert_array_equal(flipped[1], ids)
     np.testing.assert_array_equal(flipped[0], scores)
+
+
+@pytest.mark.parametrize("metric", [Metric.IP, Metric.L2])
+def test_rows_one_set_leaves_empty_are_the_other_sets_rows_ordered(metric: Metric) -> None:
+    rng = np.random.default_rng(11)
+    k, nq = 6, 30
+    sets = []
+    for empty_rows in (slice(0, 10), slice(5, 15)):  # rows 5-9 empty in both, 0-4 and 10-14 in one
+        ids = np.stack([rng.permutation(20)[:k] for _ in range(nq)]).astype(np.int64)
+        scores = rng.standard_normal((nq, k)).astype(np.float32).round(1)  # unsorted, with ties
+        ids[empty_rows] = -1
+        scores[ids < 0] = metric.worst
+        sets.append((scores, ids))
+    scores, ids = merge_topk(sets[0], sets[1], k, metric.larger_is_better, metric.worst)
+    assert ids.tolist() == reference_merge(sets[0], sets[1], k, metric.larger_is_better)
+    assert ids[5:10].tolist() == [[-1] * k] * 5
+    for row in range(nq):
+        best: dict[int, float] = {}
+        for set_scores, set_ids in sets:
+            for score, ident in zip(set_scores[row].tolist(), set_ids[row].tolist(), strict=True):
+                better = ident not in best or (score > best[ident]) == metric.larger_is_better
+                if ident >= 0 and better:
+                    best[ident] = score
+        assert scores[row].tolist() == [best.get(i, metric.worst) for i in ids[row].tolist()]
