@@ -190,9 +190,8 @@ def _query_sample(options: BuildOptions, dim: int, ranks: int) -> np.ndarray | N
             f"--serve-ranks from 2 to --shards {options.nshards}"
         )
     if not Path(options.query_sample).is_file():
-        raise HpcragError(
-            f"--query-sample {options.query_sample}: no such file (give a .npy or .fvecs of queries)"
-        )
+        what = "a directory" if Path(options.query_sample).is_dir() else "no such file"
+        raise HpcragError(f"--query-sample {options.query_sample}: {what} (give a .npy or .fvecs of queries)")
     queries = open_vectors(options.query_sample)
     if queries.shape[0] > MAX_QUERY_SAMPLE:  # a seeded draw of rows, read from the memory map
         drawn = np.random.default_rng(options.seed).choice(queries.shape[0], MAX_QUERY_SAMPLE, replace=False)

@@ -168,6 +168,11 @@ def test_the_cli_builds_with_a_query_sample_and_names_a_missing_file(tmp_path: P
     missing = CliRunner().invoke(cli, [*common, "--out", str(tmp_path / "a"), "--query-sample",
                                        str(tmp_path / "nope.npy"), "--serve-ranks", "2"])  # fmt: skip
     assert missing.exit_code != 0 and "--query-sample" in missing.output and "no such file" in missing.output
+    folder = CliRunner().invoke(
+        cli, [*common, "--out", str(tmp_path / "a"), "--query-sample", str(tmp_path), "--serve-ranks", "2"]
+    )
+    assert folder.exit_code != 0 and f"--query-sample {tmp_path}: a directory" in folder.output
+    assert not (tmp_path / "a").exists()
     done = CliRunner().invoke(cli, [*common, "--out", str(tmp_path / "b"), "--query-sample",
                                     str(tmp_path / "log.npy"), "--serve-ranks", "2"])  # fmt: skip
     assert done.exit_code == 0, done.output
