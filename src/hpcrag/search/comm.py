@@ -306,3 +306,38 @@ def agree(comm: Communicator, action: Callable[[], T]) -> T:
     if errors:
         raise HpcragError(errors[0])
     return result
+
+
+class RankFailures:
+    """A collective call's local steps, run so that a failure on one rank reaches every rank.
+
+    A rank that raised out of a collective call would leave the others waiting in its next
+    collective. So each local step runs through `run`: after this rank's first failure the rest of
+    its steps are skipped (their `default` stands in, so the rank still joins every collective), and
+    `check` (collective) raises on every rank an HpcragError naming the first rank that failed and
+    why. With one rank nothing is caught: an exception leaves as it came.
+    """
+
+    def __init__(self, comm: Communicator, what: str) -> None:
+        self.comm = comm
+        self.what = what
+        self.failure: str | None = None
+
+    def run(self, step: Callable[[], T], default: T) -> T:
+        if self.comm.size == 1:
+            return step()
+        if self.failure is not None:
+            return default
+        try:
+            return step()
+        except Exception as exc:  # whatever it is, the other ranks must hear of it rather than wait
+            self.failure = str(exc) if isinstance(exc, HpcragError) else f"{type(exc).__name__}: {exc}"
+            return default
+
+    def check(self, reported: list[str | None] | None = None) -> None:
+        """Collective unless `reported` holds every rank's `failure`, gathered with other data."""
+        if reported is None:
+            reported = self.comm.allgather_obj(self.failure) if self.comm.size > 1 else [None]
+        for rank, failure in enumerate(reported):
+            if failure is not None:
+                raise HpcragError(f"{self.what} failed on rank {rank} of {self.comm.size}: {failure}")

@@ -25,7 +25,9 @@ Two ways to drive it:
 - Service: rank 0 calls methods whenever it likes; the other ranks sit in `follow()` until rank 0
   calls `close()`.
 A bad call is refused on rank 0 before any rank changes anything, and the same error is raised on
-every rank that is inside the call, so no rank is left waiting.
+every rank that is inside the call, so no rank is left waiting. A search that fails on some rank
+once under way (a damaged file, memory) is raised on every rank too, naming that rank; a rank in
+`follow()` serves on.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from hpcrag.search import layout
 from hpcrag.search.arrays import to_numpy
 from hpcrag.search.attributes import AttributeSchema, encode_rows, with_undeclared
 from hpcrag.search.backends import make_scanner
-from hpcrag.search.comm import Communicator, LocalComm, agree, row_bounds
+from hpcrag.search.comm import Communicator, LocalComm, RankFailures, agree, row_bounds
 from hpcrag.search.device import array_module_for
 from hpcrag.search.exact import exact_scan
 from hpcrag.search.filters import Filter, compile_filter
@@ -265,8 +267,7 @@ class DistributedIndex:
         header.update(routing)
         self.comm.announce(header)
         batch = self.comm.bcast_array(batch, batch.shape, batch.dtype)
-        probes = self._route(batch, header)
-        (scores, ids), chosen, matching = self._scan_owned(batch, probes, header)
+        (scores, ids), probes, chosen, matching = self._search_here(batch, header)
         scores, ids = reduce_topk(self.comm, scores, ids, k, self.metric)
         if chosen == "ivf":
             touched, shard_queries = self._router.shard_load(to_numpy(probes))
@@ -286,47 +287,62 @@ class DistributedIndex:
     def _follower_search(self, header: dict[str, Any]) -> None:
         xp, nq, k = self.comm.xp, header["nq"], header["k"]
         batch = self.comm.bcast_array(None, (nq, self.dim), xp.float32)
-        probes = self._route(batch, header)
-        (scores, ids), _, _ = self._scan_owned(batch, probes, header)
+        (scores, ids), _, _, _ = self._search_here(batch, header)
         reduce_topk(self.comm, scores, ids, k, self.metric)
 
-    def _route(self, batch: Any, header: dict[str, Any]) -> Any:
-        """Every query's routed probes, on every rank: each rank routes its slice of the batch
-        (on rank 0 alone, scoring the whole batch against the centroids kept the others waiting)."""
+    def _search_here(
+        self, batch: Any, header: dict[str, Any]
+    ) -> tuple[tuple[Any, Any], Any, str, np.ndarray]:
+        """This rank's part of a search (collective): route its slice of the batch, then scan the
+        shards it owns. Returns its top-k for every query, every query's routed probes, the
+        strategy that ran and (exact) which shards have matching rows. A failure on any rank (a
+        damaged file, memory) is raised on every rank, naming it (`RankFailures`): none is left
+        waiting, and the index answers the next call as before."""
+        xp, k, flt, strategy = self.comm.xp, header["k"], header["filter"], header["strategy"]
+        failures = RankFailures(self.comm, "search")
         bounds = row_bounds(batch.shape[0], self.comm.size)
         lo, hi = (int(bound) for bound in bounds[self.comm.rank : self.comm.rank + 2])
-        mine = batch[lo:hi]
-        if mine.shape[0]:
-            part = self._router.route(mine, header["nprobe"], header["max_shards"], header["shard_margin"])
-        else:
-            part = self.comm.xp.empty((0, header["nprobe"]), dtype=self.comm.xp.int64)
-        return self.comm.allgather_rows(part, bounds)
-
-    def _scan_owned(
-        self, batch: Any, probes: Any, header: dict[str, Any]
-    ) -> tuple[tuple[Any, Any], str, np.ndarray]:
-        """This rank's top-k for every query, the strategy that ran and (exact) which shards have
-        matching rows."""
-        xp, k, flt, strategy = self.comm.xp, header["k"], header["filter"], header["strategy"]
-        parts, counts = self._live.parts(flt)
+        unrouted = xp.full((hi - lo, header["nprobe"]), -1, dtype=xp.int64)
+        part = failures.run(lambda: self._route_slice(batch[lo:hi], header), unrouted)
+        probes = self.comm.allgather_rows(part, bounds)
+        parts, counts = failures.run(lambda: self._live.parts(flt), ([], {}))
         chosen = "ivf" if strategy == "auto" else strategy
         matching = np.zeros(self.manifest.nshards, dtype=bool)
         if chosen == "exact" or (strategy == "auto" and flt is not None):
+            gathered = self.comm.allgather_obj((counts, failures.failure))
+            failures.check([failure for _, failure in gathered])
             per_shard: dict[int, int] = {}
-            for part in self.comm.allgather_obj(counts):
-                per_shard.update(part)
+            for rank_counts, _ in gathered:
+                per_shard.update(rank_counts)
             matching[[shard for shard, count in per_shard.items() if count]] = True
             if strategy == "auto":
                 chosen = self._choose(sum(per_shard.values()), header["nprobe"], k)
+        nothing = empty_topk(xp, batch.shape[0], k, self.metric.worst)
+        found = failures.run(lambda: self._scan_owned(batch, probes, parts, header, chosen), nothing)
+        failures.check()
+        return found, probes, chosen, matching
+
+    def _route_slice(self, mine: Any, header: dict[str, Any]) -> Any:
+        """This rank's slice of the batch routed: each rank routes a slice (on rank 0 alone,
+        scoring the whole batch against the centroids kept the others waiting)."""
+        if not mine.shape[0]:
+            return self.comm.xp.empty((0, header["nprobe"]), dtype=self.comm.xp.int64)
+        return self._router.route(mine, header["nprobe"], header["max_shards"], header["shard_margin"])
+
+    def _scan_owned(
+        self, batch: Any, probes: Any, parts: list, header: dict[str, Any], chosen: str
+    ) -> tuple[Any, Any]:
+        """This rank's top-k for every query: its matching rows (exact), or the probes it owns."""
+        xp, k = self.comm.xp, header["k"]
         if chosen == "exact":
-            return exact_scan(batch, parts, k, self.metric, xp), chosen, matching
+            return exact_scan(batch, parts, k, self.metric, xp)
         owned = (probes >= 0) & self._owned[xp.maximum(probes, 0)]  # -1: a probe shard selection dropped
         rows = xp.flatnonzero(owned.any(axis=1))
         scores, ids = empty_topk(xp, batch.shape[0], k, self.metric.worst)
         if rows.size:
             local_probes = xp.where(owned[rows], probes[rows], -1)
             scores[rows], ids[rows] = self._scan(batch[rows], local_probes, k, parts, header["effort"])
-        return (scores, ids), chosen, matching
+        return scores, ids
 
     def _choose(self, matching: int, nprobe: int, k: int) -> str:
         share = nprobe / self.manifest.nlist
@@ -535,7 +551,12 @@ class DistributedIndex:
                 if last != "stop":
                     raise HpcragError(header["message"])
             elif op == "search":
-                self._follower_search(header)
+                try:
+                    self._follower_search(header)
+                except HpcragError:
+                    if last == "search":  # SPMD: this rank's call raises as rank 0's does
+                        raise
+                    # Serving: rank 0 answers its caller with the failure; this rank serves on.
             elif op == "apply":
                 self._apply(self.comm.bcast_obj(None))
             elif op == "contains":
