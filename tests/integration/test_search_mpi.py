@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hpcrag.search import Metric, reference
+from hpcrag.search import BuildOptions, Metric, build_index, reference
 from hpcrag.search.synthetic import clustered
 from hpcrag.slurm.command import CommandError
 from tests.integration.helpers import mpirun
@@ -185,3 +185,23 @@ def test_a_query_balanced_build_by_ranks_equals_one_process_serving_as_many_and_
     distances, expected = reference.search(reference.exact(base, Metric.IP), queries, 10, Metric.IP)
     found = np.load(out)
     assert_same_neighbours(found["ids"], found["distances"], expected, distances)
+
+
+def test_a_search_failing_on_one_rank_is_raised_on_every_rank_which_then_serve_on(tmp_path: Path) -> None:
+    """Rank 1's routing or scan raises (memory, a library error): rank 0 raises an error naming rank 1
+    rather than waiting forever in the reduction, SPMD ranks raise it too, a following rank serves on,
+    and the next search answers exactly."""
+    base, queries = clustered(1200, 20, 16, clusters=8, spread=0.5, seed=3)
+    np.save(tmp_path / "queries.npy", queries)
+    options = BuildOptions(nlist=16, nshards=2, metric=Metric.L2, dtype="float32")
+    np.save(tmp_path / "base.npy", base)
+    build_index(tmp_path / "base.npy", tmp_path / "index", options)
+    mpirun(2, sys.executable, "-m", "tests.integration.mpi_failure_driver", str(tmp_path))
+    scan_failed = "search failed on rank 1 of 2: MemoryError: cannot allocate the scan's buffers"
+    route_failed = "search failed on rank 1 of 2: RuntimeError: faiss: invalid argument"
+    rank0, rank1 = (json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1))
+    assert rank0["errors"] == [scan_failed, route_failed, scan_failed]
+    assert rank1 == {"errors": [scan_failed], "followed to the end": True}
+    exact = reference.search(reference.exact(base, Metric.L2), queries, 5, Metric.L2)[1]
+    for answer in ("spmd.npy", "served.npy"):
+        np.testing.assert_array_equal(np.load(tmp_path / answer), exact)
