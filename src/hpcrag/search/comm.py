@@ -14,6 +14,7 @@ rank's bad input.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import time
@@ -315,7 +316,8 @@ class RankFailures:
     collective. So each local step runs through `run`: after this rank's first failure the rest of
     its steps are skipped (their `default` stands in, so the rank still joins every collective), and
     `check` (collective) raises on every rank an HpcragError naming the first rank that failed and
-    why. With one rank nothing is caught: an exception leaves as it came.
+    why (an exception other than HpcragError also logs its traceback on the rank it came from). With
+    one rank nothing is caught: an exception leaves as it came.
     """
 
     def __init__(self, comm: Communicator, what: str) -> None:
@@ -332,6 +334,8 @@ class RankFailures:
             return step()
         except Exception as exc:  # whatever it is, the other ranks must hear of it rather than wait
             self.failure = str(exc) if isinstance(exc, HpcragError) else f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, HpcragError):  # unexpected: its traceback goes to this rank's stderr
+                logging.getLogger(__name__).exception("%s failed on rank %d", self.what, self.comm.rank)
             return default
 
     def check(self, reported: list[str | None] | None = None) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from hpcrag.errors import HpcragError
 from hpcrag.search.metric import Metric
 
 ENTRY_ROWS = 16_384  # rows whose distance to their list's centroid is computed at once
@@ -30,6 +31,11 @@ def graph_rows(index: Any) -> np.ndarray:
 
     storage = faiss.downcast_index(index.storage)
     if isinstance(storage, faiss.IndexScalarQuantizer):
+        if storage.sq.qtype != faiss.ScalarQuantizer.QT_fp16:
+            raise HpcragError(
+                f"this hnsw graph codes its rows with faiss scalar quantizer type {storage.sq.qtype}, which "
+                "hpcrag neither builds nor reads: rebuild the index with this hpcrag"
+            )
         codes = faiss.rev_swig_ptr(storage.codes.data(), index.ntotal * storage.code_size)
         return codes.view(np.float16).reshape(index.ntotal, index.d)
     return faiss.rev_swig_ptr(storage.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)

@@ -9,6 +9,7 @@ import faiss
 import numpy as np
 import pytest
 
+from hpcrag.errors import HpcragError
 from hpcrag.search import DistributedIndex
 from hpcrag.search.build import BuildOptions, build_index
 from hpcrag.search.graph_entries import graph_rows, list_entries, query_entries, search_from_entries
@@ -101,3 +102,13 @@ def test_opening_an_hnsw_index_works_out_every_list_entry_before_the_first_query
             rows = np.asarray(segment.vectors[lo:hi], dtype=np.float32)
             assert lo <= entry < hi
             assert entry - lo == np.argmin(((rows - centroids[number]) ** 2).sum(axis=1))
+
+
+def test_a_graph_coding_its_rows_otherwise_than_as_float16_is_refused_by_name() -> None:
+    rows = np.random.default_rng(6).standard_normal((50, 8)).astype(np.float32)
+    coded = faiss.IndexHNSWSQ(8, faiss.ScalarQuantizer.QT_8bit, 16)
+    coded.train(rows)
+    coded.add(rows)
+    refused = r"scalar quantizer type \d+, which hpcrag neither builds nor reads: rebuild"
+    with pytest.raises(HpcragError, match=refused):
+        graph_rows(coded)
