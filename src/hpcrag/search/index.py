@@ -26,7 +26,7 @@ Two ways to drive it:
   calls `close()`.
 A bad call is refused on rank 0 before any rank changes anything, and the same error is raised on
 every rank that is inside the call, so no rank is left waiting. A search that fails on some rank
-once under way (a damaged file, memory) is raised on every rank too, naming that rank; a rank in
+once under way (an exception: memory, a library error) is raised on every rank too, naming that rank; a rank in
 `follow()` serves on.
 """
 
@@ -295,8 +295,8 @@ class DistributedIndex:
     ) -> tuple[tuple[Any, Any], Any, str, np.ndarray]:
         """This rank's part of a search (collective): route its slice of the batch, then scan the
         shards it owns. Returns its top-k for every query, every query's routed probes, the
-        strategy that ran and (exact) which shards have matching rows. A failure on any rank (a
-        damaged file, memory) is raised on every rank, naming it (`RankFailures`): none is left
+        strategy that ran and (exact) which shards have matching rows. An exception on any rank
+        (memory, a library error) is raised on every rank, naming it (`RankFailures`): none is left
         waiting, and the index answers the next call as before."""
         xp, k, flt, strategy = self.comm.xp, header["k"], header["filter"], header["strategy"]
         failures = RankFailures(self.comm, "search")
