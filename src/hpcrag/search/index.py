@@ -26,8 +26,8 @@ Two ways to drive it:
   calls `close()`.
 A bad call is refused on rank 0 before any rank changes anything, and the same error is raised on
 every rank that is inside the call, so no rank is left waiting. A search that fails on some rank
-once under way (an exception: memory, a library error) is raised on every rank too, naming that rank; a rank in
-`follow()` serves on.
+once under way (an exception: memory, a library error) is raised on every rank too, naming that
+rank; a rank in `follow()` serves on.
 """
 
 from __future__ import annotations
