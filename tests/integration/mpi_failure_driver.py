@@ -3,8 +3,9 @@
     mpirun -n 2 python -m tests.integration.mpi_failure_driver WORKDIR
 WORKDIR holds `index` (2 shards) and queries.npy. SPMD: every rank searches while rank 1's scan
 raises once; then searches again. Serving: rank 1 follows while its routing and then its scan raise
-once each; rank 0 searches three times and closes. Each rank writes what it saw to rank{R}.json, and
-rank 0 the answers that came after the failures to spmd.npy and served.npy.
+once each; rank 0 searches three times and closes. An exact search (whose ranks gather their row
+counts first) fails once on rank 1 too. Each rank writes what it saw to rank{R}.json, and rank 0
+the answers that came after the failures to spmd.npy, exact.npy and served.npy.
 """
 
 from __future__ import annotations
@@ -50,6 +51,17 @@ def main(workdir: Path) -> None:
     answer = index.search(queries, **SEARCH)
     if comm.rank == 0:
         np.save(workdir / "spmd.npy", answer.ids)
+    # An exact scan gathers every rank's row counts before scanning: the failure travels with them.
+    parts = index._live.parts
+    if comm.rank == 1:
+        index._live.parts = failing_once(parts, OSError("cannot read a delta segment"))
+    try:
+        index.search(queries, strategy="exact", **SEARCH)
+    except HpcragError as exc:
+        seen["errors"].append(str(exc))
+    answer = index.search(queries, strategy="exact", **SEARCH)
+    if comm.rank == 0:
+        np.save(workdir / "exact.npy", answer.ids)
     if comm.rank == 1:
         index._router.route = failing_once(route, RuntimeError("faiss: invalid argument"))
         index._scan = failing_once(scan, MemoryError("cannot allocate the scan's buffers"))

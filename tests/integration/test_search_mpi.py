@@ -188,9 +188,9 @@ def test_a_query_balanced_build_by_ranks_equals_one_process_serving_as_many_and_
 
 
 def test_a_search_failing_on_one_rank_is_raised_on_every_rank_which_then_serve_on(tmp_path: Path) -> None:
-    """Rank 1's routing or scan raises (memory, a library error): rank 0 raises an error naming rank 1
-    rather than waiting forever in the reduction, SPMD ranks raise it too, a following rank serves on,
-    and the next search answers exactly."""
+    """Rank 1's routing, scan or (exact search) reading of its rows raises: rank 0 raises an error
+    naming rank 1 rather than waiting forever in a collective, SPMD ranks raise it too, a following
+    rank serves on, and the next search answers exactly."""
     base, queries = clustered(1200, 20, 16, clusters=8, spread=0.5, seed=3)
     np.save(tmp_path / "queries.npy", queries)
     options = BuildOptions(nlist=16, nshards=2, metric=Metric.L2, dtype="float32")
@@ -199,9 +199,10 @@ def test_a_search_failing_on_one_rank_is_raised_on_every_rank_which_then_serve_o
     mpirun(2, sys.executable, "-m", "tests.integration.mpi_failure_driver", str(tmp_path))
     scan_failed = "search failed on rank 1 of 2: MemoryError: cannot allocate the scan's buffers"
     route_failed = "search failed on rank 1 of 2: RuntimeError: faiss: invalid argument"
+    read_failed = "search failed on rank 1 of 2: OSError: cannot read a delta segment"
     rank0, rank1 = (json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1))
-    assert rank0["errors"] == [scan_failed, route_failed, scan_failed]
-    assert rank1 == {"errors": [scan_failed], "followed to the end": True}
+    assert rank0["errors"] == [scan_failed, read_failed, route_failed, scan_failed]
+    assert rank1 == {"errors": [scan_failed, read_failed], "followed to the end": True}
     exact = reference.search(reference.exact(base, Metric.L2), queries, 5, Metric.L2)[1]
-    for answer in ("spmd.npy", "served.npy"):
+    for answer in ("spmd.npy", "exact.npy", "served.npy"):
         np.testing.assert_array_equal(np.load(tmp_path / answer), exact)
