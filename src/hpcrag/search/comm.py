@@ -314,7 +314,8 @@ class RankFailures:
 
     A rank that raised out of a collective call would leave the others waiting in its next
     collective. So each local step runs through `run`: after this rank's first failure the rest of
-    its steps are skipped (their `default` stands in, so the rank still joins every collective), and
+    its steps are skipped (their `fallback` result stands in, so the rank still joins every
+    collective), and
     `check` (collective) raises on every rank an HpcragError naming the first rank that failed and
     why (an exception other than HpcragError also logs its traceback on the rank it came from). With
     one rank nothing is caught: an exception leaves as it came.
@@ -325,18 +326,19 @@ class RankFailures:
         self.what = what
         self.failure: str | None = None
 
-    def run(self, step: Callable[[], T], default: T) -> T:
+    def run(self, step: Callable[[], T], fallback: Callable[[], T]) -> T:
+        """`step()`, or after a failure here `fallback()` (made only then: searches pay nothing)."""
         if self.comm.size == 1:
             return step()
         if self.failure is not None:
-            return default
+            return fallback()
         try:
             return step()
         except Exception as exc:  # whatever it is, the other ranks must hear of it rather than wait
             self.failure = str(exc) if isinstance(exc, HpcragError) else f"{type(exc).__name__}: {exc}"
             if not isinstance(exc, HpcragError):  # unexpected: its traceback goes to this rank's stderr
                 logging.getLogger(__name__).exception("%s failed on rank %d", self.what, self.comm.rank)
-            return default
+            return fallback()
 
     def check(self, reported: list[str | None] | None = None) -> None:
         """Collective unless `reported` holds every rank's `failure`, gathered with other data."""

@@ -302,10 +302,12 @@ class DistributedIndex:
         failures = RankFailures(self.comm, "search")
         bounds = row_bounds(batch.shape[0], self.comm.size)
         lo, hi = (int(bound) for bound in bounds[self.comm.rank : self.comm.rank + 2])
-        unrouted = xp.full((hi - lo, header["nprobe"]), -1, dtype=xp.int64)
-        part = failures.run(lambda: self._route_slice(batch[lo:hi], header), unrouted)
+        part = failures.run(
+            lambda: self._route_slice(batch[lo:hi], header),
+            lambda: xp.full((hi - lo, header["nprobe"]), -1, dtype=xp.int64),  # no probes: unrouted
+        )
         probes = self.comm.allgather_rows(part, bounds)
-        parts, counts = failures.run(lambda: self._live.parts(flt), ([], {}))
+        parts, counts = failures.run(lambda: self._live.parts(flt), lambda: ([], {}))
         chosen = "ivf" if strategy == "auto" else strategy
         matching = np.zeros(self.manifest.nshards, dtype=bool)
         if chosen == "exact" or (strategy == "auto" and flt is not None):
@@ -317,8 +319,10 @@ class DistributedIndex:
             matching[[shard for shard, count in per_shard.items() if count]] = True
             if strategy == "auto":
                 chosen = self._choose(sum(per_shard.values()), header["nprobe"], k)
-        nothing = empty_topk(xp, batch.shape[0], k, self.metric.worst)
-        found = failures.run(lambda: self._scan_owned(batch, probes, parts, header, chosen), nothing)
+        found = failures.run(
+            lambda: self._scan_owned(batch, probes, parts, header, chosen),
+            lambda: empty_topk(xp, batch.shape[0], k, self.metric.worst),
+        )
         failures.check()
         return found, probes, chosen, matching
 
