@@ -143,6 +143,10 @@ def check_queries(queries: Any, dim: int, what: str = "queries") -> Any:
         queries = queries.astype(xp.float32)
     check_finite(queries, what)
     # A row whose squared norm overflows float32 cannot be scored (its distances would be inf).
+    # The largest value bounds every norm: rows are summed in float64 only where it cannot rule that out.
+    largest = float(xp.abs(queries).max())
+    if largest * largest * dim <= FLOAT32_MAX:
+        return queries
     huge = xp.flatnonzero((queries.astype(xp.float64) ** 2).sum(axis=1) > FLOAT32_MAX)
     if huge.size:
         raise HpcragError(

@@ -69,9 +69,9 @@ class LocalKindScan:
             scores, labels = self._search(
                 segment, queries[xp.asarray(rows)], host_probes[rows], k, effort, allowed
             )
-            labels = xp.asarray(labels).astype(xp.int64)
+            labels = xp.asarray(labels).astype(xp.int64, copy=False)
             ids = xp.where(labels >= 0, xp.asarray(segment.ids)[xp.maximum(labels, 0)], -1)
-            scores = xp.where(ids < 0, xp.float32(self.metric.worst), xp.asarray(scores)).astype(xp.float32)
+            scores = xp.where(ids < 0, xp.float32(self.metric.worst), xp.asarray(scores, dtype=xp.float32))
             rows = xp.asarray(rows)  # merge only the queries this segment answered
             mine = (result[0][rows], result[1][rows])
             result[0][rows], result[1][rows] = merge_topk(

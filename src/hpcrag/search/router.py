@@ -75,7 +75,7 @@ class Router:
         xp = self.xp
         if xp is np:
             scores, ids = self._quantizer.search(queries, nprobe)
-            return ids.astype(np.int64), scores
+            return ids.astype(np.int64, copy=False), scores
         every = queries @ self._centroids.T
         key = self._centroid_norms[None, :] - 2.0 * every if self.metric is Metric.L2 else -every
         nearest = _smallest_sorted(xp, key, nprobe)

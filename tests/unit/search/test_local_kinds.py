@@ -357,6 +357,10 @@ def test_a_row_too_large_to_score_is_refused_by_search_and_updates(tmp_path: Pat
         with pytest.raises(HpcragError, match=r"row \d is too large to score: its squared norm exceeds"):
             call()
     assert opened.search(QUERIES[:2], k=5, nprobe=4).ids.shape == (2, 5)
+    # One value this large puts the row past the quick bound, but its squared norm fits: it is scored.
+    large = np.zeros((1, 32), dtype=np.float32)
+    large[0, 0] = 1e19
+    assert opened.search(large, k=5, nprobe=4).ids.shape == (1, 5)
 
 
 def test_a_npy_request_routes_by_its_query_parameters(tmp_path: Path) -> None:

@@ -22,6 +22,26 @@ def test_select_matches_a_full_sort(metric: Metric) -> None:
 
 
 @pytest.mark.parametrize("metric", [Metric.IP, Metric.L2])
+def test_rows_already_in_order_are_kept_and_only_the_others_sorted(metric: Metric) -> None:
+    rng = np.random.default_rng(8)
+    scores = np.sort(rng.standard_normal((40, 10)).astype(np.float32), axis=1)
+    scores = scores[:, ::-1].copy() if metric.larger_is_better else scores  # every row best first
+    ids = rng.permutation(400).reshape(40, 10).astype(np.int64)
+    scores[5, 3] = scores[5, 4]  # a tie whose ids must come in order
+    ids[5, 3], ids[5, 4] = max(ids[5, 3], ids[5, 4]), min(ids[5, 3], ids[5, 4])
+    scores[9] = scores[9, ::-1].copy()  # a row in reverse
+    before = scores.copy(), ids.copy()
+    top_scores, top_ids = select_topk(scores, ids, 10, metric.larger_is_better, metric.worst)
+    key = -before[0] if metric.larger_is_better else before[0]
+    order = np.lexsort((before[1], key), axis=1)
+    np.testing.assert_array_equal(top_ids, np.take_along_axis(before[1], order, axis=1))
+    np.testing.assert_array_equal(top_scores, np.take_along_axis(before[0], order, axis=1))
+    assert top_ids[5, 3] < top_ids[5, 4] and top_ids[9].tolist() == before[1][9, ::-1].tolist()
+    np.testing.assert_array_equal(ids, before[1])  # the caller's arrays are left as they were
+    np.testing.assert_array_equal(scores, before[0])
+
+
+@pytest.mark.parametrize("metric", [Metric.IP, Metric.L2])
 def test_fewer_candidates_than_k_are_padded(metric: Metric) -> None:
     scores = np.array([[1.0, 3.0]], dtype=np.float32)
     top_scores, top_ids = select_topk(scores, np.array([[10, 11]]), 4, metric.larger_is_better, metric.worst)
