@@ -1,8 +1,9 @@
 """Run by every rank under mpirun: build an index, apply a fixed stream of updates, search, save.
 
-    mpirun -n R python -m tests.integration.mpi_update_driver WORKDIR METRIC
-WORKDIR holds base.npy and queries.npy; results go to WORKDIR/r{R}-{METRIC}/. The stream (`plan`)
-is the same on every rank and in the test, which replays it on a plain dict to know the survivors.
+    mpirun -n R python -m tests.integration.mpi_update_driver WORKDIR METRIC [REPLICATE]
+WORKDIR holds base.npy and queries.npy; results go to WORKDIR/r{R}-{METRIC}[-replicated]/ (a build
+with `--replicate REPLICATE`, also searched held to one shard per query). The stream (`plan`) is the
+same on every rank and in the test, which replays it on a plain dict to know the survivors.
 """
 
 from __future__ import annotations
@@ -61,12 +62,12 @@ def survivors(base: np.ndarray, steps: list[tuple[str, dict]]) -> dict[int, tupl
     return model
 
 
-def main(workdir: Path, metric_name: str) -> None:
+def main(workdir: Path, metric_name: str, replicate: float = 0.0) -> None:
     comm = MpiComm()
     metric = Metric(metric_name)
-    out = workdir / f"r{comm.size}-{metric_name}"
+    out = workdir / f"r{comm.size}-{metric_name}{'-replicated' if replicate else ''}"
     base, queries = np.load(workdir / "base.npy"), np.load(workdir / "queries.npy")
-    options = BuildOptions(nlist=16, nshards=4, metric=metric, dtype="float32")
+    options = BuildOptions(nlist=16, nshards=4, metric=metric, dtype="float32", replicate=replicate)
     build_index(workdir / "base.npy", out / "index", options, comm=comm)
     index = DistributedIndex.open(out / "index", comm)
     steps = plan(base, np.load(out / "index" / "centroids.npy"), metric)
@@ -84,6 +85,10 @@ def main(workdir: Path, metric_name: str) -> None:
         result = index.search(queries, k=10, nprobe=3, filter=FILTER, strategy=strategy)
         if result is not None:
             found[f"{strategy}-ids"], found[f"{strategy}-distances"] = result.ids, result.distances
+    if replicate:
+        result = index.search(queries, k=10, nprobe=16, max_shards=1)
+        if result is not None:
+            found["held-ids"], found["held-distances"] = result.ids, result.distances
     index.close()
     reopened = DistributedIndex.open(out / "index", comm)
     result = reopened.search(queries, k=10, nprobe=3)
@@ -94,4 +99,4 @@ def main(workdir: Path, metric_name: str) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2])
+    main(Path(sys.argv[1]), sys.argv[2], float(sys.argv[3]) if len(sys.argv) > 3 else 0.0)

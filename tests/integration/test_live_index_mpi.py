@@ -1,7 +1,9 @@
 """Updates under real mpirun with 1 to 4 ranks: after a stream of adds, deletes (a whole list among
 them), upserts with repeated ids and re-added ids, the search equals faiss IVF-Flat built with the
 index's centroids over the surviving vectors, and brute force at nprobe = nlist; a filter's ivf and
-exact strategies equal their references; and the index reopened (the log replayed) answers the same."""
+exact strategies equal their references; and the index reopened (the log replayed) answers the same.
+On a build with `--replicate`, whose added rows get copies on other ranks' shards, every vector is
+counted and answered once, and a query held to one shard answers the same at every rank count."""
 
 from __future__ import annotations
 
@@ -31,6 +33,35 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for ranks in RANKS:
             mpirun(ranks, sys.executable, "-m", "tests.integration.mpi_update_driver", str(root), metric)
     return root
+
+
+REPLICATED_RANKS = (1, 3)
+
+
+@pytest.fixture(scope="module")
+def replicated(workdir: Path) -> Path:
+    for ranks in REPLICATED_RANKS:
+        mpirun(ranks, sys.executable, "-m", "tests.integration.mpi_update_driver", str(workdir), "ip", "0.4")
+    return workdir
+
+
+def test_updates_to_a_replicated_index_copy_rows_across_ranks_and_count_each_once(replicated: Path) -> None:
+    base, queries = np.load(replicated / "base.npy"), np.load(replicated / "queries.npy")
+    found = {}
+    for ranks in REPLICATED_RANKS:
+        out = replicated / f"r{ranks}-ip-replicated"
+        found[ranks] = result = np.load(out / "results.npz")
+        model = survivors(base, plan(base, centroids_of(out / "index"), Metric.IP))
+        ids = np.array(sorted(model), dtype=np.int64)
+        vectors = np.stack([model[i][0] for i in ids]).astype(np.float32)
+        exact = reference.exact(vectors, Metric.IP, ids)
+        distances, expected = reference.search(exact, queries, 10, Metric.IP)
+        assert int(result["ntotal"]) == len(model), ranks
+        assert_same_neighbours(result["k10-p16-ids"], result["k10-p16-distances"], expected, distances)
+        for row in np.concatenate([result["k10-p16-ids"], result["held-ids"]]):
+            assert np.unique(row[row >= 0]).size == (row >= 0).sum()
+    one, many = (found[ranks] for ranks in REPLICATED_RANKS)
+    assert_same_neighbours(many["held-ids"], many["held-distances"], one["held-ids"], one["held-distances"])
 
 
 @pytest.mark.parametrize("ranks", RANKS)

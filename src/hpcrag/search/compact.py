@@ -8,7 +8,8 @@ update folded in, so the log starts empty from there.
 
 Shards whose local kind keeps an index of its own (hnsw, ivf-pq) get it rebuilt over their new
 rows; ivf-pq reuses the codebooks trained at build. When the build replicated boundary vectors
-(`--replicate`), the copies of surviving rows are kept, and rows added since get theirs by the
+(`--replicate`), the copies of surviving rows are kept, those an update made for its rows too, and
+rows added without one (logged by an hpcrag that made no copies at update) get theirs by the
 build's rule and threshold.
 
 It is offline: it refuses while any process has the index open (a search service, a job), since
@@ -123,9 +124,9 @@ def _write_generation(
                 part["vector"] = np.asarray(to_numpy(segment.vectors))[keep]
                 part["attributes"] = segment.attributes[keep]
                 part["replica"] = 0 if segment.replica is None else segment.replica[keep]
-                if segment.delta:
-                    folded += segment.rows
-                    added_live += keep.size
+                if segment.delta:  # counted in vectors: a second copy is not a vector of its own
+                    folded += segment.rows - (0 if segment.replica is None else int(segment.replica.sum()))
+                    added_live += int((part["replica"] == 0).sum())
                     added.append(part)
                 rows.append(part)
             per_shard.append(rows)
@@ -177,11 +178,14 @@ def _write_generation(
 def _copies_of_added(
     added: list[np.ndarray], index: DistributedIndex, threshold: float
 ) -> dict[int, np.ndarray]:
-    """Second copies, by the build's rule (`replication.py`), of the rows added since the build, by
-    the shard that receives them. None when the build replicated nothing."""
+    """Second copies, by the build's rule (`replication.py`), of the rows added since the build
+    without one, by the shard that receives them (an update copies its rows as it adds them, so
+    these are only rows logged by an hpcrag that did not). None when the build replicated nothing."""
     if threshold <= 0 or not added:
         return {}
     rows = np.concatenate(added)
+    copied = rows["id"][rows["replica"] == 1]
+    rows = rows[(rows["replica"] == 0) & ~np.isin(rows["id"], copied)]
     second = second_lists(index.router, rows["vector"].astype(np.float32), rows["list"], threshold)
     copies = rows[second >= 0]
     copies["list"], copies["replica"] = second[second >= 0], 1

@@ -55,6 +55,7 @@ from hpcrag.search.local_kinds import KINDS, LIVE_KINDS, cagra_unavailable, chec
 from hpcrag.search.local_scan import LocalKindScan
 from hpcrag.search.metric import Metric, prepare
 from hpcrag.search.reduction import reduce_topk
+from hpcrag.search.replication import second_lists
 from hpcrag.search.router import Router
 from hpcrag.search.store import Segment, load_shard
 from hpcrag.search.threads import limit_threads, threads_per_rank
@@ -451,14 +452,30 @@ class DistributedIndex:
                     f"{int(present.sum())} ids are already in the index (first: {taken}); "
                     "use upsert to replace them, or delete them first"
                 )
-            update = Update("put", ids=ids, lists=lists.astype(np.int64), vectors=stored, attributes=encoded)
-            self._append_and_apply(replace(update, columns=new_columns or None))
+            update = Update(
+                "put",
+                ids=ids,
+                lists=lists.astype(np.int64),
+                vectors=stored,
+                attributes=encoded,
+                columns=new_columns or None,
+                copies=self._copies(stored, lists),
+            )
+            self._append_and_apply(update)
         return UpdateResult(
             seq=self.seq,
             added=int((~present).sum()),
             replaced=int(present.sum()),
             declared=new_columns or None,
         )
+
+    def _copies(self, stored: np.ndarray, lists: np.ndarray) -> np.ndarray | None:
+        """Per row, the list of another shard that gets its second copy, by the build's rule and
+        threshold (`replication.py`), judged on the row as stored; None when the build copied none."""
+        threshold = self.manifest.build.get("replicate_threshold", 0.0)
+        if threshold <= 0:
+            return None
+        return second_lists(self._router, stored.astype(np.float32), lists.astype(np.int64), threshold)
 
     def _checked_rows(
         self,
@@ -498,15 +515,21 @@ class DistributedIndex:
         return schema if attributes is None else with_undeclared(schema, attributes)
 
     def _append_and_apply(self, update: Update) -> None:
-        self._mark_format_for_updates()
+        self._mark_format_for(update)
         self._broadcast_apply([replace(update, seq=self._log.append(update))])
 
-    def _mark_format_for_updates(self) -> None:
-        """An hpcrag that reads only format version 1 would ignore updates to hnsw or ivf-pq shards
-        (and serve deleted rows): the first update to such an index marks its manifest version 2,
-        which that reader refuses."""
-        if self.kind != "ivf-flat" and self.manifest.format_version < layout.FORMAT_VERSION:
-            self.manifest = replace(self.manifest, format_version=layout.FORMAT_VERSION)
+    def _mark_format_for(self, update: Update) -> None:
+        """Stamp, before `update` is logged, the oldest format version that reads the index right
+        with it: 2 for an update to hnsw or ivf-pq shards (a reader of 1 would ignore it and serve
+        deleted rows), 4 for one that logs second copies (a reader of 3 cannot parse it). An older
+        hpcrag then refuses the index by its version, instead of misreading it."""
+        needed = self.manifest.format_version
+        if self.kind != "ivf-flat":
+            needed = max(needed, layout.FORMAT_VERSION)
+        if update.copies is not None:
+            needed = max(needed, layout.LOGGED_COPIES_VERSION)
+        if needed != self.manifest.format_version:
+            self.manifest = replace(self.manifest, format_version=needed)
             layout.write_manifest(self.root, self.manifest)
 
     def _broadcast_apply(self, records: list[Update]) -> None:
@@ -525,7 +548,7 @@ class DistributedIndex:
             if update.kind == "delete":
                 self._live.delete(update.ids)
             elif update.kind == "put":
-                self._live.put(update.ids, update.lists, update.vectors, update.attributes)
+                self._live.put(update.ids, update.lists, update.vectors, update.attributes, update.copies)
             self.seq = update.seq
         self._ntotal = sum(self.comm.allgather_obj(sum(self._live.live_vectors().values())))
 

@@ -36,7 +36,10 @@ FORMAT = "hpcrag-ivf"
 FORMAT_VERSION = 2
 # 3: some vectors are stored in two shards (`replicas` > 0); a reader of 1 or 2 would return them twice.
 REPLICAS_VERSION = 3
-READS_VERSIONS = (1, 2, 3)
+# 4: the update log holds second copies of added rows (`wal.Update.copies`), which a reader of 3 cannot
+# parse; `compact` folds the log in, and stamps 3 again.
+LOGGED_COPIES_VERSION = 4
+READS_VERSIONS = (1, 2, 3, 4)
 MANIFEST = "manifest.json"
 CENTROIDS = "centroids.npy"
 SHARD_ARRAYS = ("vectors.npy", "ids.npy", "sqnorms.npy", "list_offsets.npy")

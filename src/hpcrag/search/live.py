@@ -3,10 +3,12 @@
 Each owned shard is a list of segments: its base (the arrays on disk) and delta segments holding
 the rows added since, grouped by list like the base. A put first turns any live row of its ids into
 a tombstone (on whichever of this rank's shards holds it), then adds its rows to the shards this
-rank owns; a delete only makes tombstones. Tombstones are a per-segment byte mask that every scan
-reads, so a deleted id disappears from the very next search. Deltas merge pairwise while the newest
-is at least half the size of the one before (dropping dead rows), so a shard keeps O(log n) of them
-and each row is copied O(log n) times. `compact` (compact.py) folds everything into new bases.
+rank owns, and the second copies of replicated rows (`replication.py`) to theirs, as the build
+stores a boundary vector twice; a delete only makes tombstones. Tombstones are a per-segment byte
+mask that every scan reads, so a deleted id disappears from the very next search. Deltas merge
+pairwise while the newest is at least half the size of the one before (dropping dead rows), so a
+shard keeps O(log n) of them and each row is copied O(log n) times. `compact` (compact.py) folds
+everything into new bases.
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ class LiveShards:
             repeated = ids.sorted[1:][ids.sorted[1:] == ids.sorted[:-1]]
             if repeated.size:  # a delete would reach one of the rows, and answers would hold it twice
                 raise IndexFormatError(f"shard {shard} holds id {int(repeated[0])} twice; rebuild the index")
-        self._delta_home: dict[int, tuple[Segment, int]] = {}  # id -> (delta segment, row)
+        # id -> {shard: (delta segment, row)}: a replicated row has a copy in a second shard
+        self._delta_home: dict[int, dict[int, tuple[Segment, int]]] = {}
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -109,27 +112,43 @@ class LiveShards:
                 base.live[rows[hit]] = 0
                 removed += int(hit.sum())
         for ident in ids.tolist():
-            home = self._delta_home.pop(ident, None)
-            if home is not None:
-                segment, row = home
+            for segment, row in self._delta_home.pop(ident, {}).values():
                 if segment.live is None:
                     segment.live = np.ones(segment.rows, dtype=np.uint8)
                 segment.live[row] = 0
                 removed += 1
         return removed
 
-    def put(self, ids: np.ndarray, lists: np.ndarray, vectors: np.ndarray, attributes: np.ndarray) -> int:
-        """Replace or add rows (ids unique within the call); returns how many land on this rank."""
+    def put(
+        self,
+        ids: np.ndarray,
+        lists: np.ndarray,
+        vectors: np.ndarray,
+        attributes: np.ndarray,
+        copies: np.ndarray | None = None,
+    ) -> int:
+        """Replace or add rows (ids unique within the call), each also in the list `copies` names
+        (-1: no copy); returns how many rows, copies included, land on this rank."""
         self.delete(ids)
-        shard_of = self.list_shard[lists]
+        source = np.arange(ids.size)  # per row to store: the update's row it holds
+        stored_lists, replica = lists, np.zeros(ids.size, dtype=np.uint8)
+        if copies is not None:
+            copied = np.flatnonzero(copies >= 0)
+            source = np.concatenate([source, copied])
+            stored_lists = np.concatenate([lists, copies[copied]])
+            replica = np.concatenate([replica, np.ones(copied.size, dtype=np.uint8)])
+        shard_of = self.list_shard[stored_lists]
         added = 0
         for shard in self.owned_shards:
             mine = np.flatnonzero(shard_of == shard)
             if mine.size == 0:
                 continue
-            segment = self._segment(ids[mine], lists[mine], vectors[mine], attributes[mine])
+            rows = source[mine]
+            segment = self._segment(
+                ids[rows], stored_lists[mine], vectors[rows], attributes[rows], replica[mine]
+            )
             self.shards[shard].append(segment)
-            self._register(segment)
+            self._register(shard, segment)
             self._merge_tail(shard)
             added += mine.size
         return added
@@ -140,7 +159,9 @@ class LiveShards:
         for _, segment in self.segments():
             segment.attributes = widen_attributes(segment.attributes, columns)
 
-    def _segment(self, ids: np.ndarray, lists: np.ndarray, vectors: Any, attributes: np.ndarray) -> Segment:
+    def _segment(
+        self, ids: np.ndarray, lists: np.ndarray, vectors: Any, attributes: np.ndarray, replica: np.ndarray
+    ) -> Segment:
         order = np.argsort(lists, kind="stable")
         host_vectors = np.asarray(to_numpy(vectors))[order]
         offsets = np.concatenate([[0], np.cumsum(np.bincount(lists, minlength=self.nlist))]).astype(np.int64)
@@ -153,12 +174,13 @@ class LiveShards:
             offsets=offsets,
             attributes=widen_attributes(np.asarray(attributes, dtype=np.int64)[order], self.columns),
             delta=True,
+            replica=replica[order] if replica.any() else None,
         )
 
-    def _register(self, segment: Segment) -> None:
+    def _register(self, shard: int, segment: Segment) -> None:
         for row, ident in enumerate(to_numpy(segment.ids).tolist()):
             if segment.live is None or segment.live[row]:
-                self._delta_home[ident] = (segment, row)
+                self._delta_home.setdefault(ident, {})[shard] = (segment, row)
 
     def _merge_tail(self, shard: int) -> None:
         segments = self.shards[shard]
@@ -169,7 +191,7 @@ class LiveShards:
             older = segments.pop()
             merged = self._merged(older, newer)
             segments.append(merged)
-            self._register(merged)
+            self._register(shard, merged)
 
     def _merged(self, older: Segment, newer: Segment) -> Segment:
         pieces = []
@@ -181,6 +203,7 @@ class LiveShards:
                     segment.list_of_rows()[keep],
                     np.asarray(to_numpy(segment.vectors))[keep],
                     segment.attributes[keep],
+                    np.zeros(keep.size, np.uint8) if segment.replica is None else segment.replica[keep],
                 )
             )
         return self._segment(*(np.concatenate(column) for column in zip(*pieces, strict=True)))

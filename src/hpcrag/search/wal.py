@@ -55,7 +55,9 @@ class LogWriteError(HpcragError):
 @dataclass(frozen=True)
 class Update:
     """One logged change. put: rows (ids, lists, vectors, attributes) replace any live row of the same
-    id and are added to their lists; delete: ids become tombstones; schema: attribute columns added."""
+    id and are added to their lists, and, in an index built with `--replicate`, each row's second copy
+    to the list `copies` names (-1: none; `replication.py`); delete: ids become tombstones; schema:
+    attribute columns added."""
 
     kind: str
     ids: np.ndarray
@@ -64,10 +66,11 @@ class Update:
     attributes: np.ndarray | None = None
     columns: dict[str, str] | None = None
     seq: int = 0
+    copies: np.ndarray | None = None
 
     def payload(self) -> bytes:
         arrays = {"ids": self.ids}
-        for name in ("lists", "vectors", "attributes"):
+        for name in ("lists", "vectors", "attributes", "copies"):
             value = getattr(self, name)
             if value is not None:
                 arrays[name] = value

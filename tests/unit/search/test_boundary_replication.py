@@ -3,8 +3,9 @@
 Shown here: the rule on a hand-computed case; a build copies about the share asked for, never an id
 twice in one shard, and records them (format version 3); every answer holds each id once and, at full
 effort over every list, equals brute force; a query held to one shard finds more of its neighbours;
-deletes and upserts reach both copies, counts stay per vector, and `compact` keeps the copies and
-gives rows added since the build theirs.
+deletes and upserts reach both copies, counts stay per vector, rows added since the build get their
+copies as they are added (or, logged by an hpcrag that made none, at `compact`), and `compact` keeps
+the copies.
 """
 
 from __future__ import annotations
@@ -183,7 +184,7 @@ def test_updates_reach_both_copies_and_compact_keeps_them(tmp_path: Path, kind: 
     live.upsert(near_base(rng, moved.size), moved)
     live.add(near_base(rng, 25), np.arange(NEW_IDS, NEW_IDS + 25))
     assert_brute_force(live, kind)
-    # Rows added since the build have one copy; compact gives them their second by the build's rule.
+    # Rows added since the build got their copies by the build's rule as they were added.
     new_ids = np.concatenate([moved, np.arange(NEW_IDS, NEW_IDS + 25)])
     threshold = live.index.manifest.build["replicate_threshold"]
     vectors = np.stack([live.model[i] for i in new_ids.tolist()])
@@ -210,6 +211,81 @@ def test_updates_reach_both_copies_and_compact_keeps_them(tmp_path: Path, kind: 
     live.model = model
     assert_brute_force(live, kind)
     live.index.close()
+
+
+@pytest.mark.parametrize("kind", ["ivf-flat", "hnsw"])
+def test_rows_added_get_their_copy_at_once_as_compact_would_store_them(tmp_path: Path, kind: str) -> None:
+    """An add or upsert stores each row's second copy by the build's rule as it applies: a query held
+    to one shard answers the same before compact as after, and deletes reach both copies."""
+    root = build(tmp_path, kind, 0.5, metric="l2")
+    live = Live(root, "l2")
+    rng = np.random.default_rng(21)
+    added = np.arange(NEW_IDS, NEW_IDS + 120)
+    live.add(near_base(rng, added.size), added)
+    live.upsert(near_base(rng, 20), added[:20])
+    assert read_manifest(root).format_version == layout.LOGGED_COPIES_VERSION  # a reader of 3 refuses
+    threshold = live.index.manifest.build["replicate_threshold"]
+    vectors = np.stack([live.model[i] for i in added.tolist()])
+    own = live.index.router.probe(vectors, 1)[:, 0]
+    second = second_lists(live.index.router, vectors, own, threshold)
+    assert 10 < (second >= 0).sum() < added.size
+    # Each added row sits in its own list's shard and, where the rule says, in its copy's list.
+    for ident, home, target in zip(added.tolist(), own.tolist(), second.tolist(), strict=True):
+        held = {
+            (shard, int(segment.list_of_rows()[row]))
+            for shard, (segment, row) in live.index._live._delta_home[ident].items()
+        }
+        expected = {(int(live.index.router.list_shard[home]), home)}
+        if target >= 0:
+            expected.add((int(live.index.router.list_shard[target]), target))
+        assert held == expected, ident
+    assert_brute_force(live, kind)  # each vector counted and answered once
+    queries = vectors[::3] + np.float32(0.01)
+    effort = FULL_EFFORT[kind]
+    before = live.index.search(queries, k=K, nprobe=NLIST, max_shards=1, **effort)
+    gone = added[100:]
+    live.delete(gone)
+    assert not np.isin(gone, live.index.search(vectors[100:], k=K, nprobe=NLIST, **effort).ids).any()
+    live.add(np.stack([vectors[i] for i in range(100, 120)]), gone)
+    # The log replayed at open gives the same copies.
+    reopened = DistributedIndex.open(root)
+    replayed = reopened.search(queries, k=K, nprobe=NLIST, max_shards=1, **effort)
+    assert_same_neighbours(replayed.ids, replayed.distances, before.ids, before.distances)
+    reopened.close()
+    live.index.close()
+    replicas = read_manifest(root).replicas
+    compact_index(root)
+    assert read_manifest(root).replicas == replicas + (second >= 0).sum()
+    assert read_manifest(root).format_version == layout.REPLICAS_VERSION
+    compacted = DistributedIndex.open(root)
+    after = compacted.search(queries, k=K, nprobe=NLIST, max_shards=1, **effort)
+    if kind == "ivf-flat":  # the same rows in the same shards, scanned whole
+        assert_same_neighbours(after.ids, after.distances, before.ids, before.distances)
+    assert reference.recall_at(after.ids, before.ids, K) >= 0.99
+    compacted.close()
+
+
+def test_compact_copies_rows_logged_without_copies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A log written by an hpcrag that copied rows only at compact: compact copies them by the rule."""
+    root = build(tmp_path, "ivf-flat", 0.5, metric="l2")
+    rng = np.random.default_rng(4)
+    vectors, ids = near_base(rng, 60), np.arange(NEW_IDS, NEW_IDS + 60)
+    index = DistributedIndex.open(root)
+    with monkeypatch.context() as patch:
+        patch.setattr(DistributedIndex, "_copies", lambda self, stored, lists: None)
+        index.add(vectors, ids)
+    assert read_manifest(root).format_version == layout.REPLICAS_VERSION
+    own = index.router.probe(vectors, 1)[:, 0]
+    second = second_lists(index.router, vectors, own, index.manifest.build["replicate_threshold"])
+    assert (second >= 0).any()
+    replicas = read_manifest(root).replicas
+    index.close()
+    compact_index(root)
+    assert read_manifest(root).replicas == replicas + (second >= 0).sum()
+    holders = {int(i): [s for s, held in enumerate(stored_ids(root)) if i in held] for i in ids}
+    for ident, home, target in zip(ids.tolist(), own.tolist(), second.tolist(), strict=True):
+        shards = read_manifest(root).list_shard
+        assert sorted(holders[ident]) == sorted({shards[home], *([shards[target]] if target >= 0 else [])})
 
 
 def test_compact_never_copies_a_float16_row_into_its_own_shard(tmp_path: Path) -> None:

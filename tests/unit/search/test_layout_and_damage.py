@@ -80,7 +80,7 @@ def test_other_format_versions_are_refused_and_version_1_is_read(index_dir: Path
         path.write_text(json.dumps({**data, "format_version": version}))
         with pytest.raises(IndexFormatError) as info:
             DistributedIndex.open(index_dir)
-        expected = f"format version {version}, this hpcrag reads versions 1, 2, 3; {advice}"
+        expected = f"format version {version}, this hpcrag reads versions 1, 2, 3, 4; {advice}"
         assert str(info.value).endswith(expected)
     # Version 1 had no local kind: its shards are ivf-flat lists.
     version_1 = {name: value for name, value in data.items() if name != "local"}
