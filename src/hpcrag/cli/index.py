@@ -521,7 +521,7 @@ def serve(
 def info(index_dir: Path, verify: bool, as_json: bool) -> None:
     """Describe an index and check its files (sizes always, checksums unless --no-verify)."""
     from hpcrag.search import layout
-    from hpcrag.search.local_kinds import memory_per_shard, memory_per_vector
+    from hpcrag.search.local_kinds import FILES, memory_per_shard, memory_per_vector
     from hpcrag.search.metric import Metric
     from hpcrag.search.wal import UpdateLog
 
@@ -532,11 +532,16 @@ def info(index_dir: Path, verify: bool, as_json: bool) -> None:
             layout.check_file(layout.shard_dir(index_dir, shard.shard) / name, entry, verify)
     log = UpdateLog(index_dir, manifest.base_seq)
     pending = log.read_new()
+    rows = max(1, sum(s.ntotal for s in manifest.shards))
     per_vector = {
         "memory": memory_per_vector(manifest.local, manifest.dim, 2 if manifest.dtype == "float16" else 4),
-        "disk": sum(e.bytes for s in manifest.shards for e in s.files.values())
-        / max(1, sum(s.ntotal for s in manifest.shards)),
+        "disk": sum(e.bytes for s in manifest.shards for e in s.files.values()) / rows,
     }
+    if manifest.local.get("kind") == "hnsw":
+        # A graph is loaded whole, so its files measure it: that also tells the float32 rows of a graph
+        # built before graphs kept float16 ones, which the model (by the index's dtype) would understate.
+        graphs = sum(s.files[FILES["hnsw"]].bytes for s in manifest.shards if FILES["hnsw"] in s.files)
+        per_vector["memory"] = graphs / rows + 8  # and an id per row
     per_shard = memory_per_shard(manifest.local, manifest.nlist, manifest.dim, Metric(manifest.metric))
     attributes = dict(manifest.attributes)
     for update in pending:
