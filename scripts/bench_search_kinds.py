@@ -452,6 +452,9 @@ def calibrate(
         if r:
             fanout.append({"nshards": count, "replicate": share, "nlist": nlist,
                            "max_shards": r["options"]["max_shards"], "recall": round(r["recall"], 4),
+                           "nprobe": r["options"]["nprobe"],
+                           **({"shard_margin": r["options"]["shard_margin"]}
+                              if "shard_margin" in r["options"] else {}),
                            "basis": "measured search, hnsw shards",
                            "mean_shards_touched": round(r["touched"], 3)})  # fmt: skip
     for point in curve:
@@ -473,6 +476,7 @@ def calibrate(
         }
         if kind == "hnsw":
             entry["ef_search"] = r["options"]["ef"]
+            entry["nprobe"] = r["options"]["nprobe"]
         else:
             entry["scanned_fraction"] = r["options"]["nprobe"] / nlist * 4 / r["touched"]
         if kind == "ivf-pq":

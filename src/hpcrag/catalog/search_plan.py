@@ -24,7 +24,8 @@ a reader can tell a measurement from the seed study's claim from an assumption. 
 The calibration file (JSON) holds what a benchmark measured on real data:
     {"dataset": str, "vectors": int, "dim": int, "k": int, "command": str,
      "fanout": [{"nshards", "recall", "mean_shards_touched", optional "nlist", "max_shards",
-                 "replicate" (share of vectors copied to a second shard, default 0)}, ...],
+                 "replicate" (share of vectors copied to a second shard, default 0), and the
+                 routing that measured it: "nprobe", "shard_margin"}, ...],
      "local": {"ivf-flat": {"recall", "scanned_fraction"},
                "hnsw": {"recall", "cpu_seconds_per_query_per_shard", "shard_vectors"},
                "ivf-pq": {"recall", "scanned_fraction", optional "pq_m", "refine"}}}
@@ -132,6 +133,19 @@ class FanoutPoint:
     nlist: int | None = None
     max_shards: int | None = None
     replicate: float = 0.0
+    nprobe: int | None = None
+    shard_margin: float | None = None
+
+    def routing(self) -> str:
+        """The routing this fan-out was measured with, as `hpcrag index search` flags ('' if unknown)."""
+        flags = [
+            f"--{name.replace('_', '-')} {value:g}"
+            for name, value in (("nprobe", self.nprobe), ("max_shards", self.max_shards))
+            if value is not None
+        ]
+        if self.shard_margin is not None:
+            flags.append(f"--shard-margin {self.shard_margin:g}")
+        return f" with {' '.join(flags)}" if flags else ""
 
 
 @dataclass(frozen=True)
@@ -246,6 +260,10 @@ def load_calibration(path: Path) -> Calibration:
             nlist=check.count(point, f"fanout[{i}]", "nlist") if "nlist" in point else None,
             max_shards=check.count(point, f"fanout[{i}]", "max_shards") if "max_shards" in point else None,
             replicate=check.share(point, f"fanout[{i}]", "replicate") if "replicate" in point else 0.0,
+            nprobe=check.count(point, f"fanout[{i}]", "nprobe") if "nprobe" in point else None,
+            shard_margin=(
+                check.non_negative(point, f"fanout[{i}]", "shard_margin") if "shard_margin" in point else None
+            ),
         )
         for i, point in enumerate(check.items(top, "fanout"))
     )
@@ -453,7 +471,8 @@ class _Model:
         short = f"; recall {point.recall} is below the target" if point.recall < self.recall else ""
         copies = f", {self.replicate:.0%} replicated" if self.replicate else ""
         detail = (
-            f"{point.mean_shards_touched:g} of {point.nshards} shards{copies} at recall {point.recall}{short}"
+            f"{point.mean_shards_touched:g} of {point.nshards} shards{copies} at recall {point.recall}"
+            f"{point.routing()}{short}"
         )
         return fraction, self.calibration.label(detail)
 
@@ -860,6 +879,12 @@ class _Checker:
         if not _is_number(values[key]) or not values[key] > 0:
             self.fail(name, f"must be a number > 0, got {values[key]!r}")
         return float(values[key])
+
+    def non_negative(self, values: dict[str, Any], at: str, key: str) -> float:
+        value = values[key]
+        if not _is_number(value) or not value >= 0:
+            self.fail(f"{at}.{key}", f"must be a number >= 0, got {value!r}")
+        return float(value)
 
     def count(self, values: dict[str, Any], at: str, key: str) -> int:
         number = self.number(values, at, key)

@@ -378,6 +378,20 @@ def test_coordinator_bound_target_says_so(t4: GpuType) -> None:
             },
             r"fanout\[0\].replicate must be a share from 0 to 1, got 2",
         ),
+        (
+            {
+                **CALIBRATION,
+                "fanout": [{"nshards": 4, "recall": 0.9, "mean_shards_touched": 2, "nprobe": 2.5}],
+            },
+            r"fanout\[0\].nprobe must be a whole number, got 2.5",
+        ),
+        (
+            {
+                **CALIBRATION,
+                "fanout": [{"nshards": 4, "recall": 0.9, "mean_shards_touched": 2, "shard_margin": -1}],
+            },
+            r"fanout\[0\].shard_margin must be a number >= 0, got -1",
+        ),
         ({**CALIBRATION, "local": {"hnsww": {}}}, "local.hnsww is not a calibrated kind"),
         (
             {**CALIBRATION, "local": {"hnsw": {"recall": 0.9, "shard_vectors": 10}}},
