@@ -149,7 +149,8 @@ class DistributedIndex:
         list_shard = np.asarray(manifest.list_shard, dtype=np.int64)
         # Every rank routes a slice of each batch, so every rank holds the centroids.
         centroids = agree(comm, lambda: _load_centroids(root, manifest, verify))
-        router = Router(centroids, Metric(manifest.metric), list_shard, xp)
+        held = np.asarray(manifest.list_counts) > 0
+        router = Router(centroids, Metric(manifest.metric), list_shard, xp, held)
         live = LiveShards(bases, list_shard, manifest.nlist, len(manifest.attributes), xp)
         index = cls(root, manifest, comm, live, router, scan_backend)
         replay = agree(comm, lambda: index._log.read_new() if comm.rank == 0 else None)
@@ -549,6 +550,9 @@ class DistributedIndex:
                 self._live.delete(update.ids)
             elif update.kind == "put":
                 self._live.put(update.ids, update.lists, update.vectors, update.attributes, update.copies)
+                self._router.hold(update.lists)
+                if update.copies is not None:
+                    self._router.hold(update.copies[update.copies >= 0])
             self.seq = update.seq
         self._ntotal = sum(self.comm.allgather_obj(sum(self._live.live_vectors().values())))
 

@@ -4,7 +4,9 @@ On the CPU the centroids sit in a faiss flat index, so probing picks exactly the
 IndexIVFFlat with the same centroids would; on the GPU a matrix product over device centroids.
 Probes come best first. Shard selection is its own step (`select_shards`): a query visits at most
 `max_shards` shards, ranked by their best probed centroid, and its probes into other shards are
-dropped (-1), so fan-out has a knob of its own, apart from how many lists a shard scans.
+dropped (-1), so fan-out has a knob of its own, apart from how many lists a shard scans. A probe
+into a list that has never held a row (k-means can leave one empty, say over duplicated rows) finds
+nothing there: it is dropped too, so it neither counts as a shard touched nor takes a shard's place.
 """
 
 from __future__ import annotations
@@ -27,10 +29,20 @@ def coarse_quantizer(centroids: np.ndarray, metric: Metric):
 
 
 class Router:
-    def __init__(self, centroids: np.ndarray, metric: Metric, list_shard: np.ndarray, xp: Any) -> None:
+    def __init__(
+        self,
+        centroids: np.ndarray,
+        metric: Metric,
+        list_shard: np.ndarray,
+        xp: Any,
+        held: np.ndarray | None = None,
+    ) -> None:
         self.metric = metric
         self.list_shard = list_shard
         self.xp = xp
+        # Per list: has it ever held a row (default: every list). Deletes leave it set: a list
+        # emptied since still costs the shard its scan, so it still counts.
+        self.held = np.ones(list_shard.size, dtype=bool) if held is None else np.array(held, dtype=bool)
         if xp is np:
             self._quantizer = coarse_quantizer(centroids, metric)
             self._centroids = np.asarray(centroids, dtype=np.float32)
@@ -48,13 +60,24 @@ class Router:
         """(nq, nprobe) int64 list ids, nearest first, in the array module of the queries."""
         return self._nearest(queries, nprobe)[0]
 
+    def hold(self, lists: np.ndarray) -> None:
+        """Rows were added to these lists: route to them from now on."""
+        self.held[np.asarray(lists, dtype=np.int64)] = True
+
     def route(self, queries: Any, nprobe: int, max_shards: int | None, margin: float | None) -> Any:
-        """Probe, then select shards: the probes each query's chosen shards will scan (-1 elsewhere)."""
+        """Probe, then select shards: the probes each query's chosen shards will scan (-1 elsewhere,
+        and for a list that has never held a row)."""
         if max_shards is None and margin is None:
-            return self.probe(queries, nprobe)
+            probes = self.probe(queries, nprobe)
+            return probes if self.held.all() else self._drop_empty(self.xp, probes)
         ids, scores = self._nearest(queries, nprobe)
         keys = None if margin is None else _host(self._squared_distances(queries, ids, scores))
-        return self.xp.asarray(select_shards(_host(ids), self.list_shard, max_shards, keys, margin))
+        probes = _host(ids) if self.held.all() else self._drop_empty(np, _host(ids))
+        return self.xp.asarray(select_shards(probes, self.list_shard, max_shards, keys, margin))
+
+    def _drop_empty(self, xp: Any, probes: Any) -> Any:
+        held = xp.asarray(self.held)[xp.maximum(probes, 0)] & (probes >= 0)
+        return xp.where(held, probes, -1)
 
     def nearest(self, queries: Any, count: int) -> tuple[np.ndarray, np.ndarray]:
         """On the host: each row's `count` nearest lists, best first, and their squared L2 distances."""
@@ -134,7 +157,7 @@ def select_shards(
     rank = first.argsort(axis=1, kind="stable").argsort(axis=1)
     chosen = reached & (rank < (max_shards or nshards))
     if margin is not None and keys is not None:
-        nearest = keys[:, :1]
+        nearest = np.take_along_axis(keys, valid.argmax(axis=1)[:, None], axis=1)  # the best kept probe
         shard_key = np.take_along_axis(keys, np.minimum(first, nprobe - 1), axis=1)
         # A query on a centroid (distance 0) has no scale to compare with: its best shard only.
         chosen &= (rank == 0) | ((nearest > 0) & (shard_key <= (1.0 + margin) * nearest))
