@@ -61,6 +61,7 @@ DEFAULT_REFINE = 10
 
 VRAM_USABLE = 0.9
 RUNTIME_BYTES = 2e9  # seed §2.3: CUDA runtime and kernels
+DEFAULT_NLIST = 1_000  # seed §3.5: the coordinator searches "1K cluster centroids"
 QUERY_BUFFER_BYTES = 1e9  # seed §2.3: query processing buffer
 BANDWIDTH_EFFICIENCY = 0.6  # as the decode estimate in catalog.select
 # A host's share per GPU, as on a cloud T4 instance with 8 vCPUs and 32 GB (AWS g4dn.2xlarge).
@@ -316,11 +317,16 @@ def plan_search(
     pq_m: int | None = None,
     calibration: Calibration | None = None,
     replicate: float = 0.0,
+    nlist: int = DEFAULT_NLIST,
 ) -> SearchPlan:
     """The plan for every local kind; bad input raises HpcragError before any arithmetic."""
-    check_inputs(vectors, dim, gpus, recall, k, replicas, dtype, qps_target, p99_target_ms, pq_m, replicate)
+    check_inputs(
+        vectors, dim, gpus, recall, k, replicas, dtype, qps_target, p99_target_ms, pq_m, replicate, nlist
+    )
     check_replicate_measured(replicate, calibration, gpus // replicas)
-    model = _Model(vectors, dim, gpu_name, gpu, recall, k, DTYPE_BYTES[dtype], pq_m, calibration, replicate)
+    model = _Model(
+        vectors, dim, gpu_name, gpu, recall, k, DTYPE_BYTES[dtype], pq_m, calibration, replicate, nlist
+    )
     shards = gpus // replicas
     shared = model.shared(shards)
     kinds = [model.kind_plan(kind, shards, replicas, qps_target, p99_target_ms) for kind in KINDS]
@@ -341,6 +347,7 @@ def plan_search(
             "replicate": replicate,
             "recall": recall,
             "k": k,
+            "nlist": nlist,
             "qps_target": qps_target,
             "p99_target_ms": p99_target_ms,
         },
@@ -363,6 +370,7 @@ def check_inputs(
     p99_target_ms: float | None = None,
     pq_m: int | None = None,
     replicate: float = 0.0,
+    nlist: int = DEFAULT_NLIST,
 ) -> None:
     """Raise HpcragError naming the option and its fix for the first bad input."""
     if vectors < 1:
@@ -392,6 +400,8 @@ def check_inputs(
         raise HpcragError(
             f"--replicate {replicate} is not a share of the vectors: give a number from 0 to 1, as at build"
         )
+    if nlist < 1:
+        raise HpcragError(f"--nlist must be >= 1, got {nlist}; give the index's coarse centroids (as built)")
 
 
 def check_replicate_measured(replicate: float, calibration: Calibration | None, shards: int) -> None:
@@ -455,6 +465,11 @@ class _Model:
     pq_m: int | None
     calibration: Calibration | None
     replicate: float = 0.0
+    nlist: int = DEFAULT_NLIST
+
+    def centroid_bytes(self) -> float:
+        """The coarse centroids (float32) every rank holds to route its slice of each batch."""
+        return float(self.nlist * self.dim * 4)
 
     # Fan-out and network, common to every kind.
 
@@ -502,6 +517,12 @@ class _Model:
                 "--vectors x (1 + --replicate) / shards, rounded up"
                 if self.replicate
                 else "--vectors / shards, rounded up",
+            ),
+            "routing_centroids_per_gpu": Figure(
+                self.centroid_bytes(),
+                "bytes",
+                f"--nlist {self.nlist:,} x {self.dim} x 4 B float32: every rank holds the coarse centroids "
+                "to route its slice of each batch (counted in each kind's memory)",
             ),
             "fanout_fraction": Figure(fraction, "", fanout_source),
             "shards_touched": Figure(
@@ -610,10 +631,10 @@ class _Model:
         index = per_vector * shard_vectors
         vram: float | None = None
         if kind == "hnsw":
-            host = index
+            host = index + self.centroid_bytes()
             mean_ms = CORES_PER_GPU / qps * 1e3
         else:
-            vram = index + RUNTIME_BYTES + QUERY_BUFFER_BYTES
+            vram = index + self.centroid_bytes() + RUNTIME_BYTES + QUERY_BUFFER_BYTES
             # ivf kinds: one query's scan at the modelled bandwidth
             mean_ms = CAGRA_T4_MEAN_MS * CAGRA_T4_QPS / qps if kind == "cagra" else 1e3 / qps
         fits = (vram is None or vram <= VRAM_USABLE * self.gpu.vram_gb * 1e9) and (
@@ -694,10 +715,12 @@ class _Model:
         }
         if n.vram is not None:
             out["vram_per_gpu"] = Figure(
-                n.vram, "bytes", "index bytes + 2 GB CUDA runtime + 1 GB query buffers (seed §2.3)"
+                n.vram,
+                "bytes",
+                "index bytes + routing centroids + 2 GB CUDA runtime + 1 GB query buffers (seed §2.3)",
             )
         if n.host is not None:
-            what = "the CPU index" if kind == "hnsw" else "full vectors for refine"
+            what = "the CPU index + routing centroids" if kind == "hnsw" else "full vectors for refine"
             out["host_bytes_per_gpu"] = Figure(n.host, "bytes", f"host RAM per GPU: {what}")
         limits = (
             [f"{VRAM_USABLE:.0%} of {self.gpu.vram_gb} GB VRAM (gpus.yaml)"] if n.vram is not None else []

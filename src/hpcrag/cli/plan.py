@@ -231,6 +231,13 @@ def select_command(
 @click.option("--k", type=int, default=10, show_default=True, help="Results per query.")
 @click.option("--dtype", default="float16", show_default=True, help="Stored vectors: float16 or float32.")
 @click.option("--pq-m", type=int, default=None, help="ivf-pq code bytes per vector [dim / 8].")
+@click.option(
+    "--nlist",
+    type=int,
+    default=1_000,
+    show_default=True,
+    help="Coarse centroids, which every rank holds to route (the seed's 1K clusters).",
+)
 @replicate_option(
     "Boundary vectors copied to a second shard at build (index build --replicate): more memory, "
     "fan-out as the calibration measured it at that share."
@@ -257,6 +264,7 @@ def search_command(
     k: int,
     dtype: str,
     pq_m: int | None,
+    nlist: int,
     replicate: float,
     calibration_path: Path | None,
     as_json: bool,
@@ -268,7 +276,7 @@ def search_command(
     gpu = config.gpu(gpu_name)
     vectors = sp.parse_count(vectors_text)
     sp.check_inputs(
-        vectors, dim, gpus, recall, k, replicas, dtype, qps_target, p99_target_ms, pq_m, replicate
+        vectors, dim, gpus, recall, k, replicas, dtype, qps_target, p99_target_ms, pq_m, replicate, nlist
     )
     calibration = sp.load_calibration(calibration_path) if calibration_path else sp.default_calibration()
     result = sp.plan_search(
@@ -286,6 +294,7 @@ def search_command(
         pq_m=pq_m,
         calibration=calibration,
         replicate=replicate,
+        nlist=nlist,
     )
     if as_json:
         echo_json(result.as_dict())

@@ -97,7 +97,9 @@ def test_hand_computed_plan(calibration: sp.Calibration) -> None:
     flat = values(plan.kind("ivf-flat").figures)
     assert flat["bytes_per_vector"] == 264  # 128 x 2 + 8
     assert flat["index_bytes_per_gpu"] == 26_400_000  # 264 x 100,000
-    assert flat["vram_per_gpu"] == pytest.approx(3.0264e9)  # + 2 GB runtime + 1 GB buffers
+    # Routing centroids: the default --nlist 1,000 (the seed's) x 128 x 4 B = 512,000 B on every rank.
+    assert shared["routing_centroids_per_gpu"] == 512_000
+    assert flat["vram_per_gpu"] == pytest.approx(3.0264e9 + 512_000)  # + 2 GB runtime + 1 GB buffers
     assert flat["fits"] is True  # <= 0.9 x 24 GB
     # A query scans 0.05 of the shard: 0.05 x 100,000 x 264 = 1,320,000 B; 1e12 x 0.6 / 1.32e6 QPS.
     assert flat["bytes_read_per_query_per_shard"] == pytest.approx(1_320_000)
@@ -115,7 +117,7 @@ def test_hand_computed_plan(calibration: sp.Calibration) -> None:
     hnsw = values(plan.kind("hnsw").figures)
     assert plan.kind("hnsw").device == "cpu"
     assert "vram_per_gpu" not in hnsw
-    assert hnsw["host_bytes_per_gpu"] == 100_000 * (128 * 2 + 8 + 32 * 2 * 4)  # rows kept as float16
+    assert hnsw["host_bytes_per_gpu"] == 100_000 * (128 * 2 + 8 + 32 * 2 * 4) + 512_000  # float16 rows
     # Measured at the same shard size and dim: 1e-4 core-seconds; 8 cores per GPU -> 80,000 QPS.
     assert hnsw["cpu_seconds_per_query_per_shard"] == pytest.approx(1e-4)
     assert hnsw["qps_per_gpu"] == pytest.approx(80_000)
@@ -199,7 +201,11 @@ def test_seed_scenario_on_100_t4(t4: GpuType) -> None:
     plan = sp.plan_search(100_000_000, 768, 100, "t4", t4, 0.95, qps_target=7000, p99_target_ms=40)
     flat = plan.kind("ivf-flat")
     assert flat.figures["index_bytes_per_gpu"].value == 100e6 / 100 * (768 * 2 + 8)
-    assert flat.figures["vram_per_gpu"].value == pytest.approx(1.544e9 + 3e9)
+    assert flat.figures["vram_per_gpu"].value == pytest.approx(1.544e9 + 1000 * 768 * 4 + 3e9)
+    bigger = sp.plan_search(100_000_000, 768, 100, "t4", t4, 0.95, nlist=65_536)
+    assert bigger.kind("ivf-flat").figures["vram_per_gpu"].value == pytest.approx(
+        1.544e9 + 65_536 * 768 * 4 + 3e9
+    )
     assert flat.figures["fits"].value is True
     # Without calibration: f = 0.5 -> 50 of 100 shards; 1/16 of a 1.544 GB shard per query at 0.6 x 320 GB/s.
     assert plan.shared["shards_touched"].value == pytest.approx(50)
@@ -227,7 +233,7 @@ def test_cli_text_and_json(tmp_path: Path, no_default_calibration: None) -> None
     for kind in ("ivf-flat (GPU)", "hnsw (CPU)", "cagra (GPU)", "ivf-pq (GPU)"):
         assert kind in text.output
     assert "7,000 QPS: short by 60%" in text.output
-    assert "4.54 GB" in text.output  # ivf-flat VRAM per GPU
+    assert "4.55 GB" in text.output  # ivf-flat VRAM per GPU (with 3.07 MB of routing centroids)
 
     path = write_calibration(tmp_path, CALIBRATION)
     result = CliRunner().invoke(cli, [*args, "--calibration", str(path), "--json"], env=ENV)
@@ -289,6 +295,7 @@ def test_parse_count(text: str, count: int) -> None:
         ("--replicas", "3", "--replicas 3 does not divide --gpus 10.*choose a divisor"),
         ("--dtype", "int3", "unknown --dtype 'int3'; valid: float16, float32"),
         ("--replicate", "1.5", "--replicate 1.5 is not a share of the vectors: give a number from 0 to 1"),
+        ("--nlist", "0", r"--nlist must be >= 1, got 0; give the index's coarse centroids \(as built\)"),
     ],
 )
 def test_bad_input_is_one_clear_error_before_any_work(option: str, value: str, message: str) -> None:
