@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hpcrag.errors import HpcragError
-from hpcrag.search import DistributedIndex
+from hpcrag.search import BuildOptions, DistributedIndex, Metric, build_index
 from hpcrag.search.synthetic import clustered
 from tests.integration.helpers import mpirun
 from tests.search_helpers import assert_same_neighbours, build_small
@@ -65,3 +65,19 @@ def test_cagra_shards_at_high_effort_equal_exact_search(tmp_path: Path, metric: 
     refusal = "this index's shards are cagra (built with --local cagra), which takes no updates"
     with pytest.raises(HpcragError, match=refusal):
         opened.delete(np.array([1]))
+
+
+def test_updates_to_a_replicated_index_on_the_gpu_equal_the_cpu(tmp_path: Path) -> None:
+    """An add judges each row's second copy with the router's device centroids, as the CPU does."""
+    base, queries = clustered(20000, 100, 64, clusters=40, seed=5)
+    np.save(tmp_path / "base.npy", base)
+    options = BuildOptions(nlist=32, nshards=4, metric=Metric.L2, dtype="float16", replicate=0.3)
+    found = {}
+    for device in ("cpu", "cuda"):
+        build_index(tmp_path / "base.npy", tmp_path / device, options)
+        index = DistributedIndex.open(tmp_path / device, device=device)
+        index.add(queries + np.float32(0.01), np.arange(1_000_000, 1_000_000 + len(queries)))
+        found[device] = index.search(queries, k=10, nprobe=8, max_shards=1)
+        index.close()
+    gpu, cpu = found["cuda"], found["cpu"]
+    assert_same_neighbours(gpu.ids, gpu.distances, cpu.ids, cpu.distances)

@@ -140,7 +140,7 @@ class FanoutPoint:
     def routing(self) -> str:
         """The routing this fan-out was measured with, as `hpcrag index search` flags ('' if unknown)."""
         flags = [
-            f"--{name.replace('_', '-')} {value:g}"
+            f"--{name.replace('_', '-')} {value}"
             for name, value in (("nprobe", self.nprobe), ("max_shards", self.max_shards))
             if value is not None
         ]

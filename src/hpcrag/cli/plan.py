@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from hpcrag.catalog.search_plan import DEFAULT_NLIST
 from hpcrag.cli.common import echo_json, json_option, load, replicate_option, table
 
 
@@ -234,7 +235,7 @@ def select_command(
 @click.option(
     "--nlist",
     type=int,
-    default=1_000,
+    default=DEFAULT_NLIST,
     show_default=True,
     help="Coarse centroids, which every rank holds to route (the seed's 1K clusters).",
 )

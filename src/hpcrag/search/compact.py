@@ -9,7 +9,7 @@ update folded in, so the log starts empty from there.
 Shards whose local kind keeps an index of its own (hnsw, ivf-pq) get it rebuilt over their new
 rows; ivf-pq reuses the codebooks trained at build. When the build replicated boundary vectors
 (`--replicate`), the copies of surviving rows are kept, those an update made for its rows too, and
-rows added without one (logged by an hpcrag that made no copies at update) get theirs by the
+rows their update did not judge (logged by an hpcrag that made copies only here) get theirs by the
 build's rule and threshold.
 
 It is offline: it refuses while any process has the index open (a search service, a job), since
@@ -57,8 +57,8 @@ class Drift:
 class CompactReport:
     seq: int  # the last update folded in
     vectors: int  # live vectors after compaction
-    rows_dropped: int  # deleted and replaced rows removed from the shards
-    rows_folded: int  # rows added by updates, now part of the shards
+    rows_dropped: int  # deleted and replaced rows removed from the shards (second copies not counted)
+    rows_folded: int  # rows added by updates, now part of the shards (second copies not counted)
     drift: Drift
     seconds: float
 
@@ -117,16 +117,18 @@ def _write_generation(
             rows = []
             for segment in index.segments(shard):
                 keep = np.arange(segment.rows) if segment.live is None else np.flatnonzero(segment.live)
-                dropped += segment.rows - keep.size
+                # Counted in vectors: a second copy is not a vector of its own.
+                first = np.ones(segment.rows, bool) if segment.replica is None else segment.replica == 0
+                dropped += int(first.sum()) - int(first[keep].sum())
                 part = np.empty(keep.size, dtype=record)
                 part["list"] = segment.list_of_rows()[keep]
                 part["id"] = np.asarray(to_numpy(segment.ids))[keep]
                 part["vector"] = np.asarray(to_numpy(segment.vectors))[keep]
                 part["attributes"] = segment.attributes[keep]
                 part["replica"] = 0 if segment.replica is None else segment.replica[keep]
-                if segment.delta:  # counted in vectors: a second copy is not a vector of its own
-                    folded += segment.rows - (0 if segment.replica is None else int(segment.replica.sum()))
-                    added_live += int((part["replica"] == 0).sum())
+                if segment.delta:
+                    folded += int(first.sum())
+                    added_live += int(first[keep].sum())
                     added.append(part)
                 rows.append(part)
             per_shard.append(rows)
@@ -178,14 +180,14 @@ def _write_generation(
 def _copies_of_added(
     added: list[np.ndarray], index: DistributedIndex, threshold: float
 ) -> dict[int, np.ndarray]:
-    """Second copies, by the build's rule (`replication.py`), of the rows added since the build
-    without one, by the shard that receives them (an update copies its rows as it adds them, so
-    these are only rows logged by an hpcrag that did not). None when the build replicated nothing."""
-    if threshold <= 0 or not added:
+    """Second copies, by the build's rule (`replication.py`), of the rows added since the build that
+    their update did not judge (logged by an hpcrag that copied rows only at compact), by the shard
+    that receives them. None when the build replicated nothing."""
+    if threshold <= 0 or not added or not index.logged_without_copies:
         return {}
     rows = np.concatenate(added)
-    copied = rows["id"][rows["replica"] == 1]
-    rows = rows[(rows["replica"] == 0) & ~np.isin(rows["id"], copied)]
+    judged = np.fromiter(index.logged_without_copies, dtype=np.int64, count=len(index.logged_without_copies))
+    rows = rows[(rows["replica"] == 0) & np.isin(rows["id"], judged)]
     second = second_lists(index.router, rows["vector"].astype(np.float32), rows["list"], threshold)
     copies = rows[second >= 0]
     copies["list"], copies["replica"] = second[second >= 0], 1

@@ -124,6 +124,9 @@ class DistributedIndex:
         self._log = UpdateLog(root, manifest.base_seq) if comm.rank == 0 else None
         self._serving = ServingLock(root) if comm.rank == 0 else None
         self._ntotal = manifest.ntotal
+        # Ids of a replicated index put without second copies (logged by an hpcrag that made them only
+        # at compact): `compact` copies these by the build's rule, and no other row.
+        self.logged_without_copies: set[int] = set()
         self._closed = False
 
     @classmethod
@@ -476,7 +479,8 @@ class DistributedIndex:
         threshold = self.manifest.build.get("replicate_threshold", 0.0)
         if threshold <= 0:
             return None
-        return second_lists(self._router, stored.astype(np.float32), lists.astype(np.int64), threshold)
+        rows = self.comm.xp.asarray(stored, dtype=self.comm.xp.float32)  # where the router's centroids are
+        return second_lists(self._router, rows, lists.astype(np.int64), threshold)
 
     def _checked_rows(
         self,
@@ -548,7 +552,12 @@ class DistributedIndex:
                 self._live.widen(len(self.schema.columns))
             if update.kind == "delete":
                 self._live.delete(update.ids)
+                self.logged_without_copies.difference_update(update.ids.tolist())
             elif update.kind == "put":
+                if update.copies is None and self.manifest.build.get("replicate_threshold", 0.0) > 0:
+                    self.logged_without_copies.update(update.ids.tolist())
+                else:
+                    self.logged_without_copies.difference_update(update.ids.tolist())
                 self._live.put(update.ids, update.lists, update.vectors, update.attributes, update.copies)
                 self._router.hold(update.lists)
                 if update.copies is not None:

@@ -134,6 +134,11 @@ class LiveShards:
         stored_lists, replica = lists, np.zeros(ids.size, dtype=np.uint8)
         if copies is not None:
             copied = np.flatnonzero(copies >= 0)
+            if (self.list_shard[copies[copied]] == self.list_shard[lists[copied]]).any():
+                raise IndexFormatError(
+                    "an update record gives a row its second copy in its own shard: the update log is "
+                    "damaged; restore the index from a copy, or rebuild it"
+                )
             source = np.concatenate([source, copied])
             stored_lists = np.concatenate([lists, copies[copied]])
             replica = np.concatenate([replica, np.ones(copied.size, dtype=np.uint8)])

@@ -40,9 +40,10 @@ class Router:
         self.metric = metric
         self.list_shard = list_shard
         self.xp = xp
-        # Per list: has it ever held a row (default: every list). Deletes leave it set: a list
-        # emptied since still costs the shard its scan, so it still counts.
+        # Per list: has it ever held a row (default: every list). Deletes leave it set until `compact`
+        # rewrites the counts: a list emptied since still costs its shard a scan, so it still counts.
         self.held = np.ones(list_shard.size, dtype=bool) if held is None else np.array(held, dtype=bool)
+        self._held_here = xp.asarray(self.held)  # in the queries' array module, refreshed by `hold`
         if xp is np:
             self._quantizer = coarse_quantizer(centroids, metric)
             self._centroids = np.asarray(centroids, dtype=np.float32)
@@ -63,6 +64,7 @@ class Router:
     def hold(self, lists: np.ndarray) -> None:
         """Rows were added to these lists: route to them from now on."""
         self.held[np.asarray(lists, dtype=np.int64)] = True
+        self._held_here = self.xp.asarray(self.held)
 
     def route(self, queries: Any, nprobe: int, max_shards: int | None, margin: float | None) -> Any:
         """Probe, then select shards: the probes each query's chosen shards will scan (-1 elsewhere,
@@ -76,8 +78,8 @@ class Router:
         return self.xp.asarray(select_shards(probes, self.list_shard, max_shards, keys, margin))
 
     def _drop_empty(self, xp: Any, probes: Any) -> Any:
-        held = xp.asarray(self.held)[xp.maximum(probes, 0)] & (probes >= 0)
-        return xp.where(held, probes, -1)
+        mask = self._held_here if xp is self.xp else self.held
+        return xp.where(mask[xp.maximum(probes, 0)] & (probes >= 0), probes, -1)
 
     def nearest(self, queries: Any, count: int) -> tuple[np.ndarray, np.ndarray]:
         """On the host: each row's `count` nearest lists, best first, and their squared L2 distances."""

@@ -24,9 +24,11 @@ def empty_topk(xp: Any, nq: int, k: int, worst: float) -> tuple[Any, Any]:
 
 
 def select_topk(scores: Any, ids: Any, k: int, larger_is_better: bool, worst: float) -> tuple[Any, Any]:
-    """The best k of each row of (scores, ids), sorted best first; padded when a row has fewer than k."""
+    """The best k of each row of (scores, ids), sorted best first; padded when a row has fewer than k.
+    Rows that come in order (and no more than k wide) may be returned as the very arrays given."""
     xp = array_module(scores)
     nq, n = scores.shape
+    given = n == k  # neither padded nor selected below: these are the caller's arrays
     if n < k:
         pad_s, pad_i = empty_topk(xp, nq, k - n, worst)
         scores, ids = xp.concatenate([scores, pad_s], axis=1), xp.concatenate([ids, pad_i], axis=1)
@@ -53,7 +55,8 @@ def select_topk(scores: Any, ids: Any, k: int, larger_is_better: bool, worst: fl
     if rows.size == 0:
         return scores, ids
     order = _order_rows(xp, key[rows], tiebreak[rows])
-    scores, ids = scores.copy(), ids.copy()
+    if given:
+        scores, ids = scores.copy(), ids.copy()
     scores[rows] = xp.take_along_axis(scores[rows], order, axis=1)
     ids[rows] = xp.take_along_axis(ids[rows], order, axis=1)
     return scores, ids

@@ -254,9 +254,12 @@ def test_rows_added_get_their_copy_at_once_as_compact_would_store_them(tmp_path:
     reopened.close()
     live.index.close()
     replicas = read_manifest(root).replicas
-    compact_index(root)
+    report = compact_index(root)
     assert read_manifest(root).replicas == replicas + (second >= 0).sum()
     assert read_manifest(root).format_version == layout.REPLICAS_VERSION
+    # Counted in vectors, copies aside: the rows added and still live are the 120 added ids.
+    assert report.rows_folded - report.rows_dropped == added.size
+    assert report.vectors == len(live.model)
     compacted = DistributedIndex.open(root)
     after = compacted.search(queries, k=K, nprobe=NLIST, max_shards=1, **effort)
     if kind == "ivf-flat":  # the same rows in the same shards, scanned whole
