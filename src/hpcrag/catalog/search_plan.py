@@ -39,11 +39,13 @@ import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from hpcrag.config.schema import GpuType
 from hpcrag.errors import HpcragError
 from hpcrag.paths import repo_root
+
+if TYPE_CHECKING:  # annotations only: the CLI imports this module for its defaults, and stays light
+    from hpcrag.config.schema import GpuType
 
 KINDS = ("ivf-flat", "hnsw", "cagra", "ivf-pq")
 DTYPE_BYTES = {"float16": 2, "float32": 4}
