@@ -141,14 +141,16 @@ class FanoutPoint:
 
     def routing(self) -> str:
         """The routing this fan-out was measured with, as `hpcrag index search` flags ('' if unknown)."""
-        flags = [
-            f"--{name.replace('_', '-')} {value}"
-            for name, value in (("nprobe", self.nprobe), ("max_shards", self.max_shards))
+        flags = " ".join(
+            f"--{name} {value}"
+            for name, value in (
+                ("nprobe", self.nprobe),
+                ("max-shards", self.max_shards),
+                ("shard-margin", self.shard_margin),
+            )
             if value is not None
-        ]
-        if self.shard_margin is not None:
-            flags.append(f"--shard-margin {self.shard_margin:g}")
-        return f" with {' '.join(flags)}" if flags else ""
+        )
+        return f" with {flags}" if flags else ""
 
 
 @dataclass(frozen=True)

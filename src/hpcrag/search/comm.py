@@ -315,10 +315,9 @@ class RankFailures:
     A rank that raised out of a collective call would leave the others waiting in its next
     collective. So each local step runs through `run`: after this rank's first failure the rest of
     its steps are skipped (their `fallback` result stands in, so the rank still joins every
-    collective), and
-    `check` (collective) raises on every rank an HpcragError naming the first rank that failed and
-    why (an exception other than HpcragError also logs its traceback on the rank it came from). With
-    one rank nothing is caught: an exception leaves as it came.
+    collective), and `check` (collective) raises on every rank an HpcragError naming the first rank
+    that failed and why (an exception other than HpcragError also logs its traceback on the rank it
+    came from). With one rank nothing is caught: an exception leaves as it came.
     """
 
     def __init__(self, comm: Communicator, what: str) -> None:

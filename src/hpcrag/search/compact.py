@@ -132,8 +132,7 @@ def _write_generation(
                     added.append(part)
                 rows.append(part)
             per_shard.append(rows)
-        threshold = manifest.build.get("replicate_threshold", 0.0)
-        for shard, copies in _copies_of_added(added, index, threshold).items():
+        for shard, copies in _copies_of_added(added, index).items():
             per_shard[shard].append(copies)
         replicas = 0
         for shard, rows in enumerate(per_shard):
@@ -177,18 +176,16 @@ def _write_generation(
     return report, workdir
 
 
-def _copies_of_added(
-    added: list[np.ndarray], index: DistributedIndex, threshold: float
-) -> dict[int, np.ndarray]:
+def _copies_of_added(added: list[np.ndarray], index: DistributedIndex) -> dict[int, np.ndarray]:
     """Second copies, by the build's rule (`replication.py`), of the rows added since the build that
     their update did not judge (logged by an hpcrag that copied rows only at compact), by the shard
     that receives them. None when the build replicated nothing."""
-    if threshold <= 0 or not added or not index.logged_without_copies:
+    if index.copy_threshold <= 0 or not added or not index.logged_without_copies:
         return {}
     rows = np.concatenate(added)
     judged = np.fromiter(index.logged_without_copies, dtype=np.int64, count=len(index.logged_without_copies))
     rows = rows[(rows["replica"] == 0) & np.isin(rows["id"], judged)]
-    second = second_lists(index.router, rows["vector"].astype(np.float32), rows["list"], threshold)
+    second = second_lists(index.router, rows["vector"].astype(np.float32), rows["list"], index.copy_threshold)
     copies = rows[second >= 0]
     copies["list"], copies["replica"] = second[second >= 0], 1
     owner = index.router.list_shard[copies["list"]]

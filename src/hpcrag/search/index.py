@@ -124,6 +124,8 @@ class DistributedIndex:
         self._log = UpdateLog(root, manifest.base_seq) if comm.rank == 0 else None
         self._serving = ServingLock(root) if comm.rank == 0 else None
         self._ntotal = manifest.ntotal
+        # The build's boundary-copy threshold (`replication.py`; 0: it copied none).
+        self.copy_threshold = float(manifest.build.get("replicate_threshold", 0.0))
         # Ids of a replicated index put without second copies (logged by an hpcrag that made them only
         # at compact): `compact` copies these by the build's rule, and no other row.
         self.logged_without_copies: set[int] = set()
@@ -476,11 +478,10 @@ class DistributedIndex:
     def _copies(self, stored: np.ndarray, lists: np.ndarray) -> np.ndarray | None:
         """Per row, the list of another shard that gets its second copy, by the build's rule and
         threshold (`replication.py`), judged on the row as stored; None when the build copied none."""
-        threshold = self.manifest.build.get("replicate_threshold", 0.0)
-        if threshold <= 0:
+        if self.copy_threshold <= 0:
             return None
         rows = self.comm.xp.asarray(stored, dtype=self.comm.xp.float32)  # where the router's centroids are
-        return second_lists(self._router, rows, lists.astype(np.int64), threshold)
+        return second_lists(self._router, rows, lists.astype(np.int64), self.copy_threshold)
 
     def _checked_rows(
         self,
@@ -550,14 +551,14 @@ class DistributedIndex:
             if update.columns:
                 self.schema = self.schema.extended(AttributeSchema(tuple(update.columns.items())))
                 self._live.widen(len(self.schema.columns))
-            if update.kind == "delete":
-                self._live.delete(update.ids)
-                self.logged_without_copies.difference_update(update.ids.tolist())
-            elif update.kind == "put":
-                if update.copies is None and self.manifest.build.get("replicate_threshold", 0.0) > 0:
+            if self.copy_threshold > 0 and update.kind in ("put", "delete"):
+                if update.kind == "put" and update.copies is None:
                     self.logged_without_copies.update(update.ids.tolist())
                 else:
                     self.logged_without_copies.difference_update(update.ids.tolist())
+            if update.kind == "delete":
+                self._live.delete(update.ids)
+            elif update.kind == "put":
                 self._live.put(update.ids, update.lists, update.vectors, update.attributes, update.copies)
                 self._router.hold(update.lists)
                 if update.copies is not None:
