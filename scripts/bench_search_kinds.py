@@ -14,7 +14,8 @@ hpcrag shards (scatter-gather needs no copies; ids mapped back), queried scatter
 faiss offers (a thread per shard; shard after shard, OpenMP inside each), each given both threads
 while rank 1 sleeps; the ratios take the faster of the two. Every round runs every setting of every
 method once; the first round warms up and is dropped; queries/s is the median over rounds of all
-queries in one batch.
+queries in one batch. Each ratio against a peer is also given round by round (the two settings'
+times from the same round), its median and range.
 """
 
 from __future__ import annotations
@@ -239,7 +240,7 @@ def worker(scratch: Path, report: Path, repeat: int, k: int, metric_name: str, b
             recall, touched = found[number]
             qps = len(queries) / statistics.median(times[number])
             rows.append({"method": method, "target": target, "options": options, "recall": recall,
-                         "qps": qps, "touched": touched})  # fmt: skip
+                         "qps": qps, "touched": touched, "seconds": times[number]})  # fmt: skip
         report.write_text(json.dumps(rows))
 
 
@@ -329,11 +330,21 @@ def render(name, base, queries, args, rows, builds, nlist: int) -> str:
             single = max(singles, key=lambda r: r["qps"])  # and the faster storage
             lines.append(
                 f"- {hnsw_method(count, share, balanced)}: hpcrag / the faster IndexShards scatter-gather "
-                f"({scatter['method']}) = {ours['qps'] / scatter['qps']:.2f}x; "
+                f"({scatter['method']}) = {ours['qps'] / scatter['qps']:.2f}x {paired(ours, scatter)}; "
                 f"hpcrag / the faster one faiss HNSW ({single['method']}) = "
-                f"{ours['qps'] / single['qps']:.2f}x"
+                f"{ours['qps'] / single['qps']:.2f}x {paired(ours, single)}"
             )
     return "\n".join(lines) + "\n"
+
+
+def paired(ours: dict, peer: dict) -> str:
+    """The ratio round by round: one round runs every setting within seconds, so a drift of the shared
+    machine's speed from round to round cancels out of each round's ratio."""
+    ratios = sorted(p / o for o, p in zip(ours["seconds"], peer["seconds"], strict=True))
+    return (
+        f"(per round: median {statistics.median(ratios):.2f}x, "
+        f"{ratios[0]:.2f}-{ratios[-1]:.2f}x over {len(ratios)} rounds)"
+    )
 
 
 def fanout_curve(
