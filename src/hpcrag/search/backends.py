@@ -47,6 +47,16 @@ def make_scanner(backend: str, metric: Metric, xp: Any, nlist: int) -> Scanner:
     return _GpuKernelScan(metric) if on_gpu else _NumbaScan(metric)
 
 
+def warm_up(scanner: Scanner) -> None:
+    """Load now what the scanner's first call would (the Numba scan's machine code from Numba's
+    cache, about half a second): opening an index pays it, so that its first search is as fast as
+    the next and the time it reports is the search's."""
+    if isinstance(scanner, _NumbaScan):
+        from hpcrag.kernels.numba_cpu import warm
+
+        warm()
+
+
 def _scores_from_keys(xp: Any, keys: Any, ids: Any, metric: Metric) -> Any:
     """Kernel keys (smaller is better: distance, or negated score) as the metric's scores."""
     scores = keys if metric is Metric.L2 else -keys

@@ -44,7 +44,7 @@ from hpcrag.errors import HpcragError
 from hpcrag.search import layout
 from hpcrag.search.arrays import to_numpy
 from hpcrag.search.attributes import AttributeSchema, encode_rows, with_undeclared
-from hpcrag.search.backends import make_scanner
+from hpcrag.search.backends import make_scanner, warm_up
 from hpcrag.search.comm import Communicator, LocalComm, RankFailures, agree, row_bounds
 from hpcrag.search.device import array_module_for
 from hpcrag.search.exact import exact_scan
@@ -114,6 +114,8 @@ class DistributedIndex:
         self.scan_backend = scan_backend
         self.kind = manifest.local["kind"]
         lists = make_scanner(scan_backend, self.metric, comm.xp, manifest.nlist)
+        if any(segment.local is None for _, segment in live.segments()):  # segments the list scan reads
+            warm_up(lists)
         if self.kind == "ivf-flat":
             self._scan = lists
         else:

@@ -16,6 +16,7 @@ from hpcrag.search.arrays import array_module
 
 NO_ID_LAST = np.iinfo(np.int64).max  # sorts empty slots after every real id
 PAIR_CELLS = 1 << 22  # slot pairs compared at once when merging (bounds the memory of a large k)
+PAIRED_SLOTS = 32 * 32  # widest merge (slots of one set x the other's) that compares every pair
 
 
 def empty_topk(xp: Any, nq: int, k: int, worst: float) -> tuple[Any, Any]:
@@ -101,7 +102,17 @@ def _merge_rows(
 
 def _shared_ids(xp: Any, a: tuple[Any, Any], b: tuple[Any, Any], larger_is_better: bool) -> tuple[Any, Any]:
     """Per slot of `a` and of `b`: whether the other set holds its id at a better score (`a` wins
-    ties). Compares every pair of slots of a row, in blocks of rows to bound the memory."""
+    ties). Narrow sets compare every pair of slots of a row (fastest at the usual k); wide ones sort
+    each row's ids, so that a large k costs k log k per row, not k squared."""
+    if a[1].shape[1] * b[1].shape[1] <= PAIRED_SLOTS:
+        return _shared_ids_paired(xp, a, b, larger_is_better)
+    return _shared_ids_sorted(xp, a, b, larger_is_better)
+
+
+def _shared_ids_paired(
+    xp: Any, a: tuple[Any, Any], b: tuple[Any, Any], larger_is_better: bool
+) -> tuple[Any, Any]:
+    """`_shared_ids` comparing every pair of slots of a row, in blocks of rows to bound the memory."""
     hide_a, hide_b = xp.zeros(a[1].shape, dtype=bool), xp.zeros(b[1].shape, dtype=bool)
     nq = a[1].shape[0]
     step = max(1, PAIR_CELLS // max(1, a[1].shape[1] * b[1].shape[1]))
@@ -116,6 +127,31 @@ def _shared_ids(xp: Any, a: tuple[Any, Any], b: tuple[Any, Any], larger_is_bette
         hide_a[lo:hi] = b_better.any(axis=2)
         hide_b[lo:hi] = (same & ~b_better).any(axis=1)
     return hide_a, hide_b
+
+
+def _shared_ids_sorted(
+    xp: Any, a: tuple[Any, Any], b: tuple[Any, Any], larger_is_better: bool
+) -> tuple[Any, Any]:
+    """`_shared_ids` from each row's ids sorted: an id both sets hold lands as two neighbours, a's
+    slot first (a stable sort of a's slots, then b's)."""
+    width = a[1].shape[1]
+    ids = xp.concatenate([a[1], b[1]], axis=1)
+    stable = {"kind": "stable"} if xp.__name__ == "numpy" else {}  # CuPy's sort is always stable
+    order = xp.argsort(ids, axis=1, **stable)
+    ranked = xp.take_along_axis(ids, order, axis=1)
+    first, second = order[:, :-1], order[:, 1:]
+    pair = (ranked[:, 1:] == ranked[:, :-1]) & (ranked[:, :-1] >= 0) & (first < width) & (second >= width)
+    hide = xp.zeros(ids.shape, dtype=bool)
+    if bool(pair.any()):
+        scores = xp.concatenate([a[0], b[0]], axis=1)
+        a_scores = xp.take_along_axis(scores, first, axis=1)
+        b_scores = xp.take_along_axis(scores, second, axis=1)
+        b_better = pair & ((b_scores > a_scores) if larger_is_better else (b_scores < a_scores))
+        rows, slots = xp.nonzero(b_better)
+        hide[rows, first[rows, slots]] = True
+        rows, slots = xp.nonzero(pair & ~b_better)
+        hide[rows, second[rows, slots]] = True
+    return hide[:, :width], hide[:, width:]
 
 
 def _order_rows(xp: Any, key: Any, tiebreak: Any) -> Any:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from hpcrag.kernels.numba_cpu import scan_lists
+from tests.search_helpers import build_small
 
 
 def _case(rng: np.random.Generator, dim: int, sizes: list[int], nq: int):
@@ -105,3 +110,24 @@ def test_warm_compiles_every_signature_a_search_uses() -> None:
     assert warmed == ["float16 read-only", "float16 writable", "float32 read-only", "float32 writable"]
     kinds = {(str(sig[6].dtype), sig[6].mutable) for sig in numba_cpu._scan_tasks.signatures}
     assert {("uint16", False), ("uint16", True), ("float32", False), ("float32", True)} <= kinds
+
+
+def test_opening_a_list_scanned_index_loads_the_scan_so_its_first_search_compiles_nothing(
+    tmp_path: Path,
+) -> None:
+    """In a fresh process: after `open` the Numba scan already holds its machine code, and the first
+    search adds no signature to it."""
+    base = np.random.default_rng(4).standard_normal((600, 16)).astype(np.float32)
+    flat = build_small(tmp_path, base, nlist=8, nshards=2, dtype="float16", name="flat")
+    probe = f"""
+import numpy as np
+from hpcrag.kernels import numba_cpu
+from hpcrag.search import DistributedIndex, LocalComm
+index = DistributedIndex.open({str(flat)!r}, LocalComm())
+loaded = len(numba_cpu._scan_tasks.signatures)
+index.search(np.ones((3, 16), dtype=np.float32), k=5, nprobe=2)
+print(loaded, len(numba_cpu._scan_tasks.signatures))
+"""
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    loaded, after = (int(n) for n in result.stdout.split())
+    assert loaded >= 1 and after == loaded

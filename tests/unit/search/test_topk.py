@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hpcrag.search import LocalComm, Metric
+from hpcrag.search import LocalComm, Metric, topk
 from hpcrag.search.reduction import reduce_topk
 from hpcrag.search.topk import merge_topk, select_topk
 
@@ -129,3 +129,42 @@ def test_rows_one_set_leaves_empty_are_the_other_sets_rows_ordered(metric: Metri
                 if ident >= 0 and better:
                     best[ident] = score
         assert scores[row].tolist() == [best.get(i, metric.worst) for i in ids[row].tolist()]
+
+
+@pytest.mark.parametrize("larger_is_better", [True, False])
+def test_wide_merges_find_the_shared_ids_the_pairwise_comparison_finds(larger_is_better: bool) -> None:
+    """The sort a wide merge uses against the pairwise comparison of narrow ones: same slots hidden,
+    with ids in both sets at better, worse and equal scores, and empty slots."""
+    rng = np.random.default_rng(21)
+    for width in (3, 40, 200):
+        a_ids = np.stack([rng.permutation(3 * width)[:width] for _ in range(60)]).astype(np.int64)
+        b_ids = np.stack([rng.permutation(3 * width)[:width] for _ in range(60)]).astype(np.int64)
+        a_ids[rng.random(a_ids.shape) < 0.2] = -1
+        b_ids[rng.random(b_ids.shape) < 0.2] = -1
+        a = (rng.integers(0, 4, a_ids.shape).astype(np.float32), a_ids)  # few values: equal scores
+        b = (rng.integers(0, 4, b_ids.shape).astype(np.float32), b_ids)
+        paired = topk._shared_ids_paired(np, a, b, larger_is_better)
+        ranked = topk._shared_ids_sorted(np, a, b, larger_is_better)
+        assert paired[0].any() and paired[1].any()
+        np.testing.assert_array_equal(ranked[0], paired[0])
+        np.testing.assert_array_equal(ranked[1], paired[1])
+
+
+def test_a_large_k_merges_both_sets_whole() -> None:
+    """k = 20,000 for 50 queries, ids shared at a third of the slots: a pairwise comparison of slots
+    would take minutes (2 x 10^10 pairs); the merge keeps each id once, at its better score."""
+    rng = np.random.default_rng(5)
+    k = 20_000
+    a_ids = np.stack([rng.permutation(k) for _ in range(50)])
+    b_ids = np.where(rng.random((50, k)) < 1 / 3, a_ids, a_ids + k)  # a third shared, slot for slot
+    a = (rng.random((50, k)).astype(np.float32), a_ids)
+    b = (rng.random((50, k)).astype(np.float32), b_ids)
+    scores, ids = merge_topk(
+        select_topk(*a, k, True, -np.inf), select_topk(*b, k, True, -np.inf), k, True, -np.inf
+    )
+    shared = b_ids == a_ids
+    candidates = np.concatenate(
+        [np.where(shared, np.maximum(a[0], b[0]), a[0]), np.where(shared, -np.inf, b[0])], 1
+    )
+    np.testing.assert_array_equal(scores, -np.sort(-candidates, axis=1)[:, :k])
+    assert all(np.unique(row).size == k for row in ids)
