@@ -48,6 +48,7 @@ from hpcrag.search.query_balance import QUERY_PROBES, balance_query_load, rank_l
 from hpcrag.search.replication import boundary_ratios, second_lists, threshold_for
 from hpcrag.search.router import Router, coarse_quantizer
 from hpcrag.search.threads import limit_threads, threads_per_rank
+from hpcrag.util.workdirs import make_workdir, stopped_by_sigterm
 
 STORAGE_DTYPES = ("float16", "float32")
 TRAIN_POINTS_PER_LIST = 256
@@ -109,10 +110,11 @@ def build_index(
             f"--attributes or build with --local {' or '.join(LIVE_KINDS)}"
         )
     schema, attributes = agree(comm, lambda: _attributes_for(attributes_path, schema, vectors.shape[0]))
-    workdir = Path(comm.bcast_obj(_make_workdir(out) if comm.rank == 0 else None))
+    workdir = Path(comm.bcast_obj(str(make_workdir(out, "building", say)) if comm.rank == 0 else None))
     done = False
     try:
-        manifest = _build(vectors, ids, (schema, attributes), workdir, options, local, comm, say, sample)
+        with stopped_by_sigterm(f"the build of {out}"):
+            manifest = _build(vectors, ids, (schema, attributes), workdir, options, local, comm, say, sample)
         agree(comm, lambda: publish(workdir, out, options.overwrite) if comm.rank == 0 else None)
         say(f"index written to {out}")
         done = True
@@ -269,12 +271,6 @@ def _attributes_for(
     rows = read_attributes_file(Path(path), count)
     schema = with_undeclared(schema or AttributeSchema(), rows)
     return schema, encode_rows(schema, rows)
-
-
-def _make_workdir(out: Path) -> str:
-    workdir = out.parent / f".{out.name}.building-{uuid.uuid4().hex[:8]}"
-    workdir.mkdir(parents=True)
-    return str(workdir)
 
 
 def publish(workdir: Path, out: Path, overwrite: bool) -> None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import shutil
 import time
-import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from hpcrag.search.index import DistributedIndex
 from hpcrag.search.local_kinds import LIVE_KINDS, rebuild_template
 from hpcrag.search.replication import second_lists
 from hpcrag.search.wal import UpdateLog, served_elsewhere
+from hpcrag.util.workdirs import make_workdir, stopped_by_sigterm
 
 ADDED_SHARE_ADVISE = 0.2
 ERROR_RATIO_ADVISE = 1.2
@@ -87,7 +87,8 @@ def compact_index(root: Path | str, progress: Progress | None = None) -> Compact
         index = DistributedIndex.open(root)
         try:
             say(f"folding updates up to #{index.seq} into {manifest.nshards} shards")
-            report, workdir = _write_generation(root, index, manifest)
+            with stopped_by_sigterm(f"the compaction of {root}"):
+                report, workdir = _write_generation(root, index, manifest)
         finally:
             index.close()
         try:
@@ -101,8 +102,7 @@ def compact_index(root: Path | str, progress: Progress | None = None) -> Compact
 def _write_generation(
     root: Path, index: DistributedIndex, manifest: layout.Manifest
 ) -> tuple[CompactReport, Path]:
-    workdir = root.parent / f".{root.name}.compacting-{uuid.uuid4().hex[:8]}"
-    workdir.mkdir()
+    workdir = make_workdir(root, "compacting")
     try:
         centroids = np.load(root / layout.CENTROIDS)
         columns = len(index.schema.columns)
