@@ -565,18 +565,30 @@ def info(index_dir: Path, verify: bool, as_json: bool) -> None:
     if as_json:
         echo_json(summary)
         return
+    logged = f" in the shards (and {len(pending)} updates logged since, below)" if pending else ""
     click.echo(
-        f"{index_dir}: {manifest.ntotal} vectors, dim {manifest.dim}, {manifest.metric}, {manifest.dtype}, "
-        f"{manifest.nlist} lists, {manifest.nshards} shards; files OK ({summary['checked']})"
+        f"{index_dir}: {manifest.ntotal} vectors{logged}, dim {manifest.dim}, {manifest.metric}, "
+        f"{manifest.dtype}, {manifest.nlist} lists, {manifest.nshards} shards; "
+        f"files OK ({summary['checked']})"
     )
     local = summary["local"]
     sizes = ("kind", "bytes_per_vector", "bytes_per_shard")
     params = ", ".join(f"{n} {v}" for n, v in local.items() if n not in sizes)
     memory = local["bytes_per_vector"]
     fixed = f", plus {per_shard / 2**20:,.1f} MiB per shard" if per_shard else ""
+    # With second copies a vector is stored 1 + share times: the figures are per stored row, then per vector.
+    copies = rows / max(manifest.ntotal, 1)
+    each = "stored row" if manifest.replicas else "vector"
+    with_copies = (
+        f" ({memory['memory'] * copies:,.0f} and {memory['disk'] * copies:,.0f} per vector, "
+        "its second copies included)"
+        if manifest.replicas
+        else ""
+    )
     click.echo(
         f"  shards search with {local['kind']}{f' ({params})' if params else ''}: "
-        f"{memory['memory']:,.0f} bytes per vector in memory{fixed}, {memory['disk']:,.0f} on disk"
+        f"{memory['memory']:,.0f} bytes per {each} in memory{fixed}, "
+        f"{memory['disk']:,.0f} on disk{with_copies}"
     )
     if manifest.replicas:
         click.echo(

@@ -194,7 +194,7 @@ def _query_sample(options: BuildOptions, dim: int, ranks: int) -> np.ndarray | N
     if not Path(options.query_sample).is_file():
         what = "a directory" if Path(options.query_sample).is_dir() else "no such file"
         raise HpcragError(f"--query-sample {options.query_sample}: {what} (give a .npy or .fvecs of queries)")
-    queries = open_vectors(options.query_sample)
+    queries = open_vectors(options.query_sample, "--query-sample queries")
     if queries.shape[0] > MAX_QUERY_SAMPLE:  # a seeded draw of rows, read from the memory map
         drawn = np.random.default_rng(options.seed).choice(queries.shape[0], MAX_QUERY_SAMPLE, replace=False)
         queries = queries[np.sort(drawn)]

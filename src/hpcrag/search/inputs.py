@@ -25,20 +25,19 @@ from hpcrag.search.arrays import array_module
 from hpcrag.util.npy_headers import HEADER_LOCK
 
 VECTOR_DTYPES = (np.float32, np.float16)
+NPY_MAGIC = b"\x93NUMPY"  # the first bytes of every .npy file (numpy.lib.format)
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-def open_vectors(path: Path) -> np.ndarray:
-    """A read-only (n, d) view of a .npy (float32/float16) or .fvecs file, memory-mapped."""
+def open_vectors(path: Path, role: str = "vectors") -> np.ndarray:
+    """A read-only (n, d) view of a .npy (float32/float16) or .fvecs file, memory-mapped; `role`
+    names the file in errors (vectors, queries)."""
     path = Path(path)
     if not path.is_file():
-        raise HpcragError(f"vectors file not found: {path}")
+        raise HpcragError(f"{role} file not found: {path}")
     if path.suffix == ".npy":
-        try:
-            array = np.load(path, mmap_mode="r")
-        except (ValueError, OSError) as exc:
-            raise HpcragError(f"{path}: not a readable .npy file ({exc})") from None
+        array = _load_npy(path, mmap_mode="r")
     elif path.suffix == ".fvecs":
         array = _open_fvecs(path)
     else:
@@ -51,6 +50,17 @@ def open_vectors(path: Path) -> np.ndarray:
             "numpy.load(...).astype('float32')"
         )
     return array
+
+
+def _load_npy(path: Path, mmap_mode: str | None = None) -> np.ndarray:
+    """A .npy file's array, or an error that says why not (never numpy's advice to unpickle)."""
+    with path.open("rb") as head:
+        if head.read(len(NPY_MAGIC)) != NPY_MAGIC:
+            raise HpcragError(f"{path}: not a .npy file (no NumPy header); write arrays with numpy.save")
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise HpcragError(f"{path}: not a readable .npy file ({exc})") from None
 
 
 def _open_fvecs(path: Path) -> np.ndarray:
@@ -72,10 +82,7 @@ def load_ids(path: Path, count: int | None, unique: bool = True) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise HpcragError(f"ids file not found: {path}")
-    try:
-        ids = np.load(path)
-    except (ValueError, OSError) as exc:
-        raise HpcragError(f"{path}: not a readable .npy file ({exc})") from None
+    ids = _load_npy(path)
     if ids.ndim != 1 or (count is not None and ids.shape[0] != count):
         expected = "a 1-D array" if count is None else f"{count} ids (one per vector)"
         raise HpcragError(f"{path}: expected {expected}, found shape {ids.shape}")
@@ -158,7 +165,7 @@ def check_queries(queries: Any, dim: int, what: str = "queries") -> Any:
 
 def load_queries(path: Path, dim: int) -> np.ndarray:
     """Queries from a .npy or .fvecs file, checked against the index dimension."""
-    return check_queries(np.asarray(open_vectors(path)), dim, what=str(path))
+    return check_queries(np.asarray(open_vectors(path, "queries")), dim, what=str(path))
 
 
 def cli_flag(name: str) -> str:

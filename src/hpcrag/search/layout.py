@@ -143,6 +143,10 @@ def read_manifest(root: Path) -> Manifest:
     """The manifest of the index in `root`, or an IndexFormatError saying what is wrong with it."""
     root = Path(root)
     path = root / MANIFEST
+    if root.is_file():
+        raise IndexFormatError(
+            f"{root} is a file, not an index directory: give the folder `index build --out` wrote"
+        )
     if not root.is_dir():
         raise IndexFormatError(f"index directory not found: {root}")
     if not path.is_file():

@@ -369,6 +369,13 @@ def test_index_info_reports_the_copies(tmp_path: Path) -> None:
     said = f"{replicas} boundary vectors ({share}) are also stored in a second shard (--replicate)"
     assert said in text.output
     summary = json.loads(CliRunner().invoke(cli, ["index", "info", str(root), "--json"]).output)
+    row = summary["local"]["bytes_per_vector"]  # per stored row: a vector with a copy holds two
+    stored = (len(BASE) + replicas) / len(BASE)
+    assert (
+        f"{row['memory']:,.0f} bytes per stored row in memory, {row['disk']:,.0f} on disk "
+        f"({row['memory'] * stored:,.0f} and {row['disk'] * stored:,.0f} per vector, "
+        "its second copies included)"
+    ) in text.output
     assert summary["replicas"] == replicas and summary["vectors"] == len(BASE)
     assert sum(s["vectors"] for s in summary["shards"]) == len(BASE) + replicas
 

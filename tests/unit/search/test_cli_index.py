@@ -168,3 +168,26 @@ def test_serve_logs_no_token(tmp_path: Path) -> None:
         _, stderr = server.communicate(timeout=30)
     assert "Got more than 8190 bytes" in stderr and "[REDACTED]" in stderr
     assert "s3cr3t" not in stderr
+
+
+def test_query_files_and_index_paths_are_named_for_what_they_are(tmp_path: Path) -> None:
+    np.save(tmp_path / "base.npy", BASE)
+    run("build", str(tmp_path / "base.npy"), "--out", str(tmp_path / "idx"), "--nlist", "8", "--shards", "2")
+    (tmp_path / "text.npy").write_text("not numbers\n")
+    out = ["--out", str(tmp_path / "r.npz")]
+    cases = {
+        ("search", str(tmp_path / "idx"), "--queries", str(tmp_path / "absent.npy"), *out): (
+            f"error: queries file not found: {tmp_path / 'absent.npy'}"
+        ),
+        ("search", str(tmp_path / "idx"), "--queries", str(tmp_path / "text.npy"), *out): (
+            f"error: {tmp_path / 'text.npy'}: not a .npy file (no NumPy header); write arrays with numpy.save"
+        ),
+        ("search", str(tmp_path / "base.npy"), "--queries", str(tmp_path / "base.npy"), *out): (
+            f"error: {tmp_path / 'base.npy'} is a file, not an index directory: give the folder "
+            "`index build --out` wrote"
+        ),
+    }
+    for args, message in cases.items():
+        result = run(*args)
+        assert result.exit_code == 1 and result.output.strip() == message
+    assert not (tmp_path / "r.npz").exists()

@@ -67,6 +67,7 @@ def test_add_upsert_delete_filter_info_compact(tmp_path: Path, index: Path) -> N
 
     info = run("info", str(index))
     assert "attributes: source:str, year:int" in info.output and "3 updates logged" in info.output
+    assert ": 1200 vectors in the shards (and 3 updates logged since, below), dim" in info.output
     compacted = run("compact", str(index))
     assert compacted.exit_code == 0, compacted.output
     assert "compacted" in compacted.output and "up to update #3: 1219 vectors" in compacted.output
