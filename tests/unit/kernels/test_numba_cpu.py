@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import pty
 import subprocess
 import sys
 from pathlib import Path
@@ -131,3 +133,22 @@ print(loaded, len(numba_cpu._scan_tasks.signatures))
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     loaded, after = (int(n) for n in result.stdout.split())
     assert loaded >= 1 and after == loaded
+
+
+def test_loading_the_scan_writes_no_terminal_codes_to_a_terminal() -> None:
+    """mpirun hands its ranks a pseudo-terminal: what they print must not trail colorama's ESC[0m."""
+    leader, follower = pty.openpty()
+    probe = "from hpcrag.kernels import numba_cpu; numba_cpu.warm(); print('done')"
+    child = subprocess.run([sys.executable, "-c", probe], stdout=follower, stderr=follower, timeout=120)
+    os.close(follower)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the terminal's far end closed: all read
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(leader)
+    assert child.returncode == 0 and output.strip() == b"done", output
