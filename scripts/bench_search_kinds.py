@@ -489,7 +489,7 @@ def calibrate(
             entry["ef_search"] = r["options"]["ef"]
             entry["nprobe"] = r["options"]["nprobe"]
         else:
-            entry["scanned_fraction"] = r["options"]["nprobe"] / nlist * 4 / r["touched"]
+            entry["scanned_share"] = r["options"]["nprobe"] / nlist  # of the collection, probed per query
         if kind == "ivf-pq":
             entry.update(pq_m=base.shape[1] // 8, refine=r["options"]["refine"])
         local[kind] = entry

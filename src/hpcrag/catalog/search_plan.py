@@ -14,8 +14,11 @@ a reader can tell a measurement from the seed study's claim from an assumption. 
   replication (`replicate`, the build's `--replicate`), f comes from the points measured at that
   share, and each shard stores (1 + share) x its share of the vectors.
 - per-GPU throughput: ivf-flat and ivf-pq are memory-bound (bandwidth x 0.6 / bytes one query reads
-  from its shard); cagra takes the seed's T4 figure, scaled; hnsw runs on the host's cores from the
-  calibration's per-core cost, scaled. Graph costs scale as dim x ln(vectors per shard).
+  from its shard). A query's probed lists hold a share s = nprobe/nlist of the collection, what the
+  calibration needed for its recall, wherever they sit: a touched shard reads s x shards / touched
+  of its rows (at most all), so more shards spread the same reading, never shrink it. cagra takes
+  the seed's T4 figure, scaled; hnsw runs on the host's cores from the calibration's per-core cost,
+  scaled. Graph costs scale as dim x ln(vectors per shard).
 - system QPS = 0.7 x min(coordinator, coordinator NIC, GPUs x per-GPU QPS / shards touched), the seed's
   70% utilisation; p99 = the seed's fixed P99 components + 1.7 x the per-shard mean.
 - GPUs needed for a QPS target: replicas of the plan's shards, and the fewest GPUs over all shard
@@ -26,9 +29,10 @@ The calibration file (JSON) holds what a benchmark measured on real data:
      "fanout": [{"nshards", "recall", "mean_shards_touched", optional "nlist", "max_shards",
                  "replicate" (share of vectors copied to a second shard, default 0), and the
                  routing that measured it: "nprobe", "shard_margin"}, ...],
-     "local": {"ivf-flat": {"recall", "scanned_fraction"},
+     "local": {"ivf-flat": {"recall", "scanned_share"},
                "hnsw": {"recall", "cpu_seconds_per_query_per_shard", "shard_vectors"},
-               "ivf-pq": {"recall", "scanned_fraction", optional "pq_m", "refine"}}}
+               "ivf-pq": {"recall", "scanned_share", optional "pq_m", "refine"}}}
+("scanned_share": nprobe/nlist, the share of the collection a query's probed lists hold.)
 Any local kind may be absent; its figures then come from the stated defaults.
 """
 
@@ -91,14 +95,14 @@ SEED_DIM = 768
 
 MAX_SHARDS_SEARCHED = 100_000
 DEFAULT_FANOUT = (0.5, 4)  # fraction of shards touched, at this many shards
-DEFAULT_SCANNED_FRACTION = 1 / 16
+DEFAULT_SCANNED_SHARE = 1 / 16  # nprobe/nlist
 # Issue 15's run: faiss IndexHNSWFlat M=32, efSearch 32, 21,550 q/s on 2 threads, 84,114 x 384, recall 0.973.
 DEFAULT_HNSW = (2 / 21_550, 84_114, 384)
 
 _REQUIRED_LOCAL = {
-    "ivf-flat": ("recall", "scanned_fraction"),
+    "ivf-flat": ("recall", "scanned_share"),
     "hnsw": ("recall", "cpu_seconds_per_query_per_shard", "shard_vectors"),
-    "ivf-pq": ("recall", "scanned_fraction"),
+    "ivf-pq": ("recall", "scanned_share"),
 }
 _SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
 
@@ -283,8 +287,8 @@ def load_calibration(path: Path) -> Calibration:
         for key in _REQUIRED_LOCAL[kind]:
             check.number(values, f"local.{kind}", key)
         check.recall(values, f"local.{kind}")
-        if "scanned_fraction" in values and not 0 < values["scanned_fraction"] <= 1:
-            check.fail(f"local.{kind}.scanned_fraction", "must be in (0, 1]")
+        if "scanned_share" in values and not 0 < values["scanned_share"] <= 1:
+            check.fail(f"local.{kind}.scanned_share", "must be in (0, 1]")
         local[kind] = {
             k: check.number(values, f"local.{kind}", k) for k, v in values.items() if _is_number(v)
         }
@@ -568,13 +572,28 @@ class _Model:
     def local(self, kind: str) -> dict[str, float] | None:
         return self.calibration.local.get(kind) if self.calibration else None
 
-    def scanned(self, kind: str) -> tuple[float, str]:
+    def scanned(self, kind: str, shards: int, touched: float) -> tuple[float, str]:
+        """The fraction of a touched shard's rows one query reads: its probed lists hold a share of
+        the collection (nprobe/nlist) wherever they sit, spread over the shards it touches."""
         measured = self.local(kind)
         if measured is None:
-            return DEFAULT_SCANNED_FRACTION, "assumed: nprobe/nlist = 1/16 (no calibration for this kind)"
-        assert self.calibration is not None
-        detail = f"{kind} nprobe/nlist at recall {measured['recall']:g}, {self.calibration.dim} dims"
-        return measured["scanned_fraction"], self.calibration.label(detail)
+            share, source = (
+                DEFAULT_SCANNED_SHARE,
+                "assumed nprobe/nlist = 1/16 (no calibration for this kind)",
+            )
+        else:
+            assert self.calibration is not None
+            share = measured["scanned_share"]
+            detail = (
+                f"{kind} nprobe/nlist {share:g} at recall {measured['recall']:g}, {self.calibration.dim} dims"
+            )
+            source = self.calibration.label(detail)
+        fraction = min(1.0, share * shards / touched)
+        cap = ", capped at 1" if fraction == 1 else ""
+        return (
+            fraction,
+            f"{source}; over the touched shards: {share:g} x {shards} shards / {touched:.3g}{cap}",
+        )
 
     def graph_scale(self, shard_vectors: int, at_vectors: float, at_dim: int) -> float:
         """Graph search cost relative to a measured one: proportional to dim x ln(vectors)."""
@@ -612,16 +631,17 @@ class _Model:
         full32 = self.dim * GRAPH_ELEMENT_BYTES + ID_BYTES  # hpcrag's CAGRA graphs hold float32 rows
         host: float | None = None
         read: float | None = None
+        touched = self.touched(shards, self.fanout(shards)[0])
         if kind == "ivf-flat":
             per_vector = float(full)
-            read = self.scanned(kind)[0] * shard_vectors * per_vector
+            read = self.scanned(kind, shards, touched)[0] * shard_vectors * per_vector
             qps = bandwidth / read
         elif kind == "ivf-pq":
             pq_m = self.pq_codes()[0]
             assert pq_m is not None
             per_vector = float(pq_m + ID_BYTES)
             host = shard_vectors * self.dim * self.element
-            codes = self.scanned(kind)[0] * shard_vectors * per_vector
+            codes = self.scanned(kind, shards, touched)[0] * shard_vectors * per_vector
             read = codes + self.k * self.refine()[0] * self.dim * self.element
             qps = bandwidth / read
         elif kind == "cagra":
@@ -644,7 +664,6 @@ class _Model:
         fits = (vram is None or vram <= VRAM_USABLE * self.gpu.vram_gb * 1e9) and (
             host is None or host <= HOST_USABLE * HOST_BYTES_PER_GPU
         )
-        touched = self.touched(shards, self.fanout(shards)[0])
         bounds = {
             "GPUs": shards * replicas * qps / touched,
             "coordinator": float(COORDINATOR_QPS),
@@ -741,7 +760,7 @@ class _Model:
                 )
             else:
                 how = "scanned fraction x shard bytes; no list shared across a batch"
-            fraction, fraction_source = self.scanned(kind)
+            fraction, fraction_source = self.scanned(kind, shards, n.touched)
             out["scanned_fraction"] = Figure(fraction, "", fraction_source)
             out["bytes_read_per_query_per_shard"] = Figure(n.read_per_query, "bytes", how)
             out["qps_per_gpu"] = Figure(n.qps_per_gpu, "QPS", f"{bandwidth} / bytes read per query")

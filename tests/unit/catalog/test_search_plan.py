@@ -41,14 +41,14 @@ CALIBRATION = {
         {"nshards": 10, "recall": 0.90, "mean_shards_touched": 1.0},  # below the target: never picked
     ],
     "local": {
-        "ivf-flat": {"recall": 0.96, "scanned_fraction": 0.05, "shard_vectors": 100_000},
+        "ivf-flat": {"recall": 0.96, "scanned_share": 0.015, "shard_vectors": 100_000},
         "hnsw": {
             "recall": 0.97,
             "ef_search": 32,
             "cpu_seconds_per_query_per_shard": 1e-4,
             "shard_vectors": 100_000,
         },
-        "ivf-pq": {"recall": 0.96, "pq_m": 16, "refine": 10, "scanned_fraction": 0.05},
+        "ivf-pq": {"recall": 0.96, "pq_m": 16, "refine": 10, "scanned_share": 0.015},
     },
 }
 
@@ -101,7 +101,8 @@ def test_hand_computed_plan(calibration: sp.Calibration) -> None:
     assert shared["routing_centroids_per_gpu"] == 512_000
     assert flat["vram_per_gpu"] == pytest.approx(3.0264e9 + 512_000)  # + 2 GB runtime + 1 GB buffers
     assert flat["fits"] is True  # <= 0.9 x 24 GB
-    # A query scans 0.05 of the shard: 0.05 x 100,000 x 264 = 1,320,000 B; 1e12 x 0.6 / 1.32e6 QPS.
+    # Probed lists hold 0.015 of the collection, spread over 3 of 10 shards: 0.05 of each touched one,
+    # 0.05 x 100,000 x 264 = 1,320,000 B; 1e12 x 0.6 / 1.32e6 QPS.
     assert flat["bytes_read_per_query_per_shard"] == pytest.approx(1_320_000)
     assert flat["qps_per_gpu"] == pytest.approx(454_545.4545)
     assert flat["shard_mean_ms"] == pytest.approx(1000 / 454_545.4545)
@@ -152,9 +153,10 @@ def test_replicas_shrink_the_shard_count_and_pick_the_nearest_fanout(calibration
     assert (shared["shards"], shared["vectors_per_shard"]) == (5, 200_000)
     assert shared["shards_touched"] == pytest.approx(2.5)
     flat = values(plan.kind("ivf-flat").figures)
-    assert flat["qps_per_gpu"] == pytest.approx(6e11 / (0.05 * 200_000 * 264))
+    # The probed 0.015 of the collection over 2.5 of 5 shards: 0.03 of each touched shard.
+    assert flat["qps_per_gpu"] == pytest.approx(6e11 / (0.03 * 200_000 * 264))
     # All 10 GPUs serve: 10 x per-GPU QPS / 2.5 touched.
-    assert flat["gpu_bound_qps"] == pytest.approx(10 * 6e11 / (0.05 * 200_000 * 264) / 2.5)
+    assert flat["gpu_bound_qps"] == pytest.approx(10 * 6e11 / (0.03 * 200_000 * 264) / 2.5)
 
 
 def test_boundary_replication_stores_more_and_takes_the_fanout_measured_with_it(tmp_path: Path) -> None:
@@ -172,7 +174,8 @@ def test_boundary_replication_stores_more_and_takes_the_fanout_measured_with_it(
     assert plan.shared["vectors_per_shard"].source == "--vectors x (1 + --replicate) / shards, rounded up"
     flat = values(plan.kind("ivf-flat").figures)
     assert flat["index_bytes_per_gpu"] == 264 * 150_000
-    assert flat["gpu_bound_qps"] == pytest.approx(10 * 6e11 / (0.05 * 150_000 * 264) / 2.0)
+    # 0.015 of the collection over 2 of 10 shards: 0.075 of each touched shard's rows.
+    assert flat["gpu_bound_qps"] == pytest.approx(10 * 6e11 / (0.075 * 150_000 * 264) / 2.0)
     assert plan.inputs["replicate"] == 0.5
     # Without --replicate the copies' point is not used: 2.4 of 8 as in the plain plan.
     plain = sp.plan_search(1_000_000, 128, 10, "tera", TERA_GPU, 0.95, calibration=measured)
@@ -207,14 +210,16 @@ def test_seed_scenario_on_100_t4(t4: GpuType) -> None:
         1.544e9 + 65_536 * 768 * 4 + 3e9
     )
     assert flat.figures["fits"].value is True
-    # Without calibration: f = 0.5 -> 50 of 100 shards; 1/16 of a 1.544 GB shard per query at 0.6 x 320 GB/s.
+    # Without calibration: f = 0.5 -> 50 of 100 shards; the probed lists hold 1/16 of the collection,
+    # 1/16 x 100 / 50 = 1/8 of each touched 1.544 GB shard per query, at 0.6 x 320 GB/s.
     assert plan.shared["shards_touched"].value == pytest.approx(50)
     assert plan.shared["fanout_fraction"].source.startswith("assumed")
-    per_gpu = 0.32e12 * 0.6 / (1.544e9 / 16)
+    assert flat.figures["scanned_fraction"].value == pytest.approx(1 / 8)
+    per_gpu = 0.32e12 * 0.6 / (1.544e9 / 8)
     assert flat.figures["qps_per_gpu"].value == pytest.approx(per_gpu)
-    assert flat.figures["system_qps"].value == pytest.approx(0.7 * 100 * per_gpu / 50)  # 2,785
-    assert flat.verdicts["qps"] == "7,000 QPS: short by 60%"
-    assert flat.verdicts["gpus_needed"].startswith("300 GPUs as 100 shards x 3 replicas")
+    assert flat.figures["system_qps"].value == pytest.approx(0.7 * 100 * per_gpu / 50)  # 1,393
+    assert flat.verdicts["qps"] == "7,000 QPS: short by 80%"
+    assert flat.verdicts["gpus_needed"].startswith("600 GPUs as 100 shards x 6 replicas")
     assert flat.verdicts["p99"] == "p99 40 ms: meets"
     assert plan.kind("ivf-pq").figures["bytes_per_vector"].value == 96 + 8
     assert plan.kind("cagra").figures["qps_per_gpu"].value == pytest.approx(1000)
@@ -232,7 +237,7 @@ def test_cli_text_and_json(tmp_path: Path, no_default_calibration: None) -> None
     assert "calibration: none (defaults marked assumed)" in text.output
     for kind in ("ivf-flat (GPU)", "hnsw (CPU)", "cagra (GPU)", "ivf-pq (GPU)"):
         assert kind in text.output
-    assert "7,000 QPS: short by 60%" in text.output
+    assert "7,000 QPS: short by 80%" in text.output
     assert "4.55 GB" in text.output  # ivf-flat VRAM per GPU (with 3.07 MB of routing centroids)
 
     path = write_calibration(tmp_path, CALIBRATION)
@@ -248,7 +253,8 @@ def test_cli_text_and_json(tmp_path: Path, no_default_calibration: None) -> None
     assert flat["figures"]["scanned_fraction"] == {
         "value": 0.05,
         "unit": "",
-        "source": f"calibration {path} (toy, ivf-flat nprobe/nlist at recall 0.96, 128 dims)",
+        "source": f"calibration {path} (toy, ivf-flat nprobe/nlist 0.015 at recall 0.96, 128 dims); "
+        "over the touched shards: 0.015 x 100 shards / 30",
     }
     assert all(f["source"] for k in data["kinds"] for f in k["figures"].values())
 
@@ -405,8 +411,8 @@ def test_coordinator_bound_target_says_so(t4: GpuType) -> None:
             "local.hnsw.cpu_seconds_per_query_per_shard is missing",
         ),
         (
-            {**CALIBRATION, "local": {"ivf-flat": {"recall": 0.9, "scanned_fraction": 2}}},
-            r"local.ivf-flat.scanned_fraction must be in \(0, 1\]",
+            {**CALIBRATION, "local": {"ivf-flat": {"recall": 0.9, "scanned_share": 2}}},
+            r"local.ivf-flat.scanned_share must be in \(0, 1\]",
         ),
         ({**CALIBRATION, "dim": "384"}, "dim must be a number > 0"),
     ],
@@ -434,6 +440,6 @@ def test_calibration_kinds_are_optional(tmp_path: Path) -> None:
         0.95,
         calibration=sp.load_calibration(write_calibration(tmp_path, data)),
     )
-    assert plan.kind("ivf-flat").figures["scanned_fraction"].value == 1 / 16
+    assert plan.kind("ivf-flat").figures["scanned_fraction"].value == pytest.approx(1 / 16 * 10 / 3)
     assert plan.kind("ivf-flat").figures["scanned_fraction"].source.startswith("assumed")
     assert plan.kind("hnsw").figures["qps_per_gpu"].value == pytest.approx(80_000)
