@@ -263,7 +263,14 @@ def build(
 @click.argument("index_dir", type=click.Path(path_type=Path))
 @click.option("--queries", "queries_path", required=True, type=click.Path(path_type=Path))
 @click.option("--k", type=int, default=10, show_default=True)
-@click.option("--nprobe", type=int, default=1, show_default=True)
+@click.option(
+    "--nprobe",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Lists each query probes: 1 is fastest and coarsest; recall grows with it (on the README's man "
+    "pages, 1,024 lists: 0.947 at 32, 0.971 at 64). With --local hnsw, the lists that route it to shards.",
+)
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Result .npz (ids, distances).")
 @click.option(
     "--filter",
