@@ -13,7 +13,9 @@ exactly as the search's merge does, and no (queries x rows) matrix is ever forme
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import cache
+from typing import Any
 
 import numba
 import numpy as np
@@ -201,9 +203,10 @@ def scan_lists(
     return keys, found
 
 
-def warm() -> list[str]:
-    """Compile (or load from Numba's cache) the scan for every storage dtype, so that the first search
-    of a job is as fast as the next: `scripts/setup` runs this once; returns what was warmed."""
+def warm(storage: Iterable[tuple[Any, bool]] | None = None) -> list[str]:
+    """Compile (or load from Numba's cache) the scan for each (storage dtype, writable) in `storage`
+    (default: every one a search uses), so that the first search of a job is as fast as the next:
+    `scripts/setup` warms them all once; opening an index, those of its segments. Returns what was warmed."""
     rng = np.random.default_rng(0)
     queries = rng.normal(size=(2, 8)).astype(np.float32)
     offsets = np.array([0, 3, 6], dtype=np.int64)
@@ -212,14 +215,18 @@ def warm() -> list[str]:
     warmed = []
     # Numba compiles per argument type, and a read-only array is another type: shards on disk are
     # memory-mapped read-only, the deltas of updates are not.
-    for dtype in (np.float16, np.float32):
-        for writable in (False, True):
-            vectors = rng.normal(size=(6, 8)).astype(dtype)
-            sqnorms = (vectors.astype(np.float32) ** 2).sum(axis=1)
-            rows = [vectors, ids.copy(), sqnorms]
-            for array in rows:
-                array.setflags(write=writable)
-            scan_lists(queries, probes, *rows, offsets, 2, l2=False)
-            scan_lists(queries, probes, *rows, offsets, 2, l2=True, allowed=np.ones(6, np.uint8))
-            warmed.append(f"{np.dtype(dtype).name} {'writable' if writable else 'read-only'}")
+    every = [(np.float16, False), (np.float16, True), (np.float32, False), (np.float32, True)]
+    for dtype, writable in every if storage is None else sorted(storage, key=_storage_order):
+        vectors = rng.normal(size=(6, 8)).astype(dtype)
+        sqnorms = (vectors.astype(np.float32) ** 2).sum(axis=1)
+        rows = [vectors, ids.copy(), sqnorms]
+        for array in rows:
+            array.setflags(write=writable)
+        scan_lists(queries, probes, *rows, offsets, 2, l2=False)
+        scan_lists(queries, probes, *rows, offsets, 2, l2=True, allowed=np.ones(6, np.uint8))
+        warmed.append(f"{np.dtype(dtype).name} {'writable' if writable else 'read-only'}")
     return warmed
+
+
+def _storage_order(storage: tuple[Any, bool]) -> tuple[str, bool]:
+    return np.dtype(storage[0]).name, storage[1]

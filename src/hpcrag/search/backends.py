@@ -47,14 +47,14 @@ def make_scanner(backend: str, metric: Metric, xp: Any, nlist: int) -> Scanner:
     return _GpuKernelScan(metric) if on_gpu else _NumbaScan(metric)
 
 
-def warm_up(scanner: Scanner) -> None:
-    """Load now what the scanner's first call would (the Numba scan's machine code from Numba's
-    cache, about half a second): opening an index pays it, so that its first search is as fast as
-    the next and the time it reports is the search's."""
-    if isinstance(scanner, _NumbaScan):
+def warm_up(scanner: Scanner, segments: list[Segment]) -> None:
+    """Load now what the scanner's first call on these segments would (the Numba scan's machine code
+    for their storage, from Numba's cache): opening an index pays it, so that its first search is
+    as fast as the next and the time it reports is the search's."""
+    if isinstance(scanner, _NumbaScan) and segments:
         from hpcrag.kernels.numba_cpu import warm
 
-        warm()
+        warm({(np.dtype(s.vectors.dtype), bool(np.asarray(s.vectors).flags.writeable)) for s in segments})
 
 
 def _scores_from_keys(xp: Any, keys: Any, ids: Any, metric: Metric) -> Any:

@@ -48,7 +48,7 @@ from hpcrag.search.query_balance import QUERY_PROBES, balance_query_load, rank_l
 from hpcrag.search.replication import boundary_ratios, second_lists, threshold_for
 from hpcrag.search.router import Router, coarse_quantizer
 from hpcrag.search.threads import limit_threads, threads_per_rank
-from hpcrag.util.workdirs import make_workdir, stopped_by_sigterm
+from hpcrag.util.workdirs import make_workdir, sigterm_held, stopped_by_sigterm
 
 STORAGE_DTYPES = ("float16", "float32")
 TRAIN_POINTS_PER_LIST = 256
@@ -110,18 +110,26 @@ def build_index(
             f"--attributes or build with --local {' or '.join(LIVE_KINDS)}"
         )
     schema, attributes = agree(comm, lambda: _attributes_for(attributes_path, schema, vectors.shape[0]))
-    workdir = Path(comm.bcast_obj(str(make_workdir(out, "building", say)) if comm.rank == 0 else None))
-    done = False
-    try:
-        with stopped_by_sigterm(f"the build of {out}"):
+    with stopped_by_sigterm(f"the build of {out}"):
+        folder = agree(
+            comm, lambda: make_workdir(out, "building", say, layout.MANIFEST) if comm.rank == 0 else None
+        )
+        workdir = Path(comm.bcast_obj(str(folder.path) if folder else None))
+        try:
             manifest = _build(vectors, ids, (schema, attributes), workdir, options, local, comm, say, sample)
-        agree(comm, lambda: publish(workdir, out, options.overwrite) if comm.rank == 0 else None)
-        say(f"index written to {out}")
-        done = True
-        return manifest
+        except BaseException:
+            if folder:
+                shutil.rmtree(workdir, ignore_errors=True)
+                folder.release()
+            raise
+    try:
+        with sigterm_held():  # a finished index is not lost to a signal between two renames
+            agree(comm, lambda: publish(workdir, out, options.overwrite) if folder else None)
     finally:
-        if not done and comm.rank == 0:
-            shutil.rmtree(workdir, ignore_errors=True)
+        if folder:  # a publish that failed keeps the finished index in the folder, and says where
+            folder.release()
+    say(f"index written to {out}")
+    return manifest
 
 
 def _validate(

@@ -39,7 +39,7 @@ from hpcrag.search.index import DistributedIndex
 from hpcrag.search.local_kinds import LIVE_KINDS, rebuild_template
 from hpcrag.search.replication import second_lists
 from hpcrag.search.wal import UpdateLog, served_elsewhere
-from hpcrag.util.workdirs import make_workdir, stopped_by_sigterm
+from hpcrag.util.workdirs import WorkFolder, make_workdir, sigterm_held, stopped_by_sigterm
 
 ADDED_SHARE_ADVISE = 0.2
 ERROR_RATIO_ADVISE = 1.2
@@ -88,21 +88,22 @@ def compact_index(root: Path | str, progress: Progress | None = None) -> Compact
         try:
             say(f"folding updates up to #{index.seq} into {manifest.nshards} shards")
             with stopped_by_sigterm(f"the compaction of {root}"):
-                report, workdir = _write_generation(root, index, manifest)
+                report, folder = _write_generation(root, index, manifest, say)
         finally:
             index.close()
         try:
-            publish(workdir, root, overwrite=True)
-        except BaseException:
-            shutil.rmtree(workdir, ignore_errors=True)
-            raise
+            with sigterm_held():  # the index is not lost to a signal between two renames
+                publish(folder.path, root, overwrite=True)
+        finally:
+            folder.release()  # a publish that failed leaves the new generation in the folder
     return replace(report, seconds=round(time.monotonic() - started, 3))
 
 
 def _write_generation(
-    root: Path, index: DistributedIndex, manifest: layout.Manifest
-) -> tuple[CompactReport, Path]:
-    workdir = make_workdir(root, "compacting")
+    root: Path, index: DistributedIndex, manifest: layout.Manifest, say: Progress
+) -> tuple[CompactReport, WorkFolder]:
+    folder = make_workdir(root, "compacting", say, layout.MANIFEST)
+    workdir = folder.path
     try:
         centroids = np.load(root / layout.CENTROIDS)
         columns = len(index.schema.columns)
@@ -169,11 +170,12 @@ def _write_generation(
         layout.write_manifest(workdir, new)
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
+        folder.release()
         raise
     report = CompactReport(
         seq=index.seq, vectors=total, rows_dropped=dropped, rows_folded=folded, drift=drift, seconds=0.0
     )
-    return report, workdir
+    return report, folder
 
 
 def _copies_of_added(added: list[np.ndarray], index: DistributedIndex) -> dict[int, np.ndarray]:

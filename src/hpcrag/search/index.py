@@ -114,8 +114,7 @@ class DistributedIndex:
         self.scan_backend = scan_backend
         self.kind = manifest.local["kind"]
         lists = make_scanner(scan_backend, self.metric, comm.xp, manifest.nlist)
-        if any(segment.local is None for _, segment in live.segments()):  # segments the list scan reads
-            warm_up(lists)
+        warm_up(lists, [segment for _, segment in live.segments() if segment.local is None])  # list-scanned
         if self.kind == "ivf-flat":
             self._scan = lists
         else:
