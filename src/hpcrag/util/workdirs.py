@@ -87,13 +87,13 @@ def sweep(dest: Path, purpose: str, say: Callable[[str], None], complete: str | 
         try:
             if complete is not None and (folder / complete).is_file():
                 say(
-                    f"kept {folder.name}: a finished {purpose} whose rename into {dest.name} was cut short; "
-                    f"rename it to {dest.name} or delete it"
+                    f"kept {folder.name}: it holds a finished result whose rename into {dest.name} was cut "
+                    f"short; rename it to {dest.name} or delete it"
                 )
                 continue
             shutil.rmtree(folder, ignore_errors=True)
             lock_path.unlink(missing_ok=True)
-            say(f"removed {folder.name}, left by an earlier {purpose} whose process is gone")
+            say(f"removed {folder.name}, left behind by a process that is gone")
         finally:
             os.close(lock)
 

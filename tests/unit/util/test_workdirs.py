@@ -46,9 +46,9 @@ def test_only_a_gone_owners_unfinished_folder_on_this_host_is_removed(tmp_path: 
     assert not gone.exists() and not gone.with_name(gone.name + ".lock").exists()
     assert all(p.exists() for p in (at_work, elsewhere, finished, other_purpose, older))
     assert told == [
-        f"removed {gone.name}, left by an earlier building whose process is gone",
-        f"kept {finished.name}: a finished building whose rename into index was cut short; rename it to "
-        "index or delete it",
+        f"removed {gone.name}, left behind by a process that is gone",
+        f"kept {finished.name}: it holds a finished result whose rename into index was cut short; rename "
+        "it to index or delete it",
     ]
     assert fresh.path.is_dir() and fresh.path.name.startswith(".index.building-")
     assert fresh.path.name.endswith(f"-{os.getpid()}@{host}")
