@@ -284,6 +284,12 @@ def load_calibration(path: Path) -> Calibration:
         if kind not in _REQUIRED_LOCAL:
             check.fail(f"local.{kind}", f"is not a calibrated kind; use one of {', '.join(_REQUIRED_LOCAL)}")
         values = check.mapping(entry, f"local.{kind}")
+        if "scanned_fraction" in values and "scanned_share" not in values:
+            check.fail(
+                f"local.{kind}.scanned_fraction",
+                "is the old key (a touched shard's fraction at the benchmark's shard count): give "
+                "scanned_share, the share nprobe/nlist, or rerun scripts/bench_search.py --suite kinds",
+            )
         for key in _REQUIRED_LOCAL[kind]:
             check.number(values, f"local.{kind}", key)
         check.recall(values, f"local.{kind}")
@@ -589,7 +595,7 @@ class _Model:
             )
             source = self.calibration.label(detail)
         fraction = min(1.0, share * shards / touched)
-        cap = ", capped at 1" if fraction == 1 else ""
+        cap = ", capped at 1" if share * shards > touched else ""
         return (
             fraction,
             f"{source}; over the touched shards: {share:g} x {shards} shards / {touched:.3g}{cap}",

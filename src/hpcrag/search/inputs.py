@@ -34,6 +34,8 @@ def open_vectors(path: Path, role: str = "vectors") -> np.ndarray:
     """A read-only (n, d) view of a .npy (float32/float16) or .fvecs file, memory-mapped; `role`
     names the file in errors (vectors, queries)."""
     path = Path(path)
+    if path.is_dir():
+        raise HpcragError(f"{path} is a directory, not a {role} file (.npy or .fvecs)")
     if not path.is_file():
         raise HpcragError(f"{role} file not found: {path}")
     if path.suffix == ".npy":

@@ -414,6 +414,10 @@ def test_coordinator_bound_target_says_so(t4: GpuType) -> None:
             {**CALIBRATION, "local": {"ivf-flat": {"recall": 0.9, "scanned_share": 2}}},
             r"local.ivf-flat.scanned_share must be in \(0, 1\]",
         ),
+        (
+            {**CALIBRATION, "local": {"ivf-flat": {"recall": 0.9, "scanned_fraction": 0.1}}},
+            r"local.ivf-flat.scanned_fraction is the old key .*: give scanned_share, the share nprobe/nlist",
+        ),
         ({**CALIBRATION, "dim": "384"}, "dim must be a number > 0"),
     ],
 )

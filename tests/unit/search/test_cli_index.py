@@ -182,6 +182,9 @@ def test_query_files_and_index_paths_are_named_for_what_they_are(tmp_path: Path)
         ("search", str(tmp_path / "idx"), "--queries", str(tmp_path / "text.npy"), *out): (
             f"error: {tmp_path / 'text.npy'}: not a .npy file (no NumPy header); write arrays with numpy.save"
         ),
+        ("search", str(tmp_path / "idx"), "--queries", str(tmp_path), *out): (
+            f"error: {tmp_path} is a directory, not a queries file (.npy or .fvecs)"
+        ),
         ("search", str(tmp_path / "base.npy"), "--queries", str(tmp_path / "base.npy"), *out): (
             f"error: {tmp_path / 'base.npy'} is a file, not an index directory: give the folder "
             "`index build --out` wrote"
