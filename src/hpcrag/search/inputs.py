@@ -62,6 +62,11 @@ def _load_npy(path: Path, mmap_mode: str | None = None) -> np.ndarray:
     try:
         return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
     except (ValueError, OSError) as exc:
+        if "allow_pickle" in str(exc) or "Python objects" in str(exc):  # numpy's words for object arrays
+            raise HpcragError(
+                f"{path}: holds Python objects (an object-dtype array), not numbers; save a numeric array "
+                "(vectors float32 or float16, ids int64) with numpy.save"
+            ) from None
         raise HpcragError(f"{path}: not a readable .npy file ({exc})") from None
 
 

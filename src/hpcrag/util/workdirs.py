@@ -77,6 +77,12 @@ def sweep(dest: Path, purpose: str, say: Callable[[str], None], complete: str | 
         return
     prefix = f".{dest.name}.{purpose}-"
     host = socket.gethostname()
+    for older in sorted(dest.parent.glob(f"{glob.escape(prefix)}*")):
+        if older.is_dir() and "@" not in older.name[len(prefix) :]:  # from before owners and locks
+            say(
+                f"left {older.name} alone: a work folder from an older hpcrag, which recorded no owner; "
+                f"delete it unless a build or compaction of {dest.name} is running"
+            )
     for lock_path in sorted(dest.parent.glob(f"{glob.escape(prefix)}*{LOCK_SUFFIX}")):
         folder = lock_path.with_name(lock_path.name[: -len(LOCK_SUFFIX)])
         if folder.name.rpartition("@")[2] != host:

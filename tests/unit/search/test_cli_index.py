@@ -174,6 +174,7 @@ def test_query_files_and_index_paths_are_named_for_what_they_are(tmp_path: Path)
     np.save(tmp_path / "base.npy", BASE)
     run("build", str(tmp_path / "base.npy"), "--out", str(tmp_path / "idx"), "--nlist", "8", "--shards", "2")
     (tmp_path / "text.npy").write_text("not numbers\n")
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
     out = ["--out", str(tmp_path / "r.npz")]
     cases = {
         ("search", str(tmp_path / "idx"), "--queries", str(tmp_path / "absent.npy"), *out): (
@@ -181,6 +182,10 @@ def test_query_files_and_index_paths_are_named_for_what_they_are(tmp_path: Path)
         ),
         ("search", str(tmp_path / "idx"), "--queries", str(tmp_path / "text.npy"), *out): (
             f"error: {tmp_path / 'text.npy'}: not a .npy file (no NumPy header); write arrays with numpy.save"
+        ),
+        ("search", str(tmp_path / "idx"), "--queries", str(tmp_path / "objects.npy"), *out): (
+            f"error: {tmp_path / 'objects.npy'}: holds Python objects (an object-dtype array), not numbers; "
+            "save a numeric array (vectors float32 or float16, ids int64) with numpy.save"
         ),
         ("search", str(tmp_path / "idx"), "--queries", str(tmp_path), *out): (
             f"error: {tmp_path} is a directory, not a queries file (.npy or .fvecs)"

@@ -46,6 +46,8 @@ def test_only_a_gone_owners_unfinished_folder_on_this_host_is_removed(tmp_path: 
     assert not gone.exists() and not gone.with_name(gone.name + ".lock").exists()
     assert all(p.exists() for p in (at_work, elsewhere, finished, other_purpose, older))
     assert told == [
+        f"left {older.name} alone: a work folder from an older hpcrag, which recorded no owner; delete it "
+        "unless a build or compaction of index is running",
         f"removed {gone.name}, left behind by a process that is gone",
         f"kept {finished.name}: it holds a finished result whose rename into index was cut short; rename "
         "it to index or delete it",
