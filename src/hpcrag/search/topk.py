@@ -136,8 +136,7 @@ def _shared_ids_sorted(
     slot first (a stable sort of a's slots, then b's)."""
     width = a[1].shape[1]
     ids = xp.concatenate([a[1], b[1]], axis=1)
-    stable = {"kind": "stable"} if xp.__name__ == "numpy" else {}  # CuPy's sort is always stable
-    order = xp.argsort(ids, axis=1, **stable)
+    order = _stable_argsort(xp, ids)
     ranked = xp.take_along_axis(ids, order, axis=1)
     first, second = order[:, :-1], order[:, 1:]
     pair = (ranked[:, 1:] == ranked[:, :-1]) & (ranked[:, :-1] >= 0) & (first < width) & (second >= width)
@@ -158,10 +157,14 @@ def _order_rows(xp: Any, key: Any, tiebreak: Any) -> Any:
     """Per row, the order by (key, tiebreak): sort by the tiebreak, then stably by the key."""
     by_tiebreak = xp.argsort(tiebreak, axis=1)
     key_sorted = xp.take_along_axis(key, by_tiebreak, axis=1)
-    # NumPy must be asked for a stable sort; CuPy's sort is always stable and takes no `kind`.
-    stable = {"kind": "stable"} if xp.__name__ == "numpy" else {}
-    by_key = xp.argsort(key_sorted, axis=1, **stable)
+    by_key = _stable_argsort(xp, key_sorted)
     return xp.take_along_axis(by_tiebreak, by_key, axis=1)
+
+
+def _stable_argsort(xp: Any, array: Any) -> Any:
+    """Per row, the order that sorts `array`, equal values kept in their order."""
+    # NumPy must be asked for a stable sort; CuPy's sort is always stable and takes no `kind`.
+    return xp.argsort(array, axis=1, **({"kind": "stable"} if xp.__name__ == "numpy" else {}))
 
 
 def _rows_out_of_order(xp: Any, key: Any, tiebreak: Any) -> Any:

@@ -56,7 +56,7 @@ def make_workdir(
 ) -> WorkFolder:
     """A new hidden sibling of `dest`, locked by this process, after clearing the ones of the same
     purpose whose owner on this host is gone (each removal or keeping told to `say`)."""
-    sweep(dest, purpose, say, complete)
+    _sweep(dest, purpose, say, complete)
     path = dest.parent / f".{dest.name}.{purpose}-{uuid.uuid4().hex[:8]}-{os.getpid()}@{socket.gethostname()}"
     dest.parent.mkdir(parents=True, exist_ok=True)
     lock = _take(_lock_path(path))
@@ -70,7 +70,7 @@ def make_workdir(
     return WorkFolder(path, lock)
 
 
-def sweep(dest: Path, purpose: str, say: Callable[[str], None], complete: str | None = None) -> None:
+def _sweep(dest: Path, purpose: str, say: Callable[[str], None], complete: str | None = None) -> None:
     """Remove the work folders of `dest` for `purpose` that were made on this host by an owner that is
     gone; keep (and name) those holding a finished result."""
     if not dest.parent.is_dir():
